@@ -1,0 +1,80 @@
+"""The gmemlab command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Restricted guest memory on Linux/KVM: an exact model, the real "
+                       "kernel, and the same cases on both.")
+
+
+def _fail_usage(message: str) -> None:
+    typer.echo(f"gmemlab: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    host: Annotated[bool, typer.Option(help="Also run on the host kernel where /dev/kvm allows.")] = True,
+) -> None:
+    """The main job: every bundled case on the model and the host, side by side."""
+    from .mainjob import main_job
+
+    try:
+        ok = main_job(host=host)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def conform(
+    paths: Annotated[list[str], typer.Argument(help="Case files or folders of case files.")],
+    kernel: Annotated[str, typer.Option("--kernel", help="model or host")] = "model",
+    design: Annotated[str | None, typer.Option(
+        "--design", help="Run every case on this model design instead of the one it names.")] = None,
+    json_file: Annotated[str | None, typer.Option("--json", help="Also write the results here.")] = None,
+) -> None:
+    """Run case files (CASES.md format) and print PASS/FAIL/SKIP per case."""
+    from .conform import conform as run_conform
+
+    def show(result: object) -> None:
+        print(result.line(), flush=True)  # type: ignore[attr-defined]
+
+    try:
+        summary = run_conform(paths, kernel, design, on_result=show)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    print(summary.line())
+    if json_file:
+        doc = {"kernel": kernel, "design": design,
+               "results": [r.as_json() for r in summary.results],
+               "summary": {"passed": summary.passed, "failed": summary.failed,
+                           "skipped": summary.skipped}}
+        try:
+            Path(json_file).write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            _fail_usage(f"cannot write {json_file}: {exc.strerror}")
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

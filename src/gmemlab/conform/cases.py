@@ -1,0 +1,217 @@
+"""Case files (../shared/spec/CASES.md): loading and validation.
+
+A case file is TOML with an array of [[case]] tables.  Everything that can be
+checked without a kernel is checked here, so a malformed case is reported as
+such (with file, case and step) instead of failing somewhere inside a run.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import uapi
+
+KERNELS = ("any", "model", "host")
+EXPECT_KEYS = ("errno", "signal", "ret", "all_bytes", "bytes_hex")
+STEP_META_KEYS = ("op", "as", *EXPECT_KEYS)
+CASE_KEYS = ("id", "about", "kernel", "design", "requires", "steps")
+DEFAULT_DESIGN = "gmem-6.18"
+
+
+class CaseError(ValueError):
+    """A case file or case that does not follow CASES.md."""
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int  # 1-based, as reported
+    op: str
+    args: dict[str, Any]
+    bind: str | None = None
+    errno: int | None = None
+    signal: int | None = None
+    ret: Any = None
+    has_ret: bool = False
+    all_bytes: int | None = None
+    bytes_hex: str | None = None
+
+    @property
+    def expects_success(self) -> bool:
+        return self.errno is None and self.signal is None
+
+
+@dataclass(frozen=True)
+class Case:
+    file: str
+    id: str
+    about: str
+    kernel: str
+    design: str
+    requires: tuple[str, ...]
+    steps: tuple[Step, ...]
+    error: str | None = None  # set when the case is malformed
+
+    @property
+    def name(self) -> str:
+        return f"{self.file}::{self.id}"
+
+
+@dataclass
+class CaseFile:
+    path: str
+    cases: list[Case] = field(default_factory=list)
+    error: str | None = None
+
+
+def collect(paths: list[str]) -> list[CaseFile]:
+    """Every case file under the given files or folders, in a stable order."""
+    files: list[Path] = []
+    missing: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files.extend(sorted(path.rglob("*.toml")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(p)
+    result = [CaseFile(path=m, error="no such file or folder") for m in missing]
+    result.extend(load(f) for f in files)
+    return result
+
+
+def load(path: Path) -> CaseFile:
+    name = str(path)
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return CaseFile(path=name, error=f"cannot read: {exc}")
+    return parse(doc, name)
+
+
+def parse(doc: dict[str, Any], name: str = "<cases>") -> CaseFile:
+    out = CaseFile(path=name)
+    unknown = set(doc) - {"case"}
+    if unknown:
+        out.error = f"unknown top-level keys {sorted(unknown)} (a case file holds [[case]] tables)"
+        return out
+    raw_cases = doc.get("case", [])
+    if not isinstance(raw_cases, list):
+        out.error = "'case' must be an array of tables ([[case]])"
+        return out
+    seen: set[str] = set()
+    for n, raw in enumerate(raw_cases, 1):
+        case_id = raw.get("id") if isinstance(raw, dict) else None
+        label = case_id if isinstance(case_id, str) else f"#{n}"
+        try:
+            case = _parse_case(raw, name)
+        except CaseError as exc:
+            out.cases.append(Case(file=name, id=label, about="", kernel="any",
+                                  design=DEFAULT_DESIGN, requires=(), steps=(), error=str(exc)))
+            continue
+        if case.id in seen:
+            case = Case(**{**case.__dict__, "error": f"duplicate id {case.id!r} in this file"})
+        seen.add(case.id)
+        out.cases.append(case)
+    return out
+
+
+def _parse_case(raw: Any, name: str) -> Case:
+    if not isinstance(raw, dict):
+        raise CaseError("a case must be a table")
+    unknown = set(raw) - set(CASE_KEYS)
+    if unknown:
+        raise CaseError(f"unknown keys {sorted(unknown)}; a case has {', '.join(CASE_KEYS)}")
+    case_id = raw.get("id")
+    if not isinstance(case_id, str) or not case_id:
+        raise CaseError("every case needs a non-empty string id")
+    kernel = raw.get("kernel", "any")
+    if kernel not in KERNELS:
+        raise CaseError(f"kernel must be one of {KERNELS}, not {kernel!r}")
+    design = raw.get("design", DEFAULT_DESIGN)
+    if not isinstance(design, str):
+        raise CaseError("design must be a string")
+    requires = raw.get("requires", [])
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise CaseError("requires must be a list of strings")
+    for req in requires:
+        parse_requirement(req)
+    steps_raw = raw.get("steps")
+    if not isinstance(steps_raw, list) or not steps_raw:
+        raise CaseError("steps must be a non-empty array of inline tables")
+    steps = tuple(_parse_step(i, s) for i, s in enumerate(steps_raw, 1))
+    about = raw.get("about", "")
+    return Case(file=name, id=case_id, about=str(about), kernel=kernel, design=design,
+                requires=tuple(requires), steps=steps)
+
+
+def _parse_step(index: int, raw: Any) -> Step:
+    if not isinstance(raw, dict):
+        raise CaseError(f"step {index}: a step must be an inline table")
+    op = raw.get("op")
+    if not isinstance(op, str) or not op:
+        raise CaseError(f"step {index}: every step needs an op")
+    bind = raw.get("as")
+    if bind is not None and (not isinstance(bind, str) or not bind.isidentifier()):
+        raise CaseError(f"step {index} ({op}): 'as' must be a name")
+    err = raw.get("errno")
+    errno_value = None
+    if err is not None:
+        try:
+            errno_value = uapi.errno_number(err)
+        except ValueError as exc:
+            raise CaseError(f"step {index} ({op}): {exc}") from None
+    sig = raw.get("signal")
+    signal_value = None
+    if sig is not None:
+        if sig not in uapi.SIGNAL_NAMES:
+            raise CaseError(f"step {index} ({op}): signal must be SIGBUS or SIGSEGV, not {sig!r}")
+        signal_value = uapi.SIGNAL_NAMES[sig]
+    all_bytes = raw.get("all_bytes")
+    if all_bytes is not None and (isinstance(all_bytes, bool) or not isinstance(all_bytes, int)
+                                  or not 0 <= all_bytes <= 255):
+        raise CaseError(f"step {index} ({op}): all_bytes must be a byte value 0..255")
+    bytes_hex = raw.get("bytes_hex")
+    if bytes_hex is not None:
+        try:
+            bytes.fromhex(bytes_hex)
+        except (TypeError, ValueError):
+            raise CaseError(f"step {index} ({op}): bytes_hex is not hex") from None
+    outcomes = sum(x is not None for x in (errno_value, signal_value)) + \
+        int("ret" in raw or all_bytes is not None or bytes_hex is not None)
+    if outcomes > 1:
+        raise CaseError(f"step {index} ({op}): expect an errno, a signal or a result, not several")
+    args = {k: v for k, v in raw.items() if k not in STEP_META_KEYS}
+    return Step(index=index, op=op, args=args, bind=bind, errno=errno_value, signal=signal_value,
+                ret=raw.get("ret"), has_ret="ret" in raw, all_bytes=all_bytes, bytes_hex=bytes_hex)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    text: str
+    cap: str
+    cmp: str  # "nonzero", "&", "=", ">="
+    value: int
+
+
+def parse_requirement(text: str) -> Requirement:
+    """cap:NAME, cap:NAME&MASK, cap:NAME=VALUE or cap:NAME>=VALUE."""
+    if not text.startswith("cap:"):
+        raise CaseError(f"unknown requirement {text!r} (known form: cap:NAME[&MASK|=N|>=N])")
+    body = text[4:]
+    for cmp in (">=", "&", "="):
+        if cmp in body:
+            cap, _, value = body.partition(cmp)
+            break
+    else:
+        cap, cmp, value = body, "nonzero", "0"
+    try:
+        uapi.parse_flags(cap.strip(), uapi.CAPS, "capability")
+        number = int(value.strip(), 0)
+    except ValueError as exc:
+        raise CaseError(f"requirement {text!r}: {exc}") from None
+    return Requirement(text=text, cap=cap.strip(), cmp=cmp, value=number)

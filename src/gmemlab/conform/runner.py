@@ -1,0 +1,304 @@
+"""Running cases on a kernel and judging each step's outcome.
+
+A step's outcome is one of: a return value, an OSError (errno), a
+MemorySignal, or a UsageError (the call was malformed for this op).  The step
+passes when the outcome is the one the case expects.  Nothing a case does can
+stop the run: every exception is turned into a FAIL with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import uapi
+from ..errors import MemorySignal, UsageError
+from ..interface import INTERFACE_OPS, GuestAccess, Kernel, Stat
+from .cases import Case, CaseFile, Requirement, Step, parse_requirement
+
+_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(0[xX][0-9a-fA-F]+|\d+))?$")
+
+
+@dataclass
+class Result:
+    case: Case
+    status: str  # "PASS", "FAIL", "SKIP"
+    message: str = ""
+    step: int | None = None
+    kernel: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status} {self.case.name}"
+        return f"{text}: {self.message}" if self.message else text
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.case.file, "id": self.case.id, "status": self.status,
+                "step": self.step, "message": self.message, "kernel": self.kernel}
+
+
+@dataclass
+class Summary:
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def passed(self) -> int:
+        return sum(r.status == "PASS" for r in self.results)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "FAIL" for r in self.results)
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.status == "SKIP" for r in self.results)
+
+    def line(self) -> str:
+        return f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped"
+
+
+class StepFailure(Exception):
+    pass
+
+
+KernelFactory = Callable[[Case], Kernel]
+
+
+def run_files(files: list[CaseFile], kernel_kind: str, factory: KernelFactory,
+              unavailable: str | None = None) -> Iterator[Result]:
+    """Run every case; `unavailable` skips them all with that reason."""
+    for case_file in files:
+        if case_file.error is not None:
+            bad = Case(file=case_file.path, id="<file>", about="", kernel="any", design="",
+                       requires=(), steps=())
+            yield Result(bad, "FAIL", f"bad case file: {case_file.error}", kernel=kernel_kind)
+            continue
+        for case in case_file.cases:
+            yield run_case(case, kernel_kind, factory, unavailable)
+
+
+def run_case(case: Case, kernel_kind: str, factory: KernelFactory,
+             unavailable: str | None = None) -> Result:
+    if case.error is not None:
+        return Result(case, "FAIL", f"bad case: {case.error}", kernel=kernel_kind)
+    if case.kernel not in ("any", kernel_kind):
+        return Result(case, "SKIP", f"written for the {case.kernel} kernel only", kernel=kernel_kind)
+    if unavailable is not None:
+        return Result(case, "SKIP", unavailable, kernel=kernel_kind)
+    try:
+        kernel = factory(case)
+    except UsageError as exc:
+        return Result(case, "FAIL", f"bad case: {exc}", kernel=kernel_kind)
+    except OSError as exc:
+        return Result(case, "SKIP", f"kernel unavailable: {exc}", kernel=kernel_kind)
+    try:
+        return _run_on(case, kernel, kernel_kind)
+    finally:
+        try:
+            kernel.shutdown()
+        except Exception:  # noqa: BLE001 - cleanup must not hide the verdict
+            pass
+
+
+def _run_on(case: Case, kernel: Kernel, kernel_kind: str) -> Result:
+    for text in case.requires:
+        unmet = _unmet(kernel, parse_requirement(text))
+        if unmet:
+            return Result(case, "SKIP", f"requires {text} ({unmet})", kernel=kernel_kind)
+    for step in case.steps:
+        problem = _op_problem(kernel, step.op)
+        if problem:
+            return Result(case, problem[0], f"step {step.index} ({step.op}): {problem[1]}",
+                          step.index if problem[0] == "FAIL" else None, kernel=kernel_kind)
+    env: dict[str, Any] = {}
+    for step in case.steps:
+        try:
+            run_step(kernel, step, env)
+        except StepFailure as exc:
+            return Result(case, "FAIL", f"step {step.index} ({step.op}): {exc}", step.index,
+                          kernel=kernel_kind)
+        except Exception as exc:  # noqa: BLE001 - a kernel bug must not end the run
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            return Result(case, "FAIL", f"step {step.index} ({step.op}): internal error "
+                          f"{type(exc).__name__}: {exc} at {where.filename}:{where.lineno}",
+                          step.index, kernel=kernel_kind)
+    return Result(case, "PASS", kernel=kernel_kind)
+
+
+def _unmet(kernel: Kernel, req: Requirement) -> str | None:
+    cap = uapi.parse_flags(req.cap, uapi.CAPS, "capability")
+    try:
+        value = kernel.check_extension(cap)
+    except OSError as exc:
+        return f"KVM_CHECK_EXTENSION failed: {exc}"
+    ok = {"nonzero": value != 0, "&": value & req.value == req.value,
+          "=": value == req.value, ">=": value >= req.value}[req.cmp]
+    return None if ok else f"the kernel reports {value:#x}"
+
+
+def model_only_ops() -> frozenset[str]:
+    from ..model import ModelKernel
+    return frozenset(ModelKernel.EXTRA_OPS)
+
+
+def _op_problem(kernel: Kernel, op: str) -> tuple[str, str] | None:
+    """Why a step's op cannot run here: (SKIP or FAIL, reason), or None."""
+    if op in INTERFACE_OPS:
+        reason = kernel.unsupported(op)
+        return ("SKIP", reason) if reason else None
+    if op in model_only_ops():
+        if op in getattr(kernel, "EXTRA_OPS", ()):
+            return None
+        return ("FAIL", f"{op} is a model-only operation: the case must say kernel = \"model\"")
+    known = ", ".join(sorted(set(INTERFACE_OPS) | model_only_ops()))
+    return ("FAIL", f"unknown operation {op!r} (known: {known})")
+
+
+# --- one step ------------------------------------------------------------------------------
+
+
+def resolve(value: Any, env: dict[str, Any]) -> Any:
+    """Replace "$name" and "$name+N" by bound values, recursively."""
+    if isinstance(value, str):
+        m = _REF.match(value.strip())
+        if m is None:
+            if value.startswith("$"):
+                raise StepFailure(f"bad reference {value!r} (use $name or $name+N)")
+            return value
+        name, sign, offset = m.groups()
+        if name not in env:
+            raise StepFailure(f"${name} is not bound by an earlier step")
+        base = env[name]
+        if offset is None:
+            return base
+        if not isinstance(base, int):
+            raise StepFailure(f"${name} is not a number, cannot add an offset")
+        delta = int(offset, 0)
+        return base + delta if sign == "+" else base - delta
+    if isinstance(value, list):
+        return [resolve(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, env) for k, v in value.items()}
+    return value
+
+
+def step_arguments(step: Step, env: dict[str, Any]) -> dict[str, Any]:
+    """The call's keyword arguments: references resolved, flag names parsed,
+    data_hex decoded."""
+    args: dict[str, Any] = {}
+    for key, raw in step.args.items():
+        value = resolve(raw, env)
+        if key == "data_hex":
+            if not isinstance(value, str):
+                raise StepFailure("data_hex must be a hex string")
+            try:
+                args["data"] = bytes.fromhex(value)
+            except ValueError:
+                raise StepFailure("data_hex is not hex") from None
+            continue
+        names = uapi.FLAG_ARGUMENTS.get((step.op, key))
+        if names is not None and isinstance(value, str):
+            try:
+                value = uapi.parse_flags(value, names, f"{step.op}.{key}")
+            except ValueError as exc:
+                raise StepFailure(str(exc)) from None
+        args[key] = value
+    return args
+
+
+def run_step(kernel: Kernel, step: Step, env: dict[str, Any]) -> None:
+    args = step_arguments(step, env)
+    method = getattr(kernel, step.op, None)
+    if method is None:
+        raise StepFailure(f"this kernel has no operation {step.op!r}")
+    try:
+        result = method(**args)
+    except UsageError as exc:
+        raise StepFailure(f"bad call: {exc}") from None
+    except MemorySignal as sig:
+        if step.signal == sig.signo:
+            return
+        raise StepFailure(f"expected {_expected(step)}, got {sig.signal_name} ({sig})") from None
+    except OSError as exc:
+        got = uapi.errno_name(exc.errno) if exc.errno is not None else str(exc)
+        if step.errno is not None and exc.errno == step.errno:
+            return
+        raise StepFailure(f"expected {_expected(step)}, got {got} ({exc.strerror})") from None
+    if not step.expects_success:
+        raise StepFailure(f"expected {_expected(step)}, got success ({_show(result)})")
+    if step.bind:
+        env[step.bind] = result
+    _check_result(step, result, env)
+
+
+def _expected(step: Step) -> str:
+    if step.errno is not None:
+        return f"errno {uapi.errno_name(step.errno)}"
+    if step.signal is not None:
+        return uapi.signal_name(step.signal)
+    return "success"
+
+
+def _show(result: Any) -> str:
+    if isinstance(result, int) and not isinstance(result, bool):
+        return f"{result:#x}" if result > 4096 else str(result)
+    if isinstance(result, bytes):
+        return result[:16].hex() + ("..." if len(result) > 16 else "")
+    if isinstance(result, (Stat, GuestAccess)):
+        return str(result.as_table())
+    return repr(result)
+
+
+def _data_of(result: Any) -> bytes | None:
+    if isinstance(result, bytes):
+        return result
+    if isinstance(result, GuestAccess):
+        if result.exit != "none":
+            raise StepFailure(f"expected the access to complete, got exit {result.exit} "
+                              f"({result.as_table()})")
+        return bytes.fromhex(result.data_hex)
+    return None
+
+
+def _check_result(step: Step, result: Any, env: dict[str, Any]) -> None:
+    if step.all_bytes is not None or step.bytes_hex is not None:
+        data = _data_of(result)
+        if data is None:
+            raise StepFailure(f"{step.op} returns no bytes to compare")
+        if step.all_bytes is not None:
+            bad = next((i for i, b in enumerate(data) if b != step.all_bytes), None)
+            if bad is not None:
+                raise StepFailure(f"expected every byte {step.all_bytes:#04x}, byte {bad} is "
+                                  f"{data[bad]:#04x} ({len(data)} bytes read)")
+        if step.bytes_hex is not None and data != bytes.fromhex(step.bytes_hex):
+            raise StepFailure(f"expected bytes {step.bytes_hex}, got {data.hex()}")
+    if not step.has_ret:
+        return
+    want = resolve(step.ret, env)
+    if isinstance(result, (Stat, GuestAccess)):
+        if not isinstance(want, dict):
+            raise StepFailure(f"{step.op} returns a table; ret must be a table")
+        table = result.as_table()
+        for key, expected in want.items():
+            if key not in table:
+                raise StepFailure(f"result has no {key!r} (it has {sorted(table)})")
+            if not _equal(table[key], expected):
+                raise StepFailure(f"expected {key} = {expected!r}, got {table[key]!r} "
+                                  f"(result {table})")
+        return
+    if isinstance(result, bytes):
+        if not isinstance(want, str) or bytes.fromhex(want) != result:
+            raise StepFailure(f"expected bytes {want!r}, got {result.hex()}")
+        return
+    if not _equal(result, want):
+        raise StepFailure(f"expected {want!r}, got {_show(result)}")
+
+
+def _equal(got: Any, want: Any) -> bool:
+    if isinstance(got, str) and isinstance(want, str):
+        return got.lower() == want.lower()
+    if isinstance(got, bool) or isinstance(want, bool):
+        return got is want
+    return bool(got == want)

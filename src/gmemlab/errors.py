@@ -1,0 +1,54 @@
+"""The three ways an operation can fail, shared by both kernels.
+
+* ``OSError`` with the kernel's errno: what the system call or ioctl returned.
+* ``MemorySignal``: a host load or store that the kernel would answer with
+  SIGBUS or SIGSEGV.  The model raises it where the real process would die;
+  the host kernel detects the fault before touching the page, so neither
+  crashes the interpreter.
+* ``UsageError``: the call itself is malformed (a string where a size belongs,
+  a value that no C type of the uAPI can hold, an unknown operation).  No
+  kernel ever sees such a call, so it has no errno.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from . import uapi
+
+
+class MemorySignal(Exception):
+    """A host memory access that the kernel answers with a signal."""
+
+    def __init__(self, signo: int, addr: int, why: str = "") -> None:
+        self.signo = signo
+        self.addr = addr
+        self.why = why
+        super().__init__(f"{self.signal_name} at {addr:#x}" + (f": {why}" if why else ""))
+
+    @property
+    def signal_name(self) -> str:
+        return uapi.signal_name(self.signo)
+
+
+class UsageError(ValueError):
+    """A malformed call: wrong type, out of range for its C type, unknown name."""
+
+
+def kernel_error(number: int, why: str = "") -> OSError:
+    """An OSError as the kernel would give it, with an optional explanation."""
+    text = os.strerror(number)
+    if why:
+        text = f"{text} ({why})"
+    err = OSError(number, text)
+    return err
+
+
+def errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    return None
+
+
+EINVAL = _errno.EINVAL

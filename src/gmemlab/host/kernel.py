@@ -1,0 +1,355 @@
+"""HostKernel: the interface on the running kernel, standard library only.
+
+Every operation is the real system call or ioctl.  Two things are added so
+that a case can never harm the interpreter that runs it:
+
+* The case sees only its own resources.  An fd this HostKernel did not
+  create is treated as not open (EBADF, or -1 inside an ioctl struct), and an
+  address-space operation that would touch memory it did not map (the
+  interpreter's heap, libraries, stacks) is refused with UsageError instead
+  of being executed.
+* Loads and stores go through process_vm_readv/writev on our own pid, which
+  copy until the first page that cannot be served and return EFAULT there
+  instead of raising a signal.  The faulting address is then classified the
+  way the kernel would signal it: no VMA or a protection violation is
+  SIGSEGV, a VMA whose fault handler refused is SIGBUS.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import weakref
+
+from .. import uapi
+from ..errors import MemorySignal, UsageError, kernel_error
+from ..interface import GuestAccess, Stat, checked
+from ..model.ranges import RangeMap
+from . import libc
+
+P = uapi.PAGE_SIZE
+SHIFT = uapi.PAGE_SHIFT
+KVM_DEV = "/dev/kvm"
+
+
+def host_unavailable() -> str | None:
+    """Why /dev/kvm cannot be used here, or None."""
+    try:
+        fd = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open {KVM_DEV}: {exc.strerror}"
+    try:
+        version = libc.ioctl_int(fd, uapi.KVM_GET_API_VERSION, 0)
+    finally:
+        os.close(fd)
+    if version != uapi.KVM_API_VERSION:
+        return f"KVM API version {version}, expected {uapi.KVM_API_VERSION}"
+    return None
+
+
+def read_maps() -> list[tuple[int, int, str]]:
+    """(start, end, perms) of every VMA of this process."""
+    out = []
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            span, perms = line.split(None, 2)[:2]
+            lo, _, hi = span.partition("-")
+            out.append((int(lo, 16), int(hi, 16), perms))
+    return out
+
+
+def _release(fds: set[int], own: RangeMap[bool]) -> None:
+    """Unmap what we mapped and close what we opened (also run by the finalizer)."""
+    for s, e, mine in list(own.runs()):
+        if mine:
+            try:
+                libc.munmap(s << SHIFT, (e - s) << SHIFT)
+            except OSError:
+                pass
+    own.set(0, own.limit, False)
+    for fd in sorted(fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
+@checked
+class HostKernel:
+    """The running kernel through /dev/kvm, guest_memfd and mmap."""
+
+    name = "host"
+    EXTRA_OPS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._kvm = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
+        self._fds: set[int] = set()
+        # Virtual pages this kernel object mapped and has not unmapped.
+        self._own: RangeMap[bool] = RangeMap(False, 1 << (64 - SHIFT))
+        self._finalizer = weakref.finalize(self, HostKernel._final, self._kvm, self._fds, self._own)
+
+    @staticmethod
+    def _final(kvm: int, fds: set[int], own: RangeMap[bool]) -> None:
+        _release(fds, own)
+        try:
+            os.close(kvm)
+        except OSError:
+            pass
+
+    def __enter__(self) -> HostKernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self._finalizer()
+
+    def unsupported(self, op: str) -> str | None:
+        if op == "guest_access":
+            return "guest_access on the host needs the vCPU runner, not part of this build yet"
+        return None
+
+    # --- resources seen by the case ------------------------------------------------
+
+    def _fd(self, fd: int) -> int:
+        if fd not in self._fds:
+            raise kernel_error(errno.EBADF, f"fd {fd} is not open (for this kernel)")
+        return fd
+
+    def _adopt(self, fd: int) -> int:
+        self._fds.add(fd)
+        return fd
+
+    def _struct_fd(self, fd: int) -> int:
+        """An fd inside an ioctl struct: foreign numbers become -1."""
+        signed = fd - (1 << 32) if fd >= 1 << 31 else fd
+        return signed & 0xFFFFFFFF if signed in self._fds else 0xFFFFFFFF
+
+    def _check_range(self, addr: int, length: int, what: str) -> None:
+        """Refuse to touch memory this kernel object did not map."""
+        if length <= 0:
+            return
+        end = min(addr + length, 1 << 64)
+        first, last = addr >> SHIFT, (end + P - 1) >> SHIFT
+        for lo, hi, _ in read_maps():
+            if hi <= addr or lo >= end:
+                continue
+            a, b = max(lo, addr) >> SHIFT, (min(hi, end) + P - 1) >> SHIFT
+            if not self._own.all_equal(max(a, first), min(b, last), True):
+                raise UsageError(f"{what}: [{addr:#x}, {end:#x}) touches memory this kernel "
+                                 "did not map (the interpreter's own)")
+
+    def _mark(self, addr: int, length: int, mine: bool) -> None:
+        if length > 0:
+            first = addr >> SHIFT
+            self._own.set(first, min(first + ((length + P - 1) >> SHIFT), self._own.limit), mine)
+
+    # --- file and memory ------------------------------------------------------------------
+
+    def open_kvm(self) -> int:
+        return self._adopt(os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC))
+
+    def create_vm(self, type: int = 0) -> int:
+        return self._adopt(libc.ioctl_int(self._kvm, uapi.KVM_CREATE_VM, type))
+
+    def check_extension(self, cap: int, vm: int | None = None) -> int:
+        fd = self._kvm if vm is None else self._fd(vm)
+        return libc.ioctl_int(fd, uapi.KVM_CHECK_EXTENSION, cap)
+
+    def create_guest_memfd(self, vm: int, size: int, flags: int = 0,
+                           reserved: tuple[int, ...] = ()) -> int:
+        if len(reserved) > 6:
+            raise UsageError("create_guest_memfd: reserved has 6 entries")
+        res = list(reserved) + [0] * (6 - len(reserved))
+        buf = bytearray(uapi.KVM_CREATE_GUEST_MEMFD_STRUCT.pack(size, flags, *res))
+        return self._adopt(libc.ioctl_buf(self._fd(vm), uapi.KVM_CREATE_GUEST_MEMFD, buf))
+
+    def memfd_create(self, name: str = "gmemlab", flags: int = 0) -> int:
+        if "\0" in name:
+            raise UsageError("memfd_create: name must not contain NUL")
+        return self._adopt(os.memfd_create(name, flags))
+
+    def close(self, fd: int) -> int:
+        os.close(self._fd(fd))
+        self._fds.discard(fd)
+        return 0
+
+    def dup(self, fd: int) -> int:
+        return self._adopt(os.dup(self._fd(fd)))
+
+    def fstat(self, fd: int) -> Stat:
+        st = os.fstat(self._fd(fd))
+        return Stat(size=st.st_size, mode=st.st_mode, blksize=st.st_blksize, blocks=st.st_blocks,
+                    nlink=st.st_nlink, ino=st.st_ino, dev=st.st_dev)
+
+    def fchmod(self, fd: int, mode: int) -> int:
+        target = self._fd(fd)
+        link = os.readlink(f"/proc/self/fd/{target}")
+        if not (link.startswith("/memfd:") or link == "anon_inode:[kvm-gmem]"):
+            raise UsageError("fchmod: only guest_memfd and memfd files may be changed "
+                             "(the others share a system-wide inode)")
+        os.fchmod(target, mode)
+        return 0
+
+    def fsync(self, fd: int) -> int:
+        os.fsync(self._fd(fd))
+        return 0
+
+    def read(self, fd: int, length: int) -> bytes:
+        return os.read(self._fd(fd), length)
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(self._fd(fd), data)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        if offset < 0:
+            raise kernel_error(errno.EINVAL, "negative offset")
+        return os.pread(self._fd(fd), length, offset)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        if offset < 0:
+            raise kernel_error(errno.EINVAL, "negative offset")
+        return os.pwrite(self._fd(fd), data, offset)
+
+    def lseek(self, fd: int, offset: int, whence: int) -> int:
+        return os.lseek(self._fd(fd), offset, whence)
+
+    def ftruncate(self, fd: int, length: int) -> int:
+        if length < 0:
+            raise kernel_error(errno.EINVAL, "negative length")
+        os.ftruncate(self._fd(fd), length)
+        return 0
+
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> int:
+        return libc.fallocate(self._fd(fd), mode, offset, length)
+
+    # --- the address space -----------------------------------------------------------------
+
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0,
+             addr: int = 0) -> int:
+        anonymous = bool(flags & uapi.MAP_ANONYMOUS)
+        if flags & (uapi.MAP_FIXED | uapi.MAP_FIXED_NOREPLACE):
+            self._check_range(addr, length, "mmap")
+        elif addr:
+            addr = 0  # a hint could place the mapping among the interpreter's; drop it
+        raw_fd = -1 if anonymous else self._fd(fd)
+        result = libc.mmap(addr, length, prot, flags, raw_fd, offset)
+        self._mark(result, length, True)
+        return result
+
+    def munmap(self, addr: int, length: int) -> int:
+        self._check_range(addr, length, "munmap")
+        libc.munmap(addr, length)
+        if not addr & (P - 1):
+            self._mark(addr, length, False)
+        return 0
+
+    def mprotect(self, addr: int, length: int, prot: int) -> int:
+        self._check_range(addr, length, "mprotect")
+        return libc.mprotect(addr, length, prot)
+
+    def madvise(self, addr: int, length: int, advice: int) -> int:
+        self._check_range(addr, length, "madvise")
+        return libc.madvise(addr, length, advice)
+
+    def mremap(self, addr: int, old_length: int, new_length: int, flags: int = 0,
+               new_address: int = 0) -> int:
+        # Growing never touches other mappings (it moves or fails instead),
+        # so only the old range and a MREMAP_FIXED target need to be ours.
+        self._check_range(addr, old_length, "mremap")
+        if flags & uapi.MREMAP_FIXED:
+            self._check_range(new_address, new_length, "mremap")
+        result = libc.mremap(addr, old_length, new_length, flags, new_address)
+        if result != addr:
+            self._mark(addr, old_length, False)
+        elif new_length < old_length:
+            self._mark(addr + new_length, old_length - new_length, False)
+        self._mark(result, new_length, True)
+        return result
+
+    def _signal_at(self, addr: int, write: bool) -> MemorySignal:
+        """The signal a plain access at addr would have raised."""
+        for lo, hi, perms in read_maps():
+            if lo <= addr < hi:
+                if write and perms[1] != "w" or perms[:3] == "---":
+                    return MemorySignal(uapi.SIGSEGV, addr, "the mapping's protection forbids it")
+                if not write and perms[0] != "r":
+                    # x86 would load through PROT_WRITE or PROT_EXEC alone, but
+                    # process_vm_readv needs VM_READ: the answer is unknown.
+                    raise UsageError(f"read_mem: {addr:#x} is mapped without PROT_READ; the "
+                                     "host cannot check such a load without risking a crash")
+                return MemorySignal(uapi.SIGBUS, addr, "the file refused the page fault")
+        return MemorySignal(uapi.SIGSEGV, addr, "no mapping")
+
+    def read_mem(self, addr: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        self._check_range(addr, length, "read_mem")
+        out = bytearray(length)
+        done = libc.copy_from(addr, length, out)
+        if done < length:
+            raise self._signal_at(addr + done, write=False)
+        return bytes(out)
+
+    def write_mem(self, addr: int, data: bytes = b"", fill: int | None = None,
+                  length: int | None = None) -> int:
+        n = length if fill is not None and length is not None else len(data)
+        if n == 0:
+            return 0
+        self._check_range(addr, n, "write_mem")
+        if fill is not None:
+            done = self._fill(addr, n, fill)
+        else:
+            done = libc.copy_to(addr, data)
+        if done < n:
+            raise self._signal_at(addr + done, write=True)
+        return n
+
+    def _fill(self, addr: int, n: int, byte: int) -> int:
+        chunk = min(n, 1 << 20)
+        pattern = bytes([byte]) * chunk
+        done = libc.copy_to(addr, pattern, n // chunk)
+        if done == (n // chunk) * chunk and n % chunk:
+            done += libc.copy_to(addr + done, pattern[:n % chunk])
+        return done
+
+    # --- KVM -------------------------------------------------------------------------------
+
+    def set_user_memory_region(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
+                               memory_size: int, userspace_addr: int = 0) -> int:
+        buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION_STRUCT.pack(
+            slot, flags, guest_phys_addr, memory_size, userspace_addr))
+        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION, buf)
+
+    def set_user_memory_region2(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
+                                memory_size: int, userspace_addr: int = 0,
+                                guest_memfd: int = -1, guest_memfd_offset: int = 0) -> int:
+        buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION2_STRUCT.pack(
+            slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset,
+            self._struct_fd(guest_memfd), 0, *([0] * 14)))
+        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
+
+    def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
+                              flags: int = 0) -> int:
+        buf = bytearray(uapi.KVM_MEMORY_ATTRIBUTES_STRUCT.pack(address, size, attributes, flags))
+        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_MEMORY_ATTRIBUTES, buf)
+
+    def enable_cap(self, vm: int, cap: int, args: tuple[int, ...] = (), flags: int = 0) -> int:
+        if len(args) > 4:
+            raise UsageError("enable_cap: at most 4 args")
+        padded = list(args) + [0] * (4 - len(args))
+        buf = bytearray(uapi.KVM_ENABLE_CAP_STRUCT.pack(cap, flags, *padded))
+        return libc.ioctl_buf(self._fd(vm), uapi.KVM_ENABLE_CAP, buf)
+
+    def create_vcpu(self, vm: int, id: int = 0) -> int:
+        return self._adopt(libc.ioctl_int(self._fd(vm), uapi.KVM_CREATE_VCPU, id))
+
+    def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
+                     private: bool = False, data: bytes = b"") -> GuestAccess:
+        reason = self.unsupported("guest_access")
+        raise UsageError(f"guest_access: {reason}")
+
+    def __repr__(self) -> str:
+        return f"HostKernel({len(self._fds)} fds)"

@@ -1,0 +1,342 @@
+"""The one kernel interface: every operation of CASES.md, once.
+
+ModelKernel and HostKernel both implement this Protocol; the conformance
+runner, the differential fuzzer and the examples only ever talk to it.  An
+operation returns what the system call returns (an fd, an address, a count,
+0) or a typed result for the table-valued ones, and fails with OSError(errno),
+MemorySignal or UsageError (see errors.py).
+
+Integer arguments carry the width of the C field or parameter they stand for;
+a value that does not fit is a UsageError, not a silently truncated call.
+Argument names are the struct field or syscall parameter names, so a case
+file step maps onto a call by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Protocol, TypeVar, get_type_hints, runtime_checkable
+
+from . import uapi
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class CInt:
+    """The C integer type an argument stands for.
+
+    As in C, a value is accepted in either its signed or its unsigned spelling
+    (size=-4096 and size=0xfffffffffffff000 are the same u64) and converted to
+    the type's own signedness; a value no spelling of the type can hold is a
+    UsageError.
+    """
+
+    ctype: str
+    bits: int
+    signed: bool
+    limit: int | None = None  # gmemlab's own bound, where results must fit in memory
+
+    def check(self, op: str, name: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{op}: {name} must be an integer ({self.ctype}), "
+                             f"got {type(value).__name__} {value!r}")
+        half = 1 << (self.bits - 1)
+        if not -half <= value < (1 << self.bits):
+            raise UsageError(f"{op}: {name}={value} does not fit {self.ctype} "
+                             f"({self.bits} bits)")
+        value &= (1 << self.bits) - 1
+        if self.signed and value >= half:
+            value -= 1 << self.bits
+        if self.limit is not None and value > self.limit:
+            raise UsageError(f"{op}: {name}={value} is more than gmemlab returns at once "
+                             f"({self.limit} bytes)")
+        return value
+
+
+S32 = CInt("int", 32, True)
+U32 = CInt("u32", 32, False)
+S64 = CInt("loff_t", 64, True)
+U64 = CInt("u64", 64, False)
+U8 = CInt("u8", 8, False)
+# Reads return Python bytes: at most 1 GiB at a time.
+READ_LIMIT = 1 << 30
+ReadLen = Annotated[int, CInt("size_t", 64, False, READ_LIMIT)]
+# struct kvm_userspace_memory_region2.guest_memfd is a __u32 holding an fd;
+# -1 and 0xffffffff are the same value to the kernel.
+FD_U32 = CInt("u32 fd", 32, False)
+
+Int = Annotated[int, S32]
+Fd = Annotated[int, S32]
+UInt = Annotated[int, U32]
+Off = Annotated[int, S64]
+ULong = Annotated[int, U64]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What fstat reports that the cases compare."""
+
+    size: int
+    mode: int
+    blksize: int
+    blocks: int
+    nlink: int
+    ino: int
+    dev: int
+
+    def as_table(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GuestAccess:
+    """The outcome of one guest load or store.
+
+    exit is "none" when the access completed; otherwise the name of the exit
+    KVM_RUN gave ("memory_fault", "mmio", ...).  For a memory fault, gpa is the
+    page-aligned faulting address, size 4096 and flags 8 when the access was
+    private.  For an MMIO exit, gpa is the accessed address and size the
+    length.  data_hex holds the bytes a completed load read.
+    """
+
+    exit: str
+    data_hex: str = ""
+    gpa: int | None = None
+    size: int | None = None
+    flags: int | None = None
+    write: bool | None = None
+
+    def as_table(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@runtime_checkable
+class Kernel(Protocol):
+    """The operations of ../shared/spec/CASES.md, with their parameter names."""
+
+    name: str
+
+    # --- file and memory (host userspace) ------------------------------------
+
+    def open_kvm(self) -> int:
+        """open("/dev/kvm", O_RDWR): the system fd (CASES.md uses it implicitly)."""
+        ...
+
+    def create_vm(self, type: ULong = 0) -> int: ...
+
+    def check_extension(self, cap: ULong, vm: Fd | None = None) -> int: ...
+
+    def create_guest_memfd(self, vm: Fd, size: ULong, flags: ULong = 0,
+                           reserved: Sequence[ULong] = ()) -> int: ...
+
+    def memfd_create(self, name: str = "gmemlab", flags: UInt = 0) -> int: ...
+
+    def close(self, fd: Fd) -> int: ...
+
+    def dup(self, fd: Fd) -> int: ...
+
+    def fstat(self, fd: Fd) -> Stat: ...
+
+    def read(self, fd: Fd, length: ReadLen) -> bytes: ...
+
+    def write(self, fd: Fd, data: bytes) -> int: ...
+
+    def pread(self, fd: Fd, length: ReadLen, offset: Off) -> bytes: ...
+
+    def pwrite(self, fd: Fd, data: bytes, offset: Off) -> int: ...
+
+    def lseek(self, fd: Fd, offset: Off, whence: UInt) -> int: ...
+
+    def ftruncate(self, fd: Fd, length: Off) -> int: ...
+
+    def fallocate(self, fd: Fd, mode: Int, offset: Off, length: Off) -> int: ...
+
+    def fsync(self, fd: Fd) -> int: ...
+
+    def fchmod(self, fd: Fd, mode: UInt) -> int: ...
+
+    def mmap(self, fd: Fd, length: ULong, prot: Int, flags: Int, offset: Off = 0,
+             addr: ULong = 0) -> int: ...
+
+    def munmap(self, addr: ULong, length: ULong) -> int: ...
+
+    def mprotect(self, addr: ULong, length: ULong, prot: Int) -> int: ...
+
+    def madvise(self, addr: ULong, length: ULong, advice: Int) -> int: ...
+
+    def mremap(self, addr: ULong, old_length: ULong, new_length: ULong, flags: ULong = 0,
+               new_address: ULong = 0) -> int: ...
+
+    def read_mem(self, addr: ULong, length: ReadLen) -> bytes: ...
+
+    def write_mem(self, addr: ULong, data: bytes = b"", fill: Annotated[int, U8] | None = None,
+                  length: ULong | None = None) -> int: ...
+
+    # --- KVM -----------------------------------------------------------------
+
+    def set_user_memory_region(self, vm: Fd, slot: UInt, flags: UInt, guest_phys_addr: ULong,
+                               memory_size: ULong, userspace_addr: ULong = 0) -> int: ...
+
+    def set_user_memory_region2(self, vm: Fd, slot: UInt, flags: UInt, guest_phys_addr: ULong,
+                                memory_size: ULong, userspace_addr: ULong = 0,
+                                guest_memfd: Annotated[int, FD_U32] = -1, guest_memfd_offset: ULong = 0) -> int: ...
+
+    def set_memory_attributes(self, vm: Fd, address: ULong, size: ULong, attributes: ULong,
+                              flags: ULong = 0) -> int: ...
+
+    def enable_cap(self, vm: Fd, cap: UInt, args: Sequence[ULong] = (), flags: UInt = 0) -> int: ...
+
+    def create_vcpu(self, vm: Fd, id: ULong = 0) -> int: ...
+
+    def guest_access(self, vcpu: Fd, gpa: ULong, length: ULong, write: bool = False,
+                     private: bool = False, data: bytes = b"") -> GuestAccess: ...
+
+    # --- housekeeping --------------------------------------------------------
+
+    def unsupported(self, op: str) -> str | None:
+        """Why this kernel cannot run op here, or None when it can."""
+        ...
+
+    def shutdown(self) -> None:
+        """Release every resource the kernel object holds."""
+        ...
+
+
+# The operations of the interface, in the order above: the case-file vocabulary.
+INTERFACE_OPS: tuple[str, ...] = tuple(
+    name for name in Kernel.__dict__
+    if not name.startswith("_") and callable(Kernel.__dict__[name])
+    and name not in ("unsupported", "shutdown")
+)
+
+
+# --- argument checking, shared by every implementation -----------------------------
+
+K = TypeVar("K")
+
+
+def _checker(op: str, hint: Any) -> Callable[[str, object], object]:
+    """A function that validates one argument against its annotation."""
+    optional = False
+    args = getattr(hint, "__args__", ())
+    if type(None) in args:  # X | None
+        optional = True
+        hint = next(a for a in args if a is not type(None))
+    meta = getattr(hint, "__metadata__", ())
+    cint = next((m for m in meta if isinstance(m, CInt)), None)
+    origin = getattr(hint, "__origin__", hint)
+
+    def check(name: str, value: object) -> object:
+        if value is None and optional:
+            return None
+        if cint is not None:
+            return cint.check(op, name, value)
+        if origin is bool:
+            if not isinstance(value, bool):
+                raise UsageError(f"{op}: {name} must be true or false, got {value!r}")
+            return value
+        if origin is bytes:
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                return bytes(value)
+            raise UsageError(f"{op}: {name} must be bytes, got {type(value).__name__}")
+        if origin is str:
+            if not isinstance(value, str):
+                raise UsageError(f"{op}: {name} must be a string, got {type(value).__name__}")
+            return value
+        if origin is Sequence or origin is list:
+            item = getattr(hint, "__args__", (int,))[0]
+            inner = next((m for m in getattr(item, "__metadata__", ()) if isinstance(m, CInt)), U64)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise UsageError(f"{op}: {name} must be a list of integers, got {value!r}")
+            return tuple(inner.check(op, f"{name}[{i}]", v) for i, v in enumerate(value))
+        if origin is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"{op}: {name} must be an integer, got {value!r}")
+            return value
+        return value
+
+    return check
+
+
+@functools.lru_cache(maxsize=None)
+def op_signature(op: str) -> inspect.Signature:
+    """The Protocol's signature of op (without self)."""
+    if op not in INTERFACE_OPS:
+        raise UsageError(f"unknown operation {op!r}")
+    sig = inspect.signature(getattr(Kernel, op))
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+@functools.lru_cache(maxsize=None)
+def _op_checkers(op: str) -> tuple[inspect.Signature, dict[str, Callable[[str, object], object]]]:
+    hints = get_type_hints(getattr(Kernel, op), include_extras=True)
+    sig = op_signature(op)
+    return sig, {name: _checker(op, hints[name]) for name in sig.parameters}
+
+
+# Calls gmemlab refuses on both kernels, because on the host they would harm
+# the machine or the interpreter, and the model does not pretend to know them.
+REFUSED_ADVICE = {
+    100: "MADV_HWPOISON poisons real memory",
+    101: "MADV_SOFT_OFFLINE offlines real memory",
+    102: "guard regions (MADV_GUARD_INSTALL) are not modelled",
+    103: "guard regions (MADV_GUARD_REMOVE) are not modelled",
+    24: "MADV_DONTNEED_LOCKED is not modelled",
+}
+
+
+def _refuse(op: str, args: dict[str, Any]) -> None:
+    if op == "madvise" and args["advice"] in REFUSED_ADVICE:
+        raise UsageError(f"madvise: advice {args['advice']} refused: "
+                         f"{REFUSED_ADVICE[args['advice']]}")
+    if op == "enable_cap" and args["cap"] not in uapi.CAPS.values():
+        raise UsageError(f"enable_cap: capability {args['cap']} is not one gmemlab knows "
+                         f"({', '.join(sorted(uapi.CAPS))})")
+    if op == "write_mem":
+        if args["fill"] is not None:
+            if args["data"]:
+                raise UsageError("write_mem: give data or fill + length, not both")
+            if args["length"] is None:
+                raise UsageError("write_mem: fill needs a length")
+        elif args["length"] is not None and args["length"] != len(args["data"]):
+            raise UsageError(f"write_mem: length {args['length']} differs from the "
+                             f"{len(args['data'])} bytes of data")
+
+
+def check_call(op: str, args: tuple[object, ...], kwargs: dict[str, object]) -> dict[str, Any]:
+    """Bind and validate a call of op; the validated arguments by name."""
+    sig, checkers = _op_checkers(op)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        params = ", ".join(sig.parameters)
+        raise UsageError(f"{op}: {exc} (parameters: {params})") from None
+    bound.apply_defaults()
+    checked_args = {name: checkers[name](name, value) for name, value in bound.arguments.items()}
+    _refuse(op, checked_args)
+    return checked_args
+
+
+def checked(cls: type[K]) -> type[K]:
+    """Class decorator: every interface operation of cls validates its arguments.
+
+    Both kernels use it, so a malformed call fails with the same UsageError on
+    either, before any state is touched or any system call is made.
+    """
+    for op in INTERFACE_OPS:
+        impl = getattr(cls, op, None)
+        if impl is None or getattr(impl, "__wrapped_op__", None) == op:
+            continue
+
+        def make(op: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(impl)
+            def wrapper(self: Any, *args: object, **kwargs: object) -> Any:
+                return impl(self, **check_call(op, args, kwargs))
+            wrapper.__wrapped_op__ = op  # type: ignore[attr-defined]
+            return wrapper
+
+        setattr(cls, op, make(op, impl))
+    return cls

@@ -1,0 +1,74 @@
+"""`gmemlab run`: the bundled cases on the model and the host, side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from .conform import bundled_cases, collect, kernel_factory
+from .conform.runner import Result, run_files
+
+
+@dataclass
+class Row:
+    name: str
+    model: Result
+    host: Result
+
+    @property
+    def verdict(self) -> str:
+        statuses = {self.model.status, self.host.status}
+        if "FAIL" in statuses:
+            return "FAIL"
+        if statuses == {"PASS"}:
+            return "agree"
+        return "n/a"
+
+
+def compare_on_cases(host: bool = True) -> tuple[list[Row], str | None]:
+    files = collect([str(bundled_cases())])
+    model_factory, _ = kernel_factory("model")
+    host_factory, host_missing = kernel_factory("host")
+    if not host:
+        host_missing = "not asked for (--no-host)"
+    model_results = list(run_files(files, "model", model_factory))
+    host_results = list(run_files(files, "host", host_factory, host_missing))
+    rows = [Row(m.case.name, m, h) for m, h in zip(model_results, host_results, strict=True)]
+    return rows, host_missing
+
+
+def _cell(result: Result) -> str:
+    style = {"PASS": "green", "FAIL": "bold red", "SKIP": "dim"}[result.status]
+    return f"[{style}]{result.status}[/{style}]"
+
+
+def main_job(host: bool = True) -> bool:
+    console = Console(highlight=False)
+    rows, host_missing = compare_on_cases(host)
+    table = Table(title="gmemlab: bundled cases on the model and on this machine's kernel")
+    table.add_column("case", overflow="fold")
+    table.add_column("model")
+    table.add_column("host")
+    table.add_column("agree?")
+    for row in rows:
+        mark = {"agree": "[green]yes[/green]", "FAIL": "[bold red]NO[/bold red]", "n/a": "[dim]-[/dim]"}
+        table.add_row(row.name, _cell(row.model), _cell(row.host), mark[row.verdict])
+    console.print(table)
+    failures = [r for r in rows if r.verdict == "FAIL"]
+    for row in failures:
+        for result in (row.model, row.host):
+            if result.status == "FAIL":
+                console.print(f"[red]{result.kernel}[/red] {result.line()}")
+    both = sum(r.verdict == "agree" for r in rows)
+    model_only = sum(r.model.status == "PASS" and r.host.status == "SKIP" for r in rows)
+    host_note = f"host skipped: {host_missing}" if host_missing else \
+        f"{model_only} cases ran on the model only"
+    if failures:
+        console.print(f"[bold red]verdict: {len(failures)} of {len(rows)} cases failed[/bold red] "
+                      f"({both} agree; {host_note})")
+        return False
+    console.print(f"[bold green]verdict: model and kernel agree on all {both} cases both ran[/bold green]"
+                  f"; {host_note}; 0 failures")
+    return True

@@ -1,0 +1,150 @@
+"""guest_memfd: creation, fallocate, mmap, faults, binding and release.
+
+Follows virt/kvm/guest_memfd.c: the inode owns the memory (a page store),
+the file owns the bindings (file page index -> memslot), binding takes no
+file reference, and release clears every binding's file pointer instead of
+deleting the memslot.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from .. import uapi
+from ..errors import kernel_error
+from . import pages
+from .base import ModelBase
+from .ranges import RangeMap
+from .state import GFN_LIMIT, Mapping, Memslot, OpenFile, Vm
+
+P = uapi.PAGE_SIZE
+SHIFT = uapi.PAGE_SHIFT
+LOFF_MAX = (1 << 63) - 1
+
+
+class GmemOps(ModelBase):
+    def create_guest_memfd(self, vm: int, size: int, flags: int = 0,
+                           reserved: tuple[int, ...] = ()) -> int:
+        # kvm_gmem_create; reserved[] is not checked by the kernel.
+        kvm = self._vm_of(vm)
+        if flags & ~self.design.gmem_supported_flags(kvm.type):
+            raise kernel_error(errno.EINVAL, f"flags {flags:#x} outside the supported "
+                               f"{self.design.gmem_supported_flags(kvm.type):#x}")
+        if size > LOFF_MAX or size == 0 or size & (P - 1):
+            raise kernel_error(errno.EINVAL, "size must be positive and page-aligned")
+        inode = self._new_inode("gmem", uapi.S_IFREG | 0o600, size=size)
+        inode.flags = flags
+        inode.vm = kvm.id
+        f = self._new_file("gmem", inode, vm=kvm)
+        f.bindings = RangeMap(None, GFN_LIMIT)
+        return self._install(f)
+
+    # --- fallocate ----------------------------------------------------------------
+
+    def _fallocate_gmem(self, f: OpenFile, mode: int, offset: int, length: int) -> None:
+        if not mode & uapi.FALLOC_FL_KEEP_SIZE:
+            raise kernel_error(errno.EOPNOTSUPP, "guest_memfd needs FALLOC_FL_KEEP_SIZE")
+        if mode & ~(uapi.FALLOC_FL_KEEP_SIZE | uapi.FALLOC_FL_PUNCH_HOLE):
+            raise kernel_error(errno.EOPNOTSUPP, "guest_memfd supports only KEEP_SIZE|PUNCH_HOLE")
+        if offset & (P - 1) or length & (P - 1):
+            raise kernel_error(errno.EINVAL, "offset and length must be page-aligned")
+        inode = self.state.inodes[f.inode]
+        first, last = offset >> SHIFT, (offset + length) >> SHIFT
+        if mode & uapi.FALLOC_FL_PUNCH_HOLE:
+            # No size check: punching at or beyond EOF succeeds.
+            self._gmem_invalidate(f, first, last)
+            self.state.counters["host_pte_zaps"] += 1
+            self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
+            return
+        if offset + length > inode.size:
+            raise kernel_error(errno.EINVAL, "allocation beyond the file size")
+        self.state.counters["pages_allocated"] += pages.allocate(inode.pages, first, last)
+
+    def _gmem_invalidate(self, f: OpenFile, first: int, last: int) -> None:
+        """kvm_gmem_invalidate_begin/end: zap KVM mappings of bound slots."""
+        assert f.bindings is not None
+        if any(key is not None for _, _, key in f.bindings.runs(first, last)):
+            self.state.counters["kvm_zaps"] += 1
+            self.state.counters["tlb_flushes"] += 1
+
+    # --- mmap and faults ----------------------------------------------------------------
+
+    def _mmap_gmem(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+        if not self.design.gmem_mmap_supported():
+            raise kernel_error(errno.ENODEV, "this guest_memfd has no mmap operation")
+        inode = self.state.inodes[f.inode]
+        if not inode.flags & uapi.GUEST_MEMFD_FLAG_MMAP:
+            raise kernel_error(errno.ENODEV, "guest_memfd created without GUEST_MEMFD_FLAG_MMAP")
+        if not shared:
+            raise kernel_error(errno.EINVAL, "guest_memfd mappings must be MAP_SHARED")
+
+    def _fault_gmem(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        # kvm_gmem_fault_user_mapping
+        inode = self.state.inodes[f.inode]
+        if not inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED:
+            return first
+        return max(first, min(last, inode.size >> SHIFT))
+
+    def _why_sigbus(self, m: Mapping, addr: int) -> str:
+        f = self.state.files.get(m.file) if m.file is not None else None
+        if f is None:
+            return "the file cannot serve this page"
+        inode = self.state.inodes[f.inode]
+        pgoff = (addr >> SHIFT) + m.delta
+        if pgoff << SHIFT >= inode.size:
+            return f"file offset {pgoff << SHIFT:#x} is at or beyond i_size {inode.size:#x}"
+        if f.kind == "gmem":
+            return "guest_memfd without GUEST_MEMFD_FLAG_INIT_SHARED refuses host faults"
+        return "the file cannot serve this page"
+
+    # --- binding -------------------------------------------------------------------------
+
+    def _gmem_bind(self, kvm: Vm, slot: Memslot, fd: int, offset: int) -> None:
+        """kvm_gmem_bind, with its errno in its order."""
+        fid = self.state.fds.get(fd if fd < 1 << 31 else fd - (1 << 32))
+        if fid is None:
+            raise kernel_error(errno.EBADF, f"guest_memfd {fd} is not open")
+        f = self.state.files[fid]
+        if f.kind != "gmem":
+            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a guest_memfd")
+        if f.vm != kvm.id:
+            raise kernel_error(errno.EINVAL, "the guest_memfd belongs to another VM")
+        inode = self.state.inodes[f.inode]
+        if offset > LOFF_MAX or offset & (P - 1) or offset + (slot.npages << SHIFT) > inode.size:
+            raise kernel_error(errno.EINVAL, "offset unaligned or range beyond the file size")
+        first = offset >> SHIFT
+        last = first + slot.npages
+        assert f.bindings is not None
+        if not f.bindings.all_equal(first, last, None):
+            raise kernel_error(errno.EINVAL, "the file range is already bound to a memslot")
+        slot.gmem_file = f.id
+        slot.gmem_pgoff = first
+        slot.gmem_bound = True
+        slot.gmem_only = self.design.gmem_only_slots() and bool(
+            inode.flags & uapi.GUEST_MEMFD_FLAG_MMAP)
+        f.bindings.set(first, last, slot.key)
+
+    def _gmem_unbind(self, slot: Memslot) -> None:
+        if slot.gmem_file is None:
+            return
+        f = self.state.files.get(slot.gmem_file)
+        if f is not None and f.bindings is not None:
+            f.bindings.set(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages, None)
+        slot.gmem_file = None
+
+    def _release_gmem(self, f: OpenFile) -> None:
+        """kvm_gmem_release: bindings lose their file; slots stay."""
+        assert f.vm is not None and f.bindings is not None
+        kvm = self.state.vms[f.vm]
+        keys = {key for _, _, key in f.bindings.runs() if key is not None}
+        for key in keys:
+            kvm.memslots[key].gmem_file = None
+        if keys:
+            self.state.counters["kvm_zaps"] += 1
+            self.state.counters["tlb_flushes"] += 1
+        f.bindings = None
+
+    def _release_file(self, f: OpenFile) -> None:
+        handler = getattr(self, f"_release_{f.kind}", None)
+        if handler is not None:
+            handler(f)

@@ -1,0 +1,627 @@
+"""The host address space: mmap and friends, and host loads and stores.
+
+VMAs are the runs of one RangeMap over virtual page numbers whose value is a
+Mapping (file, pgoff - vpage, protection, flags).  The kernel merges two
+adjacent VMAs exactly when they map the same struct file at contiguous
+offsets with the same flags, and that is exactly when their Mapping values
+are equal, so splitting and merging fall out of the range structure: an
+mprotect of one page in the middle of a VMA makes three runs, and the
+mprotect that restores it makes one again.  map_count is kept alongside and
+vm.max_map_count is enforced where the kernel checks it (split_vma, do_mmap,
+the first split of munmap), which reproduces the limits measured on this
+machine (../shared/reference/machine.md section 4).
+
+Faults are decided per kind of file (``_fault_<kind>``): guest_memfd raises
+SIGBUS beyond i_size or without INIT_SHARED, shmem beyond i_size.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, replace
+
+from .. import uapi
+from ..errors import MemorySignal, UsageError, kernel_error
+from . import pages
+from .base import ModelBase
+from .state import TASK_SIZE, Mapping, OpenFile
+
+P = uapi.PAGE_SIZE
+SHIFT = uapi.PAGE_SHIFT
+MMAP_BASE = 0x7F0000000000  # top of the mmap area; allocation goes down from here
+MMAP_MIN_ADDR = 0x10000
+
+LEGACY_MAP_MASK = (0x01 | 0x02 | 0x10 | 0x20 | 0x0800 | 0x1000 | 0x4000000 | 0x0100 | 0x2000
+                   | 0x4000 | 0x8000 | 0x10000 | 0x20000 | 0x40000)
+MAP_TYPE_SHARED_VALIDATE = uapi.MAP_SHARED_VALIDATE
+
+# Kinds whose files live on a noexec mount (the anon-inode fs).
+NOEXEC = frozenset({"gmem", "vm", "vcpu", "restricted"})
+
+# madvise advice that only changes VMA flags, as (bits set, bits cleared).
+VM_RAND_READ, VM_SEQ_READ, VM_DONTCOPY = 1, 2, 4
+VM_HUGEPAGE, VM_NOHUGEPAGE, VM_DONTDUMP, VM_WIPEONFORK = 8, 16, 32, 64
+FLAG_ADVICE = {
+    uapi.MADV_NORMAL: (0, VM_RAND_READ | VM_SEQ_READ),
+    uapi.MADV_RANDOM: (VM_RAND_READ, VM_SEQ_READ),
+    uapi.MADV_SEQUENTIAL: (VM_SEQ_READ, VM_RAND_READ),
+    uapi.MADV_DONTFORK: (VM_DONTCOPY, 0),
+    uapi.MADV_DOFORK: (0, VM_DONTCOPY),
+    uapi.MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE),
+    uapi.MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
+    16: (VM_DONTDUMP, 0),  # MADV_DONTDUMP
+    17: (0, VM_DONTDUMP),  # MADV_DODUMP
+    18: (VM_WIPEONFORK, 0),  # MADV_WIPEONFORK
+    19: (0, VM_WIPEONFORK),  # MADV_KEEPONFORK
+}
+NOOP_ADVICE = frozenset({uapi.MADV_WILLNEED, 12, 13, 20, 21})  # MERGEABLE, UNMERGEABLE, COLD, PAGEOUT
+MADV_POPULATE_READ, MADV_POPULATE_WRITE = 22, 23
+
+
+def page_align(n: int) -> int:
+    return (n + P - 1) & ~(P - 1) & ((1 << 64) - 1)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A host page fault the kernel cannot serve: SIGBUS or SIGSEGV at addr."""
+
+    signo: int
+    addr: int
+    why: str
+
+
+# (store, byte offset in the store, length, mapping) of a served stretch.
+Segment = tuple[pages.PageStore, int, int, Mapping]
+
+
+class MmOps(ModelBase):
+    # --- VMA bookkeeping ----------------------------------------------------------
+
+    def _count_vmas(self, first: int, last: int) -> int:
+        return sum(1 for _, _, m in self.state.vmas.runs(max(first, 0), last) if m is not None)
+
+    def _assign(self, first: int, last: int, value: Mapping | None) -> None:
+        """Set vpages [first, last) to value, keeping map_count, per-file
+        mapped-page counts and the split/merge counters exact."""
+        vmas = self.state.vmas
+        lo, hi = max(first - 1, 0), min(last + 1, vmas.limit)
+        before = self._count_vmas(lo, hi)
+        for s, e, m in vmas.runs(first, last):
+            if m is not None and m.file is not None:
+                self.state.files[m.file].mapped_pages -= e - s
+        splits = sum(1 for point in (first, last)
+                     if point < vmas.limit and _inside(vmas.run_at(point), point))
+        vmas.set(first, last, value)
+        if value is not None and value.file is not None:
+            self.state.files[value.file].mapped_pages += last - first
+        after = self._count_vmas(lo, hi)
+        self.state.map_count += after - before
+        counters = self.state.counters
+        counters["vma_splits"] += splits
+        if value is not None:
+            s, e, _ = vmas.run_at(first)
+            counters["vma_merges"] += (s < first) + (e > last)
+
+    def _mapping_runs(self, first: int, last: int) -> list[tuple[int, int, Mapping]]:
+        return [(s, e, m) for s, e, m in self.state.vmas.runs(first, last) if m is not None]
+
+    def _vma_of(self, vpage: int) -> tuple[int, int, Mapping] | None:
+        s, e, m = self.state.vmas.run_at(vpage)
+        return (s, e, m) if m is not None else None
+
+    def _unmapped_files(self, mappings: list[Mapping]) -> None:
+        """Release files whose last mapping went away."""
+        for fid in {m.file for m in mappings if m.file is not None}:
+            f = self.state.files.get(fid)
+            if f is not None:
+                self._maybe_release(f)
+
+    def _may_split(self, m: Mapping, vpage: int) -> None:
+        """vm_ops->may_split; ordinary mappings always may."""
+
+    def _split_check(self) -> None:
+        if self.state.map_count >= self.state.max_map_count:
+            raise kernel_error(errno.ENOMEM, "vm.max_map_count reached")
+
+    # --- placing ----------------------------------------------------------------------
+
+    def _free(self, first: int, last: int) -> bool:
+        return last <= self.state.vmas.limit and self.state.vmas.all_equal(first, last, None)
+
+    def _unmapped_area(self, npages: int, hint: int) -> int:
+        """get_unmapped_area, top-down below MMAP_BASE as x86-64 does."""
+        if hint:
+            first = (hint + P - 1) >> SHIFT
+            if first << SHIFT >= MMAP_MIN_ADDR and self._free(first, first + npages) \
+                    and (first + npages) << SHIFT <= TASK_SIZE:
+                return first
+        best = None
+        floor, ceiling = MMAP_MIN_ADDR >> SHIFT, MMAP_BASE >> SHIFT
+        for s, e, m in self.state.vmas.runs(floor, ceiling):
+            if m is None and e - s >= npages:
+                best = e - npages
+        if best is None:
+            raise kernel_error(errno.ENOMEM, "no free range of that size")
+        return best
+
+    # --- mmap -------------------------------------------------------------------------
+
+    def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0,
+             addr: int = 0) -> int:
+        if offset & (P - 1):
+            raise kernel_error(errno.EINVAL, "offset not page-aligned")
+        pgoff = (offset & ((1 << 64) - 1)) >> SHIFT
+        anonymous = bool(flags & uapi.MAP_ANONYMOUS)
+        f = None if anonymous else self._file(fd)
+        if length == 0:
+            raise kernel_error(errno.EINVAL, "length 0")
+        size = page_align(length)
+        if size == 0 or size > TASK_SIZE:
+            raise kernel_error(errno.ENOMEM, "length too large")
+        npages = size >> SHIFT
+        if pgoff + npages >= 1 << 64:
+            raise kernel_error(errno.EOVERFLOW, "offset + length overflows")
+        if self.state.map_count > self.state.max_map_count:
+            raise kernel_error(errno.ENOMEM, "vm.max_map_count exceeded")
+        fixed = bool(flags & (uapi.MAP_FIXED | uapi.MAP_FIXED_NOREPLACE))
+        if fixed:
+            if addr & (P - 1):
+                raise kernel_error(errno.EINVAL, "MAP_FIXED address not page-aligned")
+            if addr + size > TASK_SIZE:
+                raise kernel_error(errno.ENOMEM, "MAP_FIXED range beyond user space")
+            first = addr >> SHIFT
+        else:
+            first = self._unmapped_area(npages, addr)
+        if flags & uapi.MAP_FIXED_NOREPLACE and not flags & uapi.MAP_FIXED \
+                and not self._free(first, first + npages):
+            raise kernel_error(errno.EEXIST, "MAP_FIXED_NOREPLACE range is in use")
+        maptype = flags & uapi.MAP_TYPE
+        # Unlike mprotect, mmap does not validate prot: unknown bits are dropped.
+        prot &= uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
+        if f is not None:
+            mapping = self._file_mapping(f, maptype, flags, prot, pgoff, first, npages)
+        else:
+            mapping = self._anon_mapping(maptype, prot, first, npages)
+        self._install_mapping(first, npages, mapping, replace_existing=fixed)
+        return first << SHIFT
+
+    def _file_mapping(self, f: OpenFile, maptype: int, flags: int, prot: int, pgoff: int,
+                      first: int, npages: int) -> Mapping:
+        inode = self.state.inodes[f.inode]
+        if inode.mode & 0o170000 == uapi.S_IFREG and npages > ((1 << 63) - 1 - pgoff * P) // P:
+            raise kernel_error(errno.EOVERFLOW, "offset beyond the maximum file size")
+        if maptype == uapi.MAP_SHARED_VALIDATE and flags & ~LEGACY_MAP_MASK & ~0x100000:
+            raise kernel_error(errno.EOPNOTSUPP, "unknown flag with MAP_SHARED_VALIDATE")
+        if maptype in (uapi.MAP_SHARED, uapi.MAP_SHARED_VALIDATE):
+            shared = True
+        elif maptype == uapi.MAP_PRIVATE:
+            shared = False
+        else:
+            raise kernel_error(errno.EINVAL, "map type must be SHARED or PRIVATE")
+        mayexec = True
+        if f.kind in NOEXEC:
+            if prot & uapi.PROT_EXEC:
+                raise kernel_error(errno.EPERM, "PROT_EXEC on a noexec mount")
+            mayexec = False
+        self._mmap_hook(f, shared, prot, pgoff, npages)
+        overlay = None
+        if not shared:
+            overlay = self.state.new_id()
+            self.state.overlays[overlay] = pages.new_store()
+        return Mapping(file=f.id, delta=pgoff - first, prot=prot, shared=shared,
+                       maywrite=True, mayexec=mayexec, overlay=overlay)
+
+    def _mmap_hook(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+        """f_op->mmap: ENODEV for files that have none."""
+        hook = self._handler_mm("mmap", f)
+        if hook is None:
+            raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
+        hook(f, shared, prot, pgoff, npages)
+
+    def _handler_mm(self, call: str, f: OpenFile) -> object:
+        return getattr(self, f"_{call}_{f.kind}", None)
+
+    def _mmap_memfd(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+        return None
+
+    def _mmap_vcpu(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+        return None
+
+    def _anon_mapping(self, maptype: int, prot: int, first: int, npages: int) -> Mapping:
+        if maptype == uapi.MAP_SHARED:
+            inode = self._new_inode("shmem", uapi.S_IFREG | 0o777, size=npages * P)
+            f = self._new_file("shmem", inode)
+            return Mapping(file=f.id, delta=-first, prot=prot, shared=True, maywrite=True,
+                           mayexec=True)
+        if maptype != uapi.MAP_PRIVATE:
+            raise kernel_error(errno.EINVAL, "map type must be SHARED or PRIVATE")
+        overlay = self.state.new_id()
+        self.state.overlays[overlay] = pages.new_store()
+        return Mapping(file=None, delta=0, prot=prot, shared=False, maywrite=True,
+                       mayexec=True, overlay=overlay)
+
+    def _install_mapping(self, first: int, npages: int, mapping: Mapping,
+                         replace_existing: bool) -> None:
+        last = first + npages
+        if replace_existing:
+            self._unmap_range(first, last)
+        self._assign(first, last, mapping)
+
+    # --- munmap -------------------------------------------------------------------------
+
+    def munmap(self, addr: int, length: int) -> int:
+        if addr & (P - 1) or addr > TASK_SIZE or length > TASK_SIZE - addr:
+            raise kernel_error(errno.EINVAL, "bad address or length")
+        size = page_align(length)
+        if size == 0:
+            raise kernel_error(errno.EINVAL, "length 0")
+        first, last = addr >> SHIFT, (addr + size) >> SHIFT
+        runs = self._mapping_runs(first, last)
+        if not runs:
+            return 0
+        vma = self._vma_of(first)
+        if vma is not None and vma[0] < first:
+            if last < vma[1] and self.state.map_count >= self.state.max_map_count:
+                raise kernel_error(errno.ENOMEM, "splitting would exceed vm.max_map_count")
+            self._may_split(vma[2], first)
+        tail = self._vma_of(last - 1)
+        if tail is not None and tail[1] > last:
+            self._may_split(tail[2], last)
+        self._unmap_range(first, last)
+        return 0
+
+    def _unmap_range(self, first: int, last: int) -> None:
+        runs = self._mapping_runs(first, last)
+        if not runs:
+            return
+        self._assign(first, last, None)
+        self.state.counters["host_pte_zaps"] += 1
+        self.state.counters["tlb_flushes"] += 1
+        self._vmas_closed(runs)
+        self._unmapped_files([m for _, _, m in runs])
+        self._drop_unused_overlays({m.overlay for _, _, m in runs if m.overlay is not None})
+
+    def _vmas_closed(self, runs: list[tuple[int, int, Mapping]]) -> None:
+        """vm_ops->close for removed mappings; nothing for ordinary files."""
+
+    def _drop_unused_overlays(self, overlays: set[int]) -> None:
+        if not overlays:
+            return
+        live = {m.overlay for _, _, m in self._mapping_runs(0, self.state.vmas.limit)}
+        for overlay in overlays - live:
+            del self.state.overlays[overlay]
+
+    # --- mprotect -------------------------------------------------------------------------
+
+    def mprotect(self, addr: int, length: int, prot: int) -> int:
+        if addr & (P - 1):
+            raise kernel_error(errno.EINVAL, "address not page-aligned")
+        if length == 0:
+            return 0
+        size = page_align(length)
+        end = addr + size
+        if size == 0 or end <= addr:
+            raise kernel_error(errno.ENOMEM, "range wraps")
+        if prot & ~(uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC | 0x8):
+            raise kernel_error(errno.EINVAL, "unknown PROT_ bits")
+        prot &= uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
+        first, last = addr >> SHIFT, min(end >> SHIFT, self.state.vmas.limit)
+        vma = self._vma_of(first) if first < self.state.vmas.limit else None
+        if vma is None:
+            raise kernel_error(errno.ENOMEM, "start of range is not mapped")
+        pos = first
+        while pos < last:
+            vma = self._vma_of(pos)
+            if vma is None:
+                raise kernel_error(errno.ENOMEM, "range has a hole")
+            s, e, m = vma
+            stop = min(e, last)
+            if prot & uapi.PROT_WRITE and not m.maywrite or prot & uapi.PROT_EXEC and not m.mayexec:
+                raise kernel_error(errno.EACCES, "protection beyond what the mapping may have")
+            if m.prot != prot:
+                self._modify(s, e, pos, stop, replace(m, prot=prot, tag=0))
+            pos = stop
+        if (end >> SHIFT) > last:
+            raise kernel_error(errno.ENOMEM, "range beyond user space")
+        self.state.counters["tlb_flushes"] += 1
+        return 0
+
+    def _modify(self, s: int, e: int, first: int, last: int, new: Mapping) -> None:
+        """vma_modify: split [s, e) at first and last (each split checked
+        against max_map_count, as split_vma does), then change [first, last)."""
+        old = self.state.vmas[first]
+        assert old is not None
+        if first > s:
+            self._may_split(old, first)
+            self._split_check()
+        if last < e:
+            self._may_split(old, last)
+            if first > s:
+                # Both splits needed: the first one happens before the second
+                # is checked, and stays if the second fails.
+                if self.state.map_count + 1 >= self.state.max_map_count:
+                    self._assign(first, e, replace(old, tag=self.state.new_id()))
+                    raise kernel_error(errno.ENOMEM, "vm.max_map_count reached")
+            else:
+                self._split_check()
+        self._assign(first, last, new)
+
+    # --- madvise -----------------------------------------------------------------------------
+
+    def madvise(self, addr: int, length: int, advice: int) -> int:
+        valid = set(FLAG_ADVICE) | NOOP_ADVICE | {uapi.MADV_DONTNEED, uapi.MADV_FREE,
+                                                  uapi.MADV_REMOVE, uapi.MADV_COLLAPSE,
+                                                  MADV_POPULATE_READ, MADV_POPULATE_WRITE}
+        if advice not in valid:
+            raise kernel_error(errno.EINVAL, f"unknown advice {advice}")
+        if addr & (P - 1):
+            raise kernel_error(errno.EINVAL, "address not page-aligned")
+        size = page_align(length)
+        if length and not size:
+            raise kernel_error(errno.EINVAL, "length wraps")
+        end = addr + size
+        if end >= 1 << 64:
+            raise kernel_error(errno.EINVAL, "range wraps")
+        if end == addr:
+            return 0
+        first, last = addr >> SHIFT, min(end >> SHIFT, self.state.vmas.limit)
+        unmapped = (end >> SHIFT) > last
+        pos = first
+        while pos < last:
+            vma = self._vma_of(pos)
+            if vma is None:
+                unmapped = True
+                nxt = self.state.vmas.find(pos, last, lambda m: m is not None)
+                if nxt is None:
+                    break
+                pos = nxt
+                continue
+            s, e, m = vma
+            stop = min(e, last)
+            self._advise(s, e, pos, stop, m, advice)
+            pos = stop
+        if unmapped:
+            raise kernel_error(errno.ENOMEM, "range has unmapped pages")
+        return 0
+
+    def _advise(self, s: int, e: int, first: int, last: int, m: Mapping, advice: int) -> None:
+        f = self.state.files.get(m.file) if m.file is not None else None
+        if advice in FLAG_ADVICE:
+            if advice in (18, 19) and (m.shared or m.file is not None):
+                raise kernel_error(errno.EINVAL, "WIPEONFORK needs private anonymous memory")
+            set_bits, clear_bits = FLAG_ADVICE[advice]
+            new_advice = (m.advice | set_bits) & ~clear_bits
+            if new_advice != m.advice:
+                self._modify(s, e, first, last, replace(m, advice=new_advice, tag=0))
+        elif advice == uapi.MADV_DONTNEED:
+            self._drop_private(m, first, last)
+            self.state.counters["host_pte_zaps"] += 1
+        elif advice == uapi.MADV_FREE:
+            if f is not None:
+                raise kernel_error(errno.EINVAL, "MADV_FREE needs anonymous memory")
+            self._drop_private(m, first, last)
+        elif advice == uapi.MADV_REMOVE:
+            if f is None:
+                raise kernel_error(errno.EINVAL, "MADV_REMOVE needs a file mapping")
+            if not (m.shared and m.maywrite):
+                raise kernel_error(errno.EACCES, "MADV_REMOVE needs a shared writable mapping")
+            offset = (first + m.delta) << SHIFT
+            self._remove_range(f, offset, (last - first) << SHIFT)
+        elif advice == uapi.MADV_COLLAPSE:
+            if f is not None and f.kind != "memfd":
+                raise kernel_error(errno.EINVAL, f"a {f.kind} mapping cannot be collapsed")
+        elif advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
+            write = advice == MADV_POPULATE_WRITE
+            _, fault = self._resolve(first << SHIFT, (last - first) << SHIFT, write)
+            if fault is not None:
+                raise kernel_error(errno.EFAULT if fault.signo == uapi.SIGBUS else errno.ENOMEM,
+                                   fault.why)
+
+    def _remove_range(self, f: OpenFile, offset: int, length: int) -> None:
+        mode = uapi.FALLOC_FL_PUNCH_HOLE | uapi.FALLOC_FL_KEEP_SIZE
+        handler = getattr(self, f"_fallocate_{f.kind}", None)
+        if f.kind == "shmem":
+            handler = getattr(self, "_fallocate_memfd")
+        if handler is None:
+            raise kernel_error(errno.EOPNOTSUPP, "the file cannot punch holes")
+        handler(f, mode, offset, length)
+
+    def _drop_private(self, m: Mapping, first: int, last: int) -> None:
+        if m.overlay is not None:
+            pages.punch(self.state.overlays[m.overlay], first + m.delta, last + m.delta)
+
+    # --- mremap -----------------------------------------------------------------------------
+
+    def mremap(self, addr: int, old_length: int, new_length: int, flags: int = 0,
+               new_address: int = 0) -> int:
+        if flags & ~(uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED | uapi.MREMAP_DONTUNMAP):
+            raise kernel_error(errno.EINVAL, "unknown MREMAP_ flag")
+        if flags & uapi.MREMAP_FIXED and not flags & uapi.MREMAP_MAYMOVE:
+            raise kernel_error(errno.EINVAL, "MREMAP_FIXED needs MREMAP_MAYMOVE")
+        if flags & uapi.MREMAP_DONTUNMAP and (not flags & uapi.MREMAP_MAYMOVE
+                                             or old_length != new_length):
+            raise kernel_error(errno.EINVAL, "MREMAP_DONTUNMAP needs MAYMOVE and equal lengths")
+        if addr & (P - 1):
+            raise kernel_error(errno.EINVAL, "address not page-aligned")
+        old_size, new_size = page_align(old_length), page_align(new_length)
+        if new_size == 0:
+            raise kernel_error(errno.EINVAL, "new length 0")
+        if flags & uapi.MREMAP_DONTUNMAP:
+            raise UsageError("mremap: MREMAP_DONTUNMAP is not modelled")
+        if flags & uapi.MREMAP_FIXED:
+            if new_address & (P - 1) or new_size > TASK_SIZE or new_address > TASK_SIZE - new_size:
+                raise kernel_error(errno.EINVAL, "bad new address")
+            if addr < new_address + new_size and new_address < addr + old_size:
+                raise kernel_error(errno.EINVAL, "old and new ranges overlap")
+        first = addr >> SHIFT
+        vma = self._vma_of(first) if addr < TASK_SIZE else None
+        if vma is None:
+            raise kernel_error(errno.EFAULT, "old address is not mapped")
+        s, e, m = vma
+        if old_size == 0:
+            raise UsageError("mremap: duplicating a mapping (old_length 0) is not modelled")
+        old_last = first + (old_size >> SHIFT)
+        if old_last > e:
+            raise kernel_error(errno.EFAULT, "old range is not within one mapping")
+        self._mremap_check(m)
+        new_npages = new_size >> SHIFT
+        if flags & uapi.MREMAP_FIXED:
+            self._unmap_range(new_address >> SHIFT, (new_address >> SHIFT) + new_npages)
+            return self._move(s, e, first, old_last, m, new_address >> SHIFT, new_npages)
+        if new_size <= old_size:
+            if new_size < old_size:
+                self.munmap(addr + new_size, old_size - new_size)
+            return addr
+        grow_first, grow_last = old_last, first + new_npages
+        if old_last == e and self._free(grow_first, grow_last) and grow_last << SHIFT <= TASK_SIZE:
+            self._assign(grow_first, grow_last, m)
+            return addr
+        if not flags & uapi.MREMAP_MAYMOVE:
+            raise kernel_error(errno.ENOMEM, "cannot grow in place")
+        target = self._unmapped_area(new_npages, 0)
+        return self._move(s, e, first, old_last, m, target, new_npages)
+
+    def _mremap_check(self, m: Mapping) -> None:
+        """vm_ops->mremap; ordinary mappings may move."""
+
+    def _move(self, s: int, e: int, first: int, last: int, m: Mapping, target: int,
+              npages: int) -> int:
+        if self.state.map_count >= self.state.max_map_count - 3:
+            raise kernel_error(errno.ENOMEM, "vm.max_map_count reached")
+        if first > s:
+            self._may_split(m, first)
+        if last < e:
+            self._may_split(m, last)
+        moved = replace(m, delta=m.delta + first - target, tag=0)
+        self._assign(first, last, None)
+        self._assign(target, target + npages, moved)
+        self.state.counters["host_pte_zaps"] += 1
+        return target << SHIFT
+
+    # --- host loads and stores ----------------------------------------------------------------
+
+    def _resolve(self, addr: int, length: int, write: bool) -> tuple[list[Segment], Fault | None]:
+        """Fault in [addr, addr+length) page by page, in order.
+
+        Returns the segments (store, byte offset in the store, length, mapping)
+        that were served, and the fault that stopped the walk (None if it
+        covered the whole range): a real access would have touched the
+        earlier pages before taking the signal.
+        """
+        end = addr + length
+        segments: list[Segment] = []
+        pos = addr
+        while pos < end:
+            vpage = pos >> SHIFT
+            if pos >= TASK_SIZE:
+                return segments, Fault(uapi.SIGSEGV, pos, "address beyond user space")
+            s, e, m = self.state.vmas.run_at(vpage)
+            if m is None:
+                return segments, Fault(uapi.SIGSEGV, pos, "no mapping")
+            if write and not m.prot & uapi.PROT_WRITE or m.prot == uapi.PROT_NONE:
+                return segments, Fault(uapi.SIGSEGV, pos, "the mapping's protection forbids it")
+            stop = min(e << SHIFT, end)
+            first_pg, last_pg = vpage + m.delta, ((stop - 1) >> SHIFT) + 1 + m.delta
+            store, served = self._fault_range(m, first_pg, last_pg, write)
+            ok_end = min(stop, (served - m.delta) << SHIFT)
+            if ok_end > pos:
+                segments.append((store, ((vpage + m.delta) << SHIFT) + (pos & (P - 1)),
+                                 ok_end - pos, m))
+            if ok_end < stop:
+                return segments, Fault(uapi.SIGBUS, ok_end, self._why_sigbus(m, ok_end))
+            pos = stop
+        return segments, None
+
+    def _fault_range(self, m: Mapping, first: int, last: int, write: bool) -> tuple[pages.PageStore, int]:
+        """Serve faults on file pages [first, last) of m; returns the store
+        holding them and the first page that could not be served (last if
+        all were)."""
+        if m.file is None:
+            assert m.overlay is not None
+            return self.state.overlays[m.overlay], last
+        f = self.state.files[m.file]
+        handler = self._handler_mm("fault", f)
+        if handler is None:
+            return self.state.inodes[f.inode].pages, first
+        served: int = handler(f, first, last, write)
+        inode = self.state.inodes[f.inode]
+        if served > first:
+            self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, first, served)
+        return inode.pages, served
+
+    def _why_sigbus(self, m: Mapping, addr: int) -> str:
+        return "the file cannot serve this page"
+
+    def _fault_memfd(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        inode = self.state.inodes[f.inode]
+        return max(first, min(last, (inode.size + P - 1) >> SHIFT))
+
+    _fault_shmem = _fault_memfd
+
+    def _fault_vcpu(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        return max(first, min(last, 3))  # kvm_run, pio page, coalesced MMIO ring
+
+    def _host_access(self, addr: int, length: int, write: bool, data: bytes | None = None,
+                     fill: int | None = None) -> bytes:
+        """A load (data and fill None) or a store, through the host mappings."""
+        segments, fault = self._resolve(addr, length, write)
+        out = bytearray()
+        pos = 0
+        for store, offset, n, m in segments:
+            if write:
+                chunk = None if data is None else data[pos:pos + n]
+                self._store(store, offset, n, m, chunk, fill)
+            else:
+                out += self._load(store, offset, n, m)
+            pos += n
+        if fault is not None:
+            raise MemorySignal(fault.signo, fault.addr, fault.why)
+        return bytes(out)
+
+    def _load(self, store: pages.PageStore, offset: int, n: int, m: Mapping) -> bytes:
+        if m.shared or m.file is None:
+            return pages.read(store, offset, n)
+        assert m.overlay is not None
+        overlay = self.state.overlays[m.overlay]
+        out = bytearray(pages.read(store, offset, n))
+        for s, e, page in overlay.runs(offset >> SHIFT, ((offset + n - 1) >> SHIFT) + 1):
+            if page is None:
+                continue
+            lo, hi = max(s << SHIFT, offset), min(e << SHIFT, offset + n)
+            out[lo - offset:hi - offset] = pages.read(overlay, lo, hi - lo)
+        return bytes(out)
+
+    def _store(self, store: pages.PageStore, offset: int, n: int, m: Mapping,
+               data: bytes | None, fill: int | None) -> None:
+        target = store
+        if not m.shared and m.file is not None:
+            assert m.overlay is not None
+            target = self.state.overlays[m.overlay]
+            # Copy-on-write: the private copy starts as the file's pages.
+            for s, e, page in target.runs(offset >> SHIFT, ((offset + n - 1) >> SHIFT) + 1):
+                if page is None:
+                    pages.copy(store, target, s, e)
+        if data is not None:
+            pages.write(target, offset, data)
+        else:
+            assert fill is not None
+            pages.fill(target, offset, n, fill)
+
+    def read_mem(self, addr: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        return self._host_access(addr, length, write=False)
+
+    def write_mem(self, addr: int, data: bytes = b"", fill: int | None = None,
+                  length: int | None = None) -> int:
+        n = length if fill is not None and length is not None else len(data)
+        if n:
+            self._host_access(addr, n, write=True, data=None if fill is not None else data,
+                              fill=fill)
+        return n
+
+
+def _inside(run: tuple[int, int, Mapping | None], point: int) -> bool:
+    s, e, m = run
+    return m is not None and s < point < e

@@ -1,0 +1,129 @@
+"""The model's whole state, as plain data.
+
+Everything an operation can change lives in one State object: the fd table,
+open files (struct file), inodes, VMs with their memslots and attributes, and
+the host address space.  Objects refer to each other by integer id, never by
+Python reference, so a snapshot is a copy of dictionaries of small records
+plus copies of their RangeMaps (whose values are immutable and shared), and
+two states can be compared or hashed field by field.
+
+Behaviour lives elsewhere (the *_ops modules and the design policies); this
+module holds no functions that change state.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..uapi import PAGE_SHIFT
+from .pages import PageStore, new_store
+from .ranges import RangeMap
+
+GFN_LIMIT = 1 << (64 - PAGE_SHIFT)
+# x86-64 user space ends at TASK_SIZE_MAX = 2^47 - 4096.
+TASK_SIZE = (1 << 47) - (1 << PAGE_SHIFT)
+VPAGE_LIMIT = 1 << (47 - PAGE_SHIFT)
+
+
+@dataclass
+class Inode:
+    """An inode: the memory and the per-file facts that outlive any one fd."""
+
+    ino: int
+    kind: str  # "gmem", "memfd", "shmem", "chardev", "anon"
+    mode: int
+    size: int = 0
+    nlink: int = 1
+    pages: PageStore = field(default_factory=new_store)
+    flags: int = 0  # guest_memfd creation flags
+    vm: int | None = None  # owning VM of a guest_memfd
+    files: int = 0  # open files (struct file) on this inode
+
+
+@dataclass
+class OpenFile:
+    """A struct file: what fds and mappings hold a reference to."""
+
+    id: int
+    kind: str  # "kvm", "vm", "vcpu", "gmem", "memfd", "shmem"
+    inode: int
+    fds: int = 0  # fd table entries pointing here
+    mapped_pages: int = 0  # pages of VMAs whose vm_file is this file
+    pos: int = 0
+    vm: int | None = None
+    vcpu: int | None = None
+    # guest_memfd: file page index -> bound memslot key (as_id << 16 | id)
+    bindings: RangeMap[int | None] | None = None
+    released: bool = False
+
+
+@dataclass
+class Memslot:
+    as_id: int
+    id: int
+    base_gfn: int
+    npages: int
+    flags: int
+    userspace_addr: int
+    gmem_file: int | None = None  # OpenFile id; None once the file is released
+    gmem_pgoff: int = 0
+    gmem_bound: bool = False  # created with KVM_MEM_GUEST_MEMFD
+    gmem_only: bool = False  # KVM_MEMSLOT_GMEM_ONLY: all faults served by guest_memfd
+
+    @property
+    def key(self) -> int:
+        return self.as_id << 16 | self.id
+
+
+@dataclass
+class Vm:
+    id: int
+    type: int
+    refs: int = 0  # VM fds + guest_memfd files + vCPU files
+    alive: bool = True
+    memslots: dict[int, Memslot] = field(default_factory=dict)
+    # gfn -> memslot key, per address space 0 (the only one on this machine)
+    gfn_slots: RangeMap[int | None] = field(default_factory=lambda: RangeMap(None, GFN_LIMIT))
+    attributes: RangeMap[int] = field(default_factory=lambda: RangeMap(0, GFN_LIMIT))
+    vcpus: set[int] = field(default_factory=set)
+    exit_hypercall: int = 0
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """What a run of virtual pages maps.  Equal values on adjacent pages are
+    one VMA: delta = pgoff - vpage is constant along a VMA exactly when the
+    file offsets are contiguous, which is the kernel's merge rule."""
+
+    file: int | None  # OpenFile id, None for private anonymous memory
+    delta: int
+    prot: int
+    shared: bool
+    maywrite: bool
+    mayexec: bool
+    advice: int = 0  # VM_* bits set by madvise (hugepage, random, ...)
+    overlay: int | None = None  # private pages (COW or anonymous): State.overlays key
+    tag: int = 0  # distinguishes VMAs the kernel left unmerged
+
+
+@dataclass
+class State:
+    fds: dict[int, int] = field(default_factory=dict)  # fd -> OpenFile id
+    files: dict[int, OpenFile] = field(default_factory=dict)
+    inodes: dict[int, Inode] = field(default_factory=dict)
+    vms: dict[int, Vm] = field(default_factory=dict)
+    vmas: RangeMap[Mapping | None] = field(default_factory=lambda: RangeMap(None, VPAGE_LIMIT))
+    map_count: int = 0
+    max_map_count: int = 65530
+    overlays: dict[int, PageStore] = field(default_factory=dict)
+    next_id: int = 1
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def snapshot(self) -> State:
+        return copy.deepcopy(self)

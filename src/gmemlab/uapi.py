@@ -1,0 +1,434 @@
+"""Every uAPI constant, flag, struct layout and ioctl number gmemlab uses.
+
+x86-64, little-endian, Linux 6.18 (include/uapi/linux/kvm.h, asm/kvm.h,
+linux/falloc.h, asm-generic/mman*.h).  Both kernels (model and host) take their
+numbers from here and nowhere else, so a value that is wrong is wrong once.
+Struct sizes are asserted at import: a layout that drifts from the kernel's
+fails loudly instead of passing garbage to an ioctl.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import struct
+from collections.abc import Mapping
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+# --- ioctl encoding (include/uapi/asm-generic/ioctl.h) -----------------------
+
+_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+
+
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:
+    assert 0 <= size < (1 << _IOC_SIZEBITS)
+    return (
+        (direction << _IOC_DIRSHIFT)
+        | (type_ << _IOC_TYPESHIFT)
+        | (nr << _IOC_NRSHIFT)
+        | (size << _IOC_SIZESHIFT)
+    )
+
+
+def _IO(type_: int, nr: int) -> int:
+    return _IOC(_IOC_NONE, type_, nr, 0)
+
+
+def _IOW(type_: int, nr: int, size: int) -> int:
+    return _IOC(_IOC_WRITE, type_, nr, size)
+
+
+def _IOR(type_: int, nr: int, size: int) -> int:
+    return _IOC(_IOC_READ, type_, nr, size)
+
+
+def _IOWR(type_: int, nr: int, size: int) -> int:
+    return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, size)
+
+
+KVMIO = 0xAE
+
+# --- struct layouts ------------------------------------------------------------
+
+# struct kvm_create_guest_memfd { u64 size; u64 flags; u64 reserved[6]; }
+KVM_CREATE_GUEST_MEMFD_STRUCT = struct.Struct("<QQ6Q")
+# struct kvm_userspace_memory_region { u32 slot; u32 flags; u64 gpa, size, uaddr; }
+KVM_USERSPACE_MEMORY_REGION_STRUCT = struct.Struct("<IIQQQ")
+# struct kvm_userspace_memory_region2: v1 fields, then guest_memfd_offset,
+# guest_memfd (u32), pad1 (u32), pad2[14]
+KVM_USERSPACE_MEMORY_REGION2_STRUCT = struct.Struct("<IIQQQQII14Q")
+# struct kvm_memory_attributes { u64 address, size, attributes, flags; }
+KVM_MEMORY_ATTRIBUTES_STRUCT = struct.Struct("<QQQQ")
+# struct kvm_enable_cap { u32 cap; u32 flags; u64 args[4]; u8 pad[64]; }
+KVM_ENABLE_CAP_STRUCT = struct.Struct("<II4Q64x")
+# struct kvm_pre_fault_memory { u64 gpa, size, flags, padding[5]; }
+KVM_PRE_FAULT_MEMORY_STRUCT = struct.Struct("<QQQ5Q")
+
+assert KVM_CREATE_GUEST_MEMFD_STRUCT.size == 64
+assert KVM_USERSPACE_MEMORY_REGION_STRUCT.size == 32
+assert KVM_USERSPACE_MEMORY_REGION2_STRUCT.size == 160
+assert KVM_MEMORY_ATTRIBUTES_STRUCT.size == 32
+assert KVM_ENABLE_CAP_STRUCT.size == 104
+assert KVM_PRE_FAULT_MEMORY_STRUCT.size == 64
+
+# struct kvm_run (x86): the header, then the exit union at offset 32.
+KVM_RUN_SIZE = 2352
+KVM_RUN_HEADER = struct.Struct("<BB6xIBBHQQ")  # up to the exit union
+KVM_RUN_EXIT_OFFSET = 32
+KVM_RUN_IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
+KVM_RUN_MMIO = struct.Struct("<Q8sIB")  # phys_addr, data[8], len, is_write
+KVM_RUN_MEMORY_FAULT = struct.Struct("<QQQ")  # flags, gpa, size
+KVM_RUN_HYPERCALL = struct.Struct("<Q6QQQ")  # nr, args[6], ret, flags
+KVM_RUN_INTERNAL = struct.Struct("<II")  # suberror, ndata
+KVM_RUN_FAIL_ENTRY = struct.Struct("<QI")  # hardware_entry_failure_reason, cpu
+KVM_RUN_VALID_REGS_OFFSET = 288
+assert KVM_RUN_HEADER.size == KVM_RUN_EXIT_OFFSET
+assert KVM_RUN_EXIT_OFFSET + 256 == KVM_RUN_VALID_REGS_OFFSET
+assert KVM_RUN_HYPERCALL.size == 72
+
+# --- ioctl numbers -------------------------------------------------------------
+
+KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
+KVM_CREATE_VM = _IO(KVMIO, 0x01)
+KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)
+KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
+KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
+KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, KVM_USERSPACE_MEMORY_REGION_STRUCT.size)
+KVM_SET_USER_MEMORY_REGION2 = _IOW(KVMIO, 0x49, KVM_USERSPACE_MEMORY_REGION2_STRUCT.size)
+KVM_RUN = _IO(KVMIO, 0x80)
+KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, KVM_ENABLE_CAP_STRUCT.size)
+KVM_SET_MEMORY_ATTRIBUTES = _IOW(KVMIO, 0xD2, KVM_MEMORY_ATTRIBUTES_STRUCT.size)
+KVM_CREATE_GUEST_MEMFD = _IOWR(KVMIO, 0xD4, KVM_CREATE_GUEST_MEMFD_STRUCT.size)
+KVM_PRE_FAULT_MEMORY = _IOWR(KVMIO, 0xD5, KVM_PRE_FAULT_MEMORY_STRUCT.size)
+
+assert KVM_CREATE_VM == 0xAE01
+assert KVM_SET_USER_MEMORY_REGION == 0x4020AE46
+assert KVM_SET_USER_MEMORY_REGION2 == 0x40A0AE49
+assert KVM_ENABLE_CAP == 0x4068AEA3
+assert KVM_SET_MEMORY_ATTRIBUTES == 0x4020AED2
+assert KVM_CREATE_GUEST_MEMFD == 0xC040AED4
+assert KVM_PRE_FAULT_MEMORY == 0xC040AED5
+
+KVM_API_VERSION = 12
+
+# --- guest_memfd and memslot flags ---------------------------------------------
+
+GUEST_MEMFD_FLAG_MMAP = 1 << 0
+GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
+
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+KVM_MEM_GUEST_MEMFD = 1 << 2
+
+KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
+KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3
+
+KVM_USER_MEM_SLOTS = 32764  # x86: SHRT_MAX - 3 internal slots
+KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1
+# x86 with 4-level paging: 52-bit guest physical addresses at most; the
+# arch prepare hook refuses a slot ending above kvm_mmu_max_gfn().
+KVM_MAX_GFN = (1 << 52 - PAGE_SHIFT) - 1
+
+# --- VM types (asm/kvm.h), plus the model's arm64 protected VM --------------------
+
+KVM_X86_DEFAULT_VM = 0
+KVM_X86_SW_PROTECTED_VM = 1
+KVM_X86_SEV_VM = 2
+KVM_X86_SEV_ES_VM = 3
+KVM_X86_SNP_VM = 4
+KVM_X86_TDX_VM = 5
+# Not an x86 type: the model's stand-in for an arm64 pKVM protected VM.
+MODEL_PKVM_VM = 0x100
+
+VM_TYPES: Mapping[str, int] = {
+    "default": KVM_X86_DEFAULT_VM,
+    "sw_protected": KVM_X86_SW_PROTECTED_VM,
+    "sev": KVM_X86_SEV_VM,
+    "sev_es": KVM_X86_SEV_ES_VM,
+    "snp": KVM_X86_SNP_VM,
+    "tdx": KVM_X86_TDX_VM,
+    "pkvm": MODEL_PKVM_VM,
+}
+
+# --- capabilities ---------------------------------------------------------------
+
+KVM_CAP_NR_MEMSLOTS = 10
+KVM_CAP_READONLY_MEM = 81
+KVM_CAP_CHECK_EXTENSION_VM = 105
+KVM_CAP_MULTI_ADDRESS_SPACE = 118
+KVM_CAP_EXIT_HYPERCALL = 201
+KVM_CAP_USER_MEMORY2 = 231
+KVM_CAP_MEMORY_FAULT_INFO = 232
+KVM_CAP_MEMORY_ATTRIBUTES = 233
+KVM_CAP_GUEST_MEMFD = 234
+KVM_CAP_VM_TYPES = 235
+KVM_CAP_PRE_FAULT_MEMORY = 236
+KVM_CAP_GUEST_MEMFD_FLAGS = 244
+
+CAPS: Mapping[str, int] = {
+    "NR_MEMSLOTS": KVM_CAP_NR_MEMSLOTS,
+    "READONLY_MEM": KVM_CAP_READONLY_MEM,
+    "CHECK_EXTENSION_VM": KVM_CAP_CHECK_EXTENSION_VM,
+    "MULTI_ADDRESS_SPACE": KVM_CAP_MULTI_ADDRESS_SPACE,
+    "EXIT_HYPERCALL": KVM_CAP_EXIT_HYPERCALL,
+    "USER_MEMORY2": KVM_CAP_USER_MEMORY2,
+    "MEMORY_FAULT_INFO": KVM_CAP_MEMORY_FAULT_INFO,
+    "MEMORY_ATTRIBUTES": KVM_CAP_MEMORY_ATTRIBUTES,
+    "GUEST_MEMFD": KVM_CAP_GUEST_MEMFD,
+    "VM_TYPES": KVM_CAP_VM_TYPES,
+    "PRE_FAULT_MEMORY": KVM_CAP_PRE_FAULT_MEMORY,
+    "GUEST_MEMFD_FLAGS": KVM_CAP_GUEST_MEMFD_FLAGS,
+}
+
+KVM_HC_MAP_GPA_RANGE = 12
+KVM_EXIT_HYPERCALL_VALID_MASK = 1 << KVM_HC_MAP_GPA_RANGE
+
+# --- exit reasons ----------------------------------------------------------------
+
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_EXCEPTION = 1
+KVM_EXIT_IO = 2
+KVM_EXIT_HYPERCALL = 3
+KVM_EXIT_DEBUG = 4
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_MEMORY_FAULT = 39
+
+KVM_EXIT_IO_IN = 0
+KVM_EXIT_IO_OUT = 1
+
+EXIT_NAMES: Mapping[int, str] = {
+    KVM_EXIT_UNKNOWN: "unknown",
+    KVM_EXIT_EXCEPTION: "exception",
+    KVM_EXIT_IO: "io",
+    KVM_EXIT_HYPERCALL: "hypercall",
+    KVM_EXIT_DEBUG: "debug",
+    KVM_EXIT_HLT: "hlt",
+    KVM_EXIT_MMIO: "mmio",
+    KVM_EXIT_SHUTDOWN: "shutdown",
+    KVM_EXIT_FAIL_ENTRY: "fail_entry",
+    KVM_EXIT_INTR: "intr",
+    KVM_EXIT_INTERNAL_ERROR: "internal_error",
+    KVM_EXIT_SYSTEM_EVENT: "system_event",
+    KVM_EXIT_MEMORY_FAULT: "memory_fault",
+}
+
+# --- fallocate (linux/falloc.h) ---------------------------------------------------
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_NO_HIDE_STALE = 0x04
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_FL_INSERT_RANGE = 0x20
+FALLOC_FL_UNSHARE_RANGE = 0x40
+# Every mode bit vfs_fallocate knows; others are EOPNOTSUPP there.
+FALLOC_FL_SUPPORTED_MASK = (
+    FALLOC_FL_KEEP_SIZE
+    | FALLOC_FL_PUNCH_HOLE
+    | FALLOC_FL_COLLAPSE_RANGE
+    | FALLOC_FL_ZERO_RANGE
+    | FALLOC_FL_INSERT_RANGE
+    | FALLOC_FL_UNSHARE_RANGE
+)
+
+# --- mmap family (asm-generic/mman-common.h, x86) ------------------------------------
+
+PROT_NONE = 0x0
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+PROT_EXEC = 0x4
+
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_SHARED_VALIDATE = 0x03
+MAP_TYPE = 0x0F
+MAP_FIXED = 0x10
+MAP_ANONYMOUS = 0x20
+MAP_NORESERVE = 0x4000
+MAP_POPULATE = 0x8000
+MAP_FIXED_NOREPLACE = 0x100000
+
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
+MREMAP_DONTUNMAP = 4
+
+MADV_NORMAL = 0
+MADV_RANDOM = 1
+MADV_SEQUENTIAL = 2
+MADV_WILLNEED = 3
+MADV_DONTNEED = 4
+MADV_FREE = 8
+MADV_REMOVE = 9
+MADV_DONTFORK = 10
+MADV_DOFORK = 11
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+MADV_COLLAPSE = 25
+
+SEEK_SET, SEEK_CUR, SEEK_END = 0, 1, 2
+
+MFD_CLOEXEC = 0x0001
+MFD_ALLOW_SEALING = 0x0002
+MFD_HUGETLB = 0x0004
+
+S_IFREG = 0o100000
+
+# statfs f_type of 6.18's anon-inode based guest_memfd
+ANON_INODE_FS_MAGIC = 0x09041934
+
+# --- named flag sets for case files ----------------------------------------------------
+
+PROT_NAMES: Mapping[str, int] = {
+    "NONE": PROT_NONE, "READ": PROT_READ, "WRITE": PROT_WRITE, "EXEC": PROT_EXEC,
+}
+MAP_NAMES: Mapping[str, int] = {
+    "SHARED": MAP_SHARED, "PRIVATE": MAP_PRIVATE, "SHARED_VALIDATE": MAP_SHARED_VALIDATE,
+    "FIXED": MAP_FIXED, "ANONYMOUS": MAP_ANONYMOUS, "ANON": MAP_ANONYMOUS,
+    "NORESERVE": MAP_NORESERVE, "POPULATE": MAP_POPULATE,
+    "FIXED_NOREPLACE": MAP_FIXED_NOREPLACE,
+}
+FALLOC_NAMES: Mapping[str, int] = {
+    "KEEP_SIZE": FALLOC_FL_KEEP_SIZE, "PUNCH_HOLE": FALLOC_FL_PUNCH_HOLE,
+    "NO_HIDE_STALE": FALLOC_FL_NO_HIDE_STALE, "COLLAPSE_RANGE": FALLOC_FL_COLLAPSE_RANGE,
+    "ZERO_RANGE": FALLOC_FL_ZERO_RANGE, "INSERT_RANGE": FALLOC_FL_INSERT_RANGE,
+    "UNSHARE_RANGE": FALLOC_FL_UNSHARE_RANGE,
+}
+GUEST_MEMFD_FLAG_NAMES: Mapping[str, int] = {
+    "MMAP": GUEST_MEMFD_FLAG_MMAP, "INIT_SHARED": GUEST_MEMFD_FLAG_INIT_SHARED,
+}
+MEMSLOT_FLAG_NAMES: Mapping[str, int] = {
+    "LOG_DIRTY_PAGES": KVM_MEM_LOG_DIRTY_PAGES, "READONLY": KVM_MEM_READONLY,
+    "GUEST_MEMFD": KVM_MEM_GUEST_MEMFD,
+}
+ATTRIBUTE_NAMES: Mapping[str, int] = {"PRIVATE": KVM_MEMORY_ATTRIBUTE_PRIVATE, "SHARED": 0}
+MREMAP_NAMES: Mapping[str, int] = {
+    "MAYMOVE": MREMAP_MAYMOVE, "FIXED": MREMAP_FIXED, "DONTUNMAP": MREMAP_DONTUNMAP,
+}
+MADV_NAMES: Mapping[str, int] = {
+    "NORMAL": MADV_NORMAL, "RANDOM": MADV_RANDOM, "SEQUENTIAL": MADV_SEQUENTIAL,
+    "WILLNEED": MADV_WILLNEED, "DONTNEED": MADV_DONTNEED, "FREE": MADV_FREE,
+    "REMOVE": MADV_REMOVE, "DONTFORK": MADV_DONTFORK, "DOFORK": MADV_DOFORK,
+    "HUGEPAGE": MADV_HUGEPAGE, "NOHUGEPAGE": MADV_NOHUGEPAGE, "COLLAPSE": MADV_COLLAPSE,
+}
+SEEK_NAMES: Mapping[str, int] = {"SET": SEEK_SET, "CUR": SEEK_CUR, "END": SEEK_END}
+MFD_NAMES: Mapping[str, int] = {
+    "CLOEXEC": MFD_CLOEXEC, "ALLOW_SEALING": MFD_ALLOW_SEALING, "HUGETLB": MFD_HUGETLB,
+}
+CAP_ENABLE_ARG_NAMES: Mapping[str, int] = {"MAP_GPA_RANGE": KVM_EXIT_HYPERCALL_VALID_MASK}
+
+# Which names a flag-valued argument accepts, keyed by (operation, argument).
+# An argument missing here takes integers only.
+FLAG_ARGUMENTS: Mapping[tuple[str, str], Mapping[str, int]] = {
+    ("mmap", "prot"): PROT_NAMES,
+    ("mprotect", "prot"): PROT_NAMES,
+    ("mmap", "flags"): MAP_NAMES,
+    ("mremap", "flags"): MREMAP_NAMES,
+    ("madvise", "advice"): MADV_NAMES,
+    ("fallocate", "mode"): FALLOC_NAMES,
+    ("create_guest_memfd", "flags"): GUEST_MEMFD_FLAG_NAMES,
+    ("set_user_memory_region", "flags"): MEMSLOT_FLAG_NAMES,
+    ("set_user_memory_region2", "flags"): MEMSLOT_FLAG_NAMES,
+    ("set_memory_attributes", "attributes"): ATTRIBUTE_NAMES,
+    ("lseek", "whence"): SEEK_NAMES,
+    ("memfd_create", "flags"): MFD_NAMES,
+    ("create_vm", "type"): VM_TYPES,
+    ("check_extension", "cap"): CAPS,
+    ("enable_cap", "cap"): CAPS,
+}
+
+
+def parse_flags(value: int | str, names: Mapping[str, int], what: str = "flags") -> int:
+    """An integer, or names (or integers) joined by '|', as case files write flags.
+
+    Names may carry their kernel prefix (``MAP_SHARED``, ``KVM_CAP_VM_TYPES``).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: expected an integer or flag names, got a boolean")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: expected an integer or flag names, got {type(value).__name__}")
+    upper = {k.upper(): v for k, v in names.items()}
+    result = 0
+    for part in (p.strip() for p in value.split("|")):
+        if not part:
+            raise ValueError(f"{what}: empty flag name in {value!r}")
+        try:
+            result |= int(part, 0)
+            continue
+        except ValueError:
+            pass
+        key = part.upper()
+        if key not in upper:
+            for prefix in _PREFIXES:
+                if key.startswith(prefix) and key[len(prefix):] in upper:
+                    key = key[len(prefix):]
+                    break
+        if key not in upper and key.endswith("_VM") and key[:-3] in upper:
+            key = key[:-3]
+        if key not in upper:
+            known = ", ".join(sorted(names))
+            raise ValueError(f"{what}: unknown name {part!r} (known: {known})")
+        result |= upper[key]
+    return result
+
+
+_PREFIXES = ("KVM_CAP_", "KVM_X86_", "KVM_MEMORY_ATTRIBUTE_", "GUEST_MEMFD_FLAG_", "KVM_MEM_",
+             "FALLOC_FL_", "PROT_", "MAP_", "MADV_", "MREMAP_", "SEEK_", "MFD_")
+
+
+# --- errno ------------------------------------------------------------------------------
+
+# Kernel spelling first: Python calls 95 ENOTSUP, the kernel returns EOPNOTSUPP.
+_ERRNO_CANONICAL: Mapping[int, str] = {
+    _errno.EOPNOTSUPP: "EOPNOTSUPP",
+    _errno.EAGAIN: "EAGAIN",
+    _errno.EDEADLK: "EDEADLK",
+}
+EHWPOISON = 133
+
+
+def errno_name(number: int) -> str:
+    if number in _ERRNO_CANONICAL:
+        return _ERRNO_CANONICAL[number]
+    if number == EHWPOISON:
+        return "EHWPOISON"
+    return _errno.errorcode.get(number, f"E{number}")
+
+
+def errno_number(name: str | int) -> int:
+    if isinstance(name, int) and not isinstance(name, bool):
+        return name
+    if not isinstance(name, str):
+        raise ValueError(f"errno: expected a name like 'EINVAL', got {name!r}")
+    key = name.strip().upper()
+    if key == "EHWPOISON":
+        return EHWPOISON
+    value = getattr(_errno, key, None)
+    if not isinstance(value, int) or not key.startswith("E"):
+        raise ValueError(f"unknown errno name {name!r}")
+    return value
+
+
+SIGBUS = 7
+SIGSEGV = 11
+SIGNAL_NAMES: Mapping[str, int] = {"SIGBUS": SIGBUS, "SIGSEGV": SIGSEGV}
+
+
+def signal_name(number: int) -> str:
+    for name, value in SIGNAL_NAMES.items():
+        if value == number:
+            return name
+    return f"SIG{number}"
