@@ -41,8 +41,7 @@ def kernel_error(number: int, why: str = "") -> OSError:
     text = os.strerror(number)
     if why:
         text = f"{text} ({why})"
-    err = OSError(number, text)
-    return err
+    return OSError(number, text)
 
 
 def errno_of(exc: BaseException) -> int | None:

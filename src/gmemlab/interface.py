@@ -182,7 +182,8 @@ class Kernel(Protocol):
 
     def set_user_memory_region2(self, vm: Fd, slot: UInt, flags: UInt, guest_phys_addr: ULong,
                                 memory_size: ULong, userspace_addr: ULong = 0,
-                                guest_memfd: Annotated[int, FD_U32] = -1, guest_memfd_offset: ULong = 0) -> int: ...
+                                guest_memfd: Annotated[int, FD_U32] = -1,
+                                guest_memfd_offset: ULong = 0) -> int: ...
 
     def set_memory_attributes(self, vm: Fd, address: ULong, size: ULong, attributes: ULong,
                               flags: ULong = 0) -> int: ...
@@ -261,7 +262,7 @@ def _checker(op: str, hint: Any) -> Callable[[str, object], object]:
     return check
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def op_signature(op: str) -> inspect.Signature:
     """The Protocol's signature of op (without self)."""
     if op not in INTERFACE_OPS:
@@ -270,7 +271,7 @@ def op_signature(op: str) -> inspect.Signature:
     return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op_checkers(op: str) -> tuple[inspect.Signature, dict[str, Callable[[str, object], object]]]:
     hints = get_type_hints(getattr(Kernel, op), include_extras=True)
     sig = op_signature(op)

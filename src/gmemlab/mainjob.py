@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -28,7 +29,14 @@ class Row:
 
 
 def compare_on_cases(host: bool = True) -> tuple[list[Row], str | None]:
-    files = collect([str(bundled_cases())])
+    root = bundled_cases()
+    files = collect([str(root)])
+    for case_file in files:
+        # Show cases as "gmem/caps.toml::id", relative to the bundled folder.
+        rel = str(Path(case_file.path).relative_to(root)) if case_file.path.startswith(str(root)) \
+            else case_file.path
+        case_file.path = rel
+        case_file.cases = [replace(c, file=rel) for c in case_file.cases]
     model_factory, _ = kernel_factory("model")
     host_factory, host_missing = kernel_factory("host")
     if not host:

@@ -370,15 +370,11 @@ def parse_flags(value: int | str, names: Mapping[str, int], what: str = "flags")
             continue
         except ValueError:
             pass
-        key = part.upper()
-        if key not in upper:
-            for prefix in _PREFIXES:
-                if key.startswith(prefix) and key[len(prefix):] in upper:
-                    key = key[len(prefix):]
-                    break
-        if key not in upper and key.endswith("_VM") and key[:-3] in upper:
-            key = key[:-3]
-        if key not in upper:
+        raw = part.upper()
+        candidates = [raw] + [raw[len(p):] for p in _PREFIXES if raw.startswith(p)]
+        candidates += [c[:-3] for c in candidates if c.endswith("_VM")]
+        key = next((c for c in candidates if c in upper), None)
+        if key is None:
             known = ", ".join(sorted(names))
             raise ValueError(f"{what}: unknown name {part!r} (known: {known})")
         result |= upper[key]

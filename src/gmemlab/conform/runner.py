@@ -8,6 +8,7 @@ stop the run: every exception is turned into a FAIL with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import traceback
 from collections.abc import Callable, Iterator
@@ -96,10 +97,8 @@ def run_case(case: Case, kernel_kind: str, factory: KernelFactory,
     try:
         return _run_on(case, kernel, kernel_kind)
     finally:
-        try:
+        with contextlib.suppress(Exception):
             kernel.shutdown()
-        except Exception:  # noqa: BLE001 - cleanup must not hide the verdict
-            pass
 
 
 def _run_on(case: Case, kernel: Kernel, kernel_kind: str) -> Result:
@@ -119,7 +118,7 @@ def _run_on(case: Case, kernel: Kernel, kernel_kind: str) -> Result:
         except StepFailure as exc:
             return Result(case, "FAIL", f"step {step.index} ({step.op}): {exc}", step.index,
                           kernel=kernel_kind)
-        except Exception as exc:  # noqa: BLE001 - a kernel bug must not end the run
+        except Exception as exc:
             where = traceback.extract_tb(exc.__traceback__)[-1]
             return Result(case, "FAIL", f"step {step.index} ({step.op}): internal error "
                           f"{type(exc).__name__}: {exc} at {where.filename}:{where.lineno}",

@@ -17,9 +17,11 @@ that a case can never harm the interpreter that runs it:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import weakref
+from collections.abc import Sequence
 
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
@@ -62,16 +64,12 @@ def _release(fds: set[int], own: RangeMap[bool]) -> None:
     """Unmap what we mapped and close what we opened (also run by the finalizer)."""
     for s, e, mine in list(own.runs()):
         if mine:
-            try:
+            with contextlib.suppress(OSError):
                 libc.munmap(s << SHIFT, (e - s) << SHIFT)
-            except OSError:
-                pass
     own.set(0, own.limit, False)
     for fd in sorted(fds):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     fds.clear()
 
 
@@ -92,10 +90,8 @@ class HostKernel:
     @staticmethod
     def _final(kvm: int, fds: set[int], own: RangeMap[bool]) -> None:
         _release(fds, own)
-        try:
+        with contextlib.suppress(OSError):
             os.close(kvm)
-        except OSError:
-            pass
 
     def __enter__(self) -> HostKernel:
         return self
@@ -159,7 +155,7 @@ class HostKernel:
         return libc.ioctl_int(fd, uapi.KVM_CHECK_EXTENSION, cap)
 
     def create_guest_memfd(self, vm: int, size: int, flags: int = 0,
-                           reserved: tuple[int, ...] = ()) -> int:
+                           reserved: Sequence[int] = ()) -> int:
         if len(reserved) > 6:
             raise UsageError("create_guest_memfd: reserved has 6 entries")
         res = list(reserved) + [0] * (6 - len(reserved))
@@ -273,7 +269,7 @@ class HostKernel:
         """The signal a plain access at addr would have raised."""
         for lo, hi, perms in read_maps():
             if lo <= addr < hi:
-                if write and perms[1] != "w" or perms[:3] == "---":
+                if (write and perms[1] != "w") or perms[:3] == "---":
                     return MemorySignal(uapi.SIGSEGV, addr, "the mapping's protection forbids it")
                 if not write and perms[0] != "r":
                     # x86 would load through PROT_WRITE or PROT_EXEC alone, but
@@ -336,7 +332,7 @@ class HostKernel:
         buf = bytearray(uapi.KVM_MEMORY_ATTRIBUTES_STRUCT.pack(address, size, attributes, flags))
         return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_MEMORY_ATTRIBUTES, buf)
 
-    def enable_cap(self, vm: int, cap: int, args: tuple[int, ...] = (), flags: int = 0) -> int:
+    def enable_cap(self, vm: int, cap: int, args: Sequence[int] = (), flags: int = 0) -> int:
         if len(args) > 4:
             raise UsageError("enable_cap: at most 4 args")
         padded = list(args) + [0] * (4 - len(args))

@@ -9,6 +9,7 @@ deleting the memslot.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 
 from .. import uapi
 from ..errors import kernel_error
@@ -24,7 +25,7 @@ LOFF_MAX = (1 << 63) - 1
 
 class GmemOps(ModelBase):
     def create_guest_memfd(self, vm: int, size: int, flags: int = 0,
-                           reserved: tuple[int, ...] = ()) -> int:
+                           reserved: Sequence[int] = ()) -> int:
         # kvm_gmem_create; reserved[] is not checked by the kernel.
         kvm = self._vm_of(vm)
         if flags & ~self.design.gmem_supported_flags(kvm.type):

@@ -11,6 +11,7 @@ slot) or the host mapping at userspace_addr.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 
 from .. import uapi
 from ..errors import UsageError, kernel_error
@@ -87,7 +88,7 @@ class KvmOps(GmemOps, MmOps):
             return sum(1 << t for t in self.design.vm_types if t < 32)
         return 0
 
-    def enable_cap(self, vm: int, cap: int, args: tuple[int, ...] = (), flags: int = 0) -> int:
+    def enable_cap(self, vm: int, cap: int, args: Sequence[int] = (), flags: int = 0) -> int:
         kvm = self._vm_of(vm)
         if len(args) > 4:
             raise UsageError("enable_cap: at most 4 args")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
@@ -219,7 +220,7 @@ class MmOps(ModelBase):
             raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
         hook(f, shared, prot, pgoff, npages)
 
-    def _handler_mm(self, call: str, f: OpenFile) -> object:
+    def _handler_mm(self, call: str, f: OpenFile) -> Any:
         return getattr(self, f"_{call}_{f.kind}", None)
 
     def _mmap_memfd(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
@@ -317,7 +318,7 @@ class MmOps(ModelBase):
                 raise kernel_error(errno.ENOMEM, "range has a hole")
             s, e, m = vma
             stop = min(e, last)
-            if prot & uapi.PROT_WRITE and not m.maywrite or prot & uapi.PROT_EXEC and not m.mayexec:
+            if (prot & uapi.PROT_WRITE and not m.maywrite) or (prot & uapi.PROT_EXEC and not m.mayexec):
                 raise kernel_error(errno.EACCES, "protection beyond what the mapping may have")
             if m.prot != prot:
                 self._modify(s, e, pos, stop, replace(m, prot=prot, tag=0))
@@ -420,9 +421,8 @@ class MmOps(ModelBase):
 
     def _remove_range(self, f: OpenFile, offset: int, length: int) -> None:
         mode = uapi.FALLOC_FL_PUNCH_HOLE | uapi.FALLOC_FL_KEEP_SIZE
-        handler = getattr(self, f"_fallocate_{f.kind}", None)
-        if f.kind == "shmem":
-            handler = getattr(self, "_fallocate_memfd")
+        kind = "memfd" if f.kind == "shmem" else f.kind  # shared anonymous memory is shmem
+        handler = self._handler_mm("fallocate", replace(f, kind=kind))
         if handler is None:
             raise kernel_error(errno.EOPNOTSUPP, "the file cannot punch holes")
         handler(f, mode, offset, length)
@@ -516,10 +516,10 @@ class MmOps(ModelBase):
             vpage = pos >> SHIFT
             if pos >= TASK_SIZE:
                 return segments, Fault(uapi.SIGSEGV, pos, "address beyond user space")
-            s, e, m = self.state.vmas.run_at(vpage)
+            _s, e, m = self.state.vmas.run_at(vpage)
             if m is None:
                 return segments, Fault(uapi.SIGSEGV, pos, "no mapping")
-            if write and not m.prot & uapi.PROT_WRITE or m.prot == uapi.PROT_NONE:
+            if (write and not m.prot & uapi.PROT_WRITE) or m.prot == uapi.PROT_NONE:
                 return segments, Fault(uapi.SIGSEGV, pos, "the mapping's protection forbids it")
             stop = min(e << SHIFT, end)
             first_pg, last_pg = vpage + m.delta, ((stop - 1) >> SHIFT) + 1 + m.delta

@@ -238,7 +238,8 @@ class RangeMap(Generic[V]):
 
     def freeze(self) -> tuple[tuple[int, V], ...]:
         """A hashable form: the (start, value) change points, in order."""
-        return tuple((k, v) for ks, vs in zip(self._keys, self._vals) for k, v in zip(ks, vs))
+        return tuple((k, v) for ks, vs in zip(self._keys, self._vals, strict=True)
+                     for k, v in zip(ks, vs, strict=True))
 
     @classmethod
     def thaw(cls, frozen: tuple[tuple[int, V], ...], limit: int = INDEX_LIMIT) -> RangeMap[V]:
@@ -266,7 +267,7 @@ class RangeMap(Generic[V]):
 
 
 def _take(it: Iterator[tuple[int, int, V]], n: int) -> list[tuple[int, int, V]]:
-    out = []
+    out: list[tuple[int, int, V]] = []
     for item in it:
         if len(out) == n:
             break

@@ -1,0 +1,161 @@
+"""The conformance runner: verdicts, lines, summary, JSON, and bad case files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gmemlab.conform import bundled_cases, conform
+from gmemlab.conform.cases import parse
+
+from .conftest import needs_kvm
+
+CASE = '''
+[[case]]
+id = "ok"
+steps = [
+  {op = "create_vm", type = 0, as = "vm"},
+  {op = "create_guest_memfd", vm = "$vm", size = 16384, flags = 0, as = "f"},
+  {op = "mmap", fd = "$f", length = 16384, prot = "READ|WRITE", flags = "SHARED", errno = "ENODEV"},
+]
+
+[[case]]
+id = "wrong-expectation"
+steps = [
+  {op = "create_vm", type = 0, as = "vm"},
+  {op = "create_guest_memfd", vm = "$vm", size = 16384, flags = 0, errno = "EINVAL"},
+]
+
+[[case]]
+id = "unmet"
+requires = ["cap:GUEST_MEMFD_FLAGS&4"]
+steps = [{op = "create_vm", type = 0}]
+
+[[case]]
+id = "unknown-op"
+steps = [{op = "frobnicate", x = 1}]
+
+[[case]]
+id = "model-only"
+kernel = "model"
+steps = [{op = "create_vm", type = 0}]
+
+[[case]]
+id = "unbound"
+steps = [{op = "close", fd = "$nothing"}]
+
+[[case]]
+id = "bad-arg"
+steps = [{op = "create_vm", type = "frob"}]
+'''
+
+
+def _run(tmp_path: Path, kind: str = "model", text: str = CASE) -> dict[str, str]:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    summary = conform([str(f)], kind)
+    return {r.case.id: f"{r.status} {r.message}" for r in summary.results}
+
+
+def test_verdicts(tmp_path: Path) -> None:
+    got = _run(tmp_path)
+    assert got["ok"].startswith("PASS")
+    assert got["wrong-expectation"].startswith(
+        "FAIL step 2 (create_guest_memfd): expected errno EINVAL, got success")
+    assert got["unmet"].startswith("SKIP requires cap:GUEST_MEMFD_FLAGS&4 (the kernel reports 0x3)")
+    assert got["unknown-op"].startswith("FAIL step 1 (frobnicate): unknown operation 'frobnicate'")
+    assert got["model-only"].startswith("PASS")
+    assert "$nothing is not bound" in got["unbound"]
+    assert got["bad-arg"].startswith("FAIL") and "unknown name 'frob'" in got["bad-arg"]
+
+
+@needs_kvm
+def test_verdicts_on_host(tmp_path: Path) -> None:
+    got = _run(tmp_path, "host")
+    assert got["ok"].startswith("PASS")
+    assert got["model-only"].startswith("SKIP written for the model kernel only")
+    assert got["wrong-expectation"].startswith("FAIL")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[case]]\nid = 1\nsteps = []", "non-empty string id"),
+    ("[[case]]\nid = \"x\"\nsteps = []", "steps must be a non-empty array"),
+    ("[[case]]\nid = \"x\"\nkernel = \"vm\"\nsteps = [{op=\"create_vm\"}]", "kernel must be one of"),
+    ("[[case]]\nid = \"x\"\nsteps = [{op=\"close\", fd=1, errno=\"ENOPE\"}]", "unknown errno name"),
+    ("[[case]]\nid = \"x\"\nsteps = [{op=\"close\", fd=1, errno=\"EBADF\", ret=0}]", "not several"),
+    ("[[case]]\nid = \"x\"\nrequires = [\"kvm\"]\nsteps = [{op=\"close\", fd=1}]", "unknown requirement"),
+    ("[[case]]\nid = \"x\"\nstep = []", "unknown keys"),
+    ("[other]\nx = 1", "unknown top-level keys"),
+])
+def test_malformed_cases_are_reported(text: str, message: str) -> None:
+    parsed = parse(__import__("tomllib").loads(text))
+    errors = [parsed.error] + [c.error for c in parsed.cases]
+    assert any(e and message in e for e in errors), errors
+
+
+def test_duplicate_ids() -> None:
+    parsed = parse(__import__("tomllib").loads(
+        '[[case]]\nid="a"\nsteps=[{op="create_vm"}]\n[[case]]\nid="a"\nsteps=[{op="create_vm"}]'))
+    assert parsed.cases[1].error == "duplicate id 'a' in this file"
+
+
+def test_every_bundled_case_passes_on_the_model() -> None:
+    summary = conform([str(bundled_cases())], "model")
+    failures = [r.line() for r in summary.results if r.status == "FAIL"]
+    assert not failures, "\n".join(failures)
+    assert summary.passed > 100
+
+
+@needs_kvm
+def test_every_bundled_any_case_passes_on_the_host() -> None:
+    summary = conform([str(bundled_cases())], "host")
+    failures = [r.line() for r in summary.results if r.status == "FAIL"]
+    assert not failures, "\n".join(failures)
+    assert summary.passed > 80
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gmemlab", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_lines_summary_exit_and_json(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(CASE)
+    out = tmp_path / "r.json"
+    proc = _cli("conform", str(f), "--kernel", "model", "--json", str(out))
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1
+    assert lines[0] == f"PASS {f}::ok"
+    assert lines[-1] == "2 passed, 4 failed, 1 skipped"
+    doc = json.loads(out.read_text())
+    assert doc["summary"] == {"passed": 2, "failed": 4, "skipped": 1}
+    assert {r["id"] for r in doc["results"]} == {"ok", "wrong-expectation", "unmet", "unknown-op",
+                                                 "model-only", "unbound", "bad-arg"}
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    proc = _cli("conform", str(tmp_path), "--kernel", "vm")
+    assert proc.returncode == 2 and "--kernel must be model or host" in proc.stderr
+    proc = _cli("conform", str(tmp_path), "--design", "nope")
+    assert proc.returncode == 2 and "unknown design 'nope'" in proc.stderr
+    proc = _cli("conform", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 1 and "no such file or folder" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_design_override() -> None:
+    """--design runs every case on that design: the 6.18 mmap cases fail on 6.8."""
+    proc = _cli("conform", str(bundled_cases() / "gmem" / "mmap.toml"), "--design", "gmem-6.8")
+    assert proc.returncode == 1
+    assert "FAIL" in proc.stdout and "mmap-needs-flag" in proc.stdout
+
+
+def test_cli_run_main_job() -> None:
+    proc = _cli("run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verdict: model and kernel agree" in proc.stdout.replace("\n", " ")
