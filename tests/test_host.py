@@ -88,3 +88,32 @@ def test_bulk_fill_and_read(host: HostKernel) -> None:
     host.write_mem(a, fill=0x5A, length=(64 << 20) - 3)
     data = host.read_mem(a, 64 << 20)
     assert data[:-3] == b"\x5a" * ((64 << 20) - 3) and data[-3:] == b"\0\0\0"
+
+
+@needs_kvm
+def test_vm_ioctl_from_forked_child_is_eio(host: HostKernel) -> None:
+    """[A11] a VM ioctl from another mm (a forked child) is EIO."""
+    from gmemlab import uapi
+    from gmemlab.host import libc
+    vm = host.create_vm(0)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.ioctl_buf(vm, uapi.KVM_CREATE_GUEST_MEMFD,
+                           bytearray(uapi.KVM_CREATE_GUEST_MEMFD_STRUCT.pack(P, 0, *[0] * 6)))
+            os._exit(0)
+        except OSError as exc:
+            os._exit(exc.errno or 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 5  # EIO
+
+
+@needs_kvm
+def test_bad_struct_pointer_is_efault(host: HostKernel) -> None:
+    """[B21] a struct pointer the kernel cannot read is EFAULT (copy_from_user)."""
+    from gmemlab import uapi
+    from gmemlab.host import libc
+    vm = host.create_vm(0)
+    with pytest.raises(OSError) as err:
+        libc.ioctl_int(vm, uapi.KVM_CREATE_GUEST_MEMFD, 0x10)
+    assert err.value.errno == 14

@@ -71,3 +71,12 @@ def test_bad_inputs_give_clear_errors(kernel: Any, kind: str) -> None:
     with pytest.raises(OSError) as err:
         kernel.create_guest_memfd(vm, -4096)
     assert err.value.errno == 22
+
+
+def test_distinct_inodes_same_device(kernel: Any) -> None:
+    """[B22] two guest_memfd creations: distinct st_ino, the same st_dev, on both kernels."""
+    vm = kernel.create_vm(0)
+    a = kernel.fstat(kernel.create_guest_memfd(vm, 4096, 0))
+    b = kernel.fstat(kernel.create_guest_memfd(vm, 8192, 0))
+    assert a.ino != b.ino and a.dev == b.dev
+    assert (a.size, b.size) == (4096, 8192)

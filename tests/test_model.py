@@ -19,14 +19,6 @@ def _gmem(k: ModelKernel, size: int = 16 * P, flags: int = 3) -> tuple[int, int]
     return vm, k.create_guest_memfd(vm, size, flags)
 
 
-def test_distinct_inodes_same_device(model: ModelKernel) -> None:
-    """[B22] two creations have distinct st_ino and the same st_dev."""
-    _, f = _gmem(model)
-    _, g = _gmem(model)
-    a, b = model.fstat(f), model.fstat(g)
-    assert a.ino != b.ino and a.dev == b.dev
-
-
 def test_fds_are_lowest_free(model: ModelKernel) -> None:
     vm = model.create_vm(0)
     f = model.create_guest_memfd(vm, P)

@@ -113,6 +113,29 @@ class GuestAccess:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class GuestHypercall:
+    """The outcome of a guest hypercall (vmcall) as KVM handles it.
+
+    exit is "hypercall" when KVM exits to userspace (KVM_EXIT_HYPERCALL, with
+    nr, args and flags as in kvm_run), or "none" when KVM answered the guest
+    itself with ret in RAX (e.g. -1000, -KVM_ENOSYS, for a hypercall whose
+    exit userspace did not enable).
+    """
+
+    exit: str
+    ret: int | None = None
+    nr: int | None = None
+    args: tuple[int, ...] | None = None
+    flags: int | None = None
+
+    def as_table(self) -> dict[str, Any]:
+        table = {k: v for k, v in asdict(self).items() if v is not None}
+        if "args" in table:
+            table["args"] = list(table["args"])
+        return table
+
+
 @runtime_checkable
 class Kernel(Protocol):
     """The operations of ../shared/spec/CASES.md, with their parameter names."""

@@ -18,7 +18,7 @@ class ModelKernel(KvmOps, VfsOps):
 
     # Operations beyond the interface that only the model has (kernel-internal
     # users, hypercalls); later designs add theirs.
-    EXTRA_OPS: tuple[str, ...] = ()
+    EXTRA_OPS: tuple[str, ...] = ("guest_hypercall",)
 
     def __init__(self, design: str | Design = DEFAULT_DESIGN) -> None:
         super().__init__(make_design(design) if isinstance(design, str) else design)

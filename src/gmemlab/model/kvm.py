@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from .. import uapi
 from ..errors import UsageError, kernel_error
-from ..interface import GuestAccess
+from ..interface import GuestAccess, GuestHypercall
 from . import pages
 from .gmem import GmemOps
 from .mm import MmOps
@@ -24,6 +24,8 @@ from .state import TASK_SIZE, Memslot, Vm
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 
+KVM_ENOSYS = 1000
+KVM_EINVAL = 22
 KVM_MAX_VCPU_IDS = 4096
 KVM_MAX_VCPUS = 4096
 NR_ADDRESS_SPACES = 1  # KVM_CAP_MULTI_ADDRESS_SPACE reports 0: no SMM
@@ -310,3 +312,32 @@ class KvmOps(GmemOps, MmOps):
                 out += self._load(store, offset, count, m)
         return b"" if write else bytes(out)
 
+
+    # --- guest hypercalls (model only: this machine's kernel gives no exit) -------------
+
+    def guest_hypercall(self, vcpu: int, nr: int, args: Sequence[int] = ()) -> GuestHypercall:
+        """A 64-bit guest at CPL 0 executes vmcall with RAX = nr and the args
+        in RBX, RCX, RDX, RSI: __kvm_emulate_hypercall's answer."""
+        f = self._ioctl_file(vcpu, "vcpu")
+        assert f.vm is not None
+        kvm = self.state.vms[f.vm]
+        a = [_u64(v, "args") for v in args] + [0] * (4 - len(args))
+        if len(a) > 4:
+            raise UsageError("guest_hypercall: at most 4 arguments")
+        self.state.counters["exits"] += 1
+        if _u64(nr, "nr") != uapi.KVM_HC_MAP_GPA_RANGE:
+            return GuestHypercall(exit="none", ret=-KVM_ENOSYS)
+        if not kvm.exit_hypercall & (1 << uapi.KVM_HC_MAP_GPA_RANGE):
+            return GuestHypercall(exit="none", ret=-KVM_ENOSYS)
+        gpa, npages = a[0], a[1]
+        gfn = gpa >> SHIFT
+        if gpa & (P - 1) or npages == 0 or (gfn + npages) & ((1 << 64) - 1) <= gfn:
+            return GuestHypercall(exit="none", ret=-KVM_EINVAL)
+        return GuestHypercall(exit="hypercall", nr=uapi.KVM_HC_MAP_GPA_RANGE,
+                              args=(gpa, npages, a[2], 0, 0, 0), flags=1)
+
+
+def _u64(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(1 << 63) <= value < 1 << 64:
+        raise UsageError(f"guest_hypercall: {name} must be 64-bit integers, got {value!r}")
+    return value & ((1 << 64) - 1)
