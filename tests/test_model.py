@@ -141,3 +141,25 @@ def test_private_access_on_default_vm_is_malformed(model: ModelKernel) -> None:
     cpu = model.create_vcpu(vm, 0)
     with pytest.raises(UsageError, match="no private memory"):
         model.guest_access(cpu, 0x1000, 4, private=True)
+
+
+def test_top_down_placement_is_highest_fit(model: ModelKernel) -> None:
+    """get_unmapped_area's answer equals a brute-force highest-fit search, also
+    after holes open above the free-area cache."""
+    import random
+    rng = random.Random(7)
+    live: list[tuple[int, int]] = []
+    for _ in range(300):
+        if live and rng.random() < 0.4:
+            addr, n = live.pop(rng.randrange(len(live)))
+            model.munmap(addr, n * P)
+            continue
+        n = rng.choice([1, 2, 3, 8])
+        floor, ceiling = 0x10000 >> 12, 0x7F0000000000 >> 12
+        expected = None
+        for s, e, m in model.state.vmas.runs(floor, ceiling):
+            if m is None and e - s >= n:
+                expected = e - n
+        addr = model.mmap(-1, n * P, 3, uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS)
+        assert addr >> 12 == expected
+        live.append((addr, n))

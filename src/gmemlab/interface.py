@@ -108,6 +108,7 @@ class GuestAccess:
     size: int | None = None
     flags: int | None = None
     write: bool | None = None
+    errno: str | None = None  # a memory fault's KVM_RUN errno: EFAULT, EIO, ...
 
     def as_table(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -156,6 +157,10 @@ class Kernel(Protocol):
                            reserved: Sequence[ULong] = ()) -> int: ...
 
     def memfd_create(self, name: str = "gmemlab", flags: UInt = 0) -> int: ...
+
+    def memfd_restricted(self, flags: UInt = 0) -> int:
+        """The 2022 proposal's syscall (designs seed, seed-as-written); ENOSYS elsewhere."""
+        ...
 
     def close(self, fd: Fd) -> int: ...
 
@@ -229,12 +234,67 @@ class Kernel(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class FileState:
+    """A restricted memfd's state as the model tracks it (model-only op file_state)."""
+
+    size: int
+    mapped: int  # mappings (VMAs) of the file
+    destroyed: bool
+    refs: int  # get_pfn references outstanding, all pages together
+    has_mapping: bool
+
+    def as_table(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ModelOnly(Protocol):
+    """Operations only the model has (MODEL_OPS.md): kernel-internal users and
+    hypervisor calls that no system call reaches.  Cases using them say
+    kernel = "model"."""
+
+    def get_pfn(self, fd: Fd, index: ULong) -> int:
+        """KVM's restrictedmem_get_pfn: a pfn and one reference on the page."""
+        ...
+
+    def put_pfn(self, fd: Fd, index: ULong) -> int: ...
+
+    def add_notifier(self, fd: Fd, name: str, fail: dict[str, Any] | None = None) -> int:
+        """Register a scripted notifier; `fail` maps events to the errno (name)
+        the notifier returns for them (only mmap_start can fail)."""
+        ...
+
+    def notifier_log(self, fd: Fd) -> list[str]: ...
+
+    def file_state(self, fd: Fd) -> FileState: ...
+
+    def wait_unreferenced(self, fd: Fd, timeout: ULong = 0) -> int:
+        """Wait until no get_pfn reference is outstanding (restriction 5)."""
+        ...
+
+    def populate(self, vm: Fd, gpa: ULong, data: bytes) -> int:
+        """Pre-boot copy of data into private memory (SNP/TDX launch update)."""
+        ...
+
+    def launch_finish(self, vm: Fd) -> int: ...
+
+    def vma_count(self) -> int: ...
+
+    def set_max_map_count(self, value: Int) -> int: ...
+
+    def guest_hypercall(self, vcpu: Fd, nr: ULong, args: Sequence[ULong] = ()) -> GuestHypercall:
+        """A 64-bit guest's vmcall at CPL 0, answered as __kvm_emulate_hypercall does."""
+        ...
+
+
+def _ops_of(proto: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(name for name in proto.__dict__
+                 if not name.startswith("_") and callable(proto.__dict__[name]) and name not in skip)
+
+
 # The operations of the interface, in the order above: the case-file vocabulary.
-INTERFACE_OPS: tuple[str, ...] = tuple(
-    name for name in Kernel.__dict__
-    if not name.startswith("_") and callable(Kernel.__dict__[name])
-    and name not in ("unsupported", "shutdown")
-)
+INTERFACE_OPS: tuple[str, ...] = _ops_of(Kernel, ("unsupported", "shutdown"))
+MODEL_ONLY_OPS: tuple[str, ...] = _ops_of(ModelOnly)
 
 
 # --- argument checking, shared by every implementation -----------------------------
@@ -270,6 +330,10 @@ def _checker(op: str, hint: Any) -> Callable[[str, object], object]:
             if not isinstance(value, str):
                 raise UsageError(f"{op}: {name} must be a string, got {type(value).__name__}")
             return value
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise UsageError(f"{op}: {name} must be a table, got {type(value).__name__}")
+            return dict(value)
         if origin is Sequence or origin is list:
             item = getattr(hint, "__args__", (int,))[0]
             inner = next((m for m in getattr(item, "__metadata__", ()) if isinstance(m, CInt)), U64)
@@ -288,15 +352,17 @@ def _checker(op: str, hint: Any) -> Callable[[str, object], object]:
 @functools.cache
 def op_signature(op: str) -> inspect.Signature:
     """The Protocol's signature of op (without self)."""
-    if op not in INTERFACE_OPS:
+    proto = Kernel if op in INTERFACE_OPS else ModelOnly if op in MODEL_ONLY_OPS else None
+    if proto is None:
         raise UsageError(f"unknown operation {op!r}")
-    sig = inspect.signature(getattr(Kernel, op))
+    sig = inspect.signature(getattr(proto, op))
     return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
 @functools.cache
 def _op_checkers(op: str) -> tuple[inspect.Signature, dict[str, Callable[[str, object], object]]]:
-    hints = get_type_hints(getattr(Kernel, op), include_extras=True)
+    proto = Kernel if op in INTERFACE_OPS else ModelOnly
+    hints = get_type_hints(getattr(proto, op), include_extras=True)
     sig = op_signature(op)
     return sig, {name: _checker(op, hints[name]) for name in sig.parameters}
 
@@ -350,7 +416,7 @@ def checked(cls: type[K]) -> type[K]:
     Both kernels use it, so a malformed call fails with the same UsageError on
     either, before any state is touched or any system call is made.
     """
-    for op in INTERFACE_OPS:
+    for op in INTERFACE_OPS + MODEL_ONLY_OPS:
         impl = getattr(cls, op, None)
         if impl is None or getattr(impl, "__wrapped_op__", None) == op:
             continue

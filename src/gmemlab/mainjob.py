@@ -69,6 +69,17 @@ def main_job(host: bool = True) -> bool:
         for result in (row.model, row.host):
             if result.status == "FAIL":
                 console.print(f"[red]{result.kernel}[/red] {result.line()}")
+    by_design: dict[str, list[Result]] = {}
+    for row in rows:
+        by_design.setdefault(row.model.case.design or "?", []).append(row.model)
+    designs = Table(title="the model's designs on their own cases")
+    for col in ("design", "cases", "passed", "failed"):
+        designs.add_column(col)
+    for name, results in sorted(by_design.items()):
+        passed = sum(r.status == "PASS" for r in results)
+        failed = sum(r.status == "FAIL" for r in results)
+        designs.add_row(name, str(len(results)), str(passed), f"[red]{failed}[/red]" if failed else "0")
+    console.print(designs)
     both = sum(r.verdict == "agree" for r in rows)
     model_only = sum(r.model.status == "PASS" and r.host.status == "SKIP" for r in rows)
     host_note = f"host skipped: {host_missing}" if host_missing else \

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import uapi
 from ..errors import MemorySignal, UsageError
-from ..interface import INTERFACE_OPS, GuestAccess, GuestHypercall, Kernel, Stat
+from ..interface import INTERFACE_OPS, GuestAccess, Kernel
 from .cases import Case, CaseFile, Requirement, Step, parse_requirement
 
 _REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(0[xX][0-9a-fA-F]+|\d+))?$")
@@ -245,7 +245,7 @@ def _show(result: Any) -> str:
         return f"{result:#x}" if result > 4096 else str(result)
     if isinstance(result, bytes):
         return result[:16].hex() + ("..." if len(result) > 16 else "")
-    if isinstance(result, (Stat, GuestAccess, GuestHypercall)):
+    if hasattr(result, "as_table"):
         return str(result.as_table())
     return repr(result)
 
@@ -276,7 +276,7 @@ def _check_result(step: Step, result: Any, env: dict[str, Any]) -> None:
     if not step.has_ret:
         return
     want = resolve(step.ret, env)
-    if isinstance(result, (Stat, GuestAccess, GuestHypercall)):
+    if hasattr(result, "as_table"):
         if not isinstance(want, dict):
             raise StepFailure(f"{step.op} returns a table; ret must be a table")
         table = result.as_table()

@@ -167,6 +167,10 @@ class HostKernel:
             raise UsageError("memfd_create: name must not contain NUL")
         return self._adopt(os.memfd_create(name, flags))
 
+    def memfd_restricted(self, flags: int = 0) -> int:
+        # The 2022 proposal's syscall was never merged: no kernel has a number for it.
+        raise kernel_error(errno.ENOSYS, "memfd_restricted was never merged into Linux")
+
     def close(self, fd: int) -> int:
         os.close(self._fd(fd))
         self._fds.discard(fd)

@@ -93,7 +93,7 @@ class ModelBase:
 
     def _maybe_release(self, f: OpenFile) -> None:
         """Release a struct file whose last fd and last mapping are gone."""
-        if f.fds or f.mapped_pages or f.released:
+        if f.fds or f.mapped_pages or f.holders or f.released:
             return
         f.released = True
         self._release_file(f)

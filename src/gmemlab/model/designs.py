@@ -64,6 +64,25 @@ class Design:
         """Whether binding an MMAP file makes the slot KVM_MEMSLOT_GMEM_ONLY."""
         return True
 
+    # --- the file that backs private memory ------------------------------------
+
+    def private_file_kind(self) -> str:
+        """Which kind of file a KVM_MEM_GUEST_MEMFD (2022: KVM_MEM_PRIVATE)
+        memslot binds: "gmem" (KVM_CREATE_GUEST_MEMFD) or "restricted"
+        (memfd_restricted)."""
+        return "gmem"
+
+    # --- the restricted memfd's mapping rules (designs seed, seed-as-written) -----
+
+    def restricted_sets_has_mapping(self) -> bool:
+        """Whether a successful mmap sets has_mapping (the proposal's intent)."""
+        return True
+
+    def restricted_mmap_end_to_all(self) -> bool:
+        """Whether mmap_end goes to every notifier (intent) or only to the one
+        the mmap_start loop ended on (the sketch as written)."""
+        return True
+
 
 class Gmem68(Design):
     """guest_memfd as merged in Linux 6.8: no mmap, private memory only."""
@@ -90,6 +109,46 @@ class Gmem68(Design):
         return False
 
 
+class Seed(Design):
+    """The restricted memfd of the 2022 proposal, as its text intends."""
+
+    name = "seed"
+    summary = ("the 2022 restricted memfd: whole-file single mmap, notifier hooks, get_pfn "
+               "refused while mapped, no split or mremap, destroyed at unmap with references out")
+    vm_types = frozenset({uapi.KVM_X86_DEFAULT_VM, uapi.KVM_X86_SW_PROTECTED_VM,
+                          uapi.KVM_X86_SNP_VM, uapi.KVM_X86_TDX_VM, uapi.MODEL_PKVM_VM})
+
+    def private_file_kind(self) -> str:
+        return "restricted"
+
+    def cap_guest_memfd(self, vm_type: int | None) -> int:
+        return 0  # no guest_memfd in 2022
+
+    def gmem_supported_flags(self, vm_type: int | None) -> int:
+        return 0
+
+    def gmem_memslot_allowed(self, vm_type: int) -> bool:
+        # KVM_MEM_PRIVATE (the same bit) exists only for VMs with private memory.
+        return self.has_private_mem(vm_type)
+
+    def gmem_only_slots(self) -> bool:
+        return False
+
+
+class SeedAsWritten(Seed):
+    """The proposal's code sketch taken literally, with its two defects."""
+
+    name = "seed-as-written"
+    summary = ("the 2022 sketch literally: has_mapping is never set, mmap_end reaches only "
+               "the last notifier")
+
+    def restricted_sets_has_mapping(self) -> bool:
+        return False
+
+    def restricted_mmap_end_to_all(self) -> bool:
+        return False
+
+
 DESIGNS: dict[str, Callable[[], Design]] = {}
 
 
@@ -100,6 +159,8 @@ def register(cls: type[Design]) -> type[Design]:
 
 register(Design)
 register(Gmem68)
+register(Seed)
+register(SeedAsWritten)
 
 DEFAULT_DESIGN = Design.name
 

@@ -28,6 +28,9 @@ class GmemOps(ModelBase):
                            reserved: Sequence[int] = ()) -> int:
         # kvm_gmem_create; reserved[] is not checked by the kernel.
         kvm = self._vm_of(vm)
+        if self.design.private_file_kind() != "gmem":
+            raise kernel_error(errno.ENOTTY, f"KVM_CREATE_GUEST_MEMFD does not exist in design "
+                               f"{self.design.name}")
         if flags & ~self.design.gmem_supported_flags(kvm.type):
             raise kernel_error(errno.EINVAL, f"flags {flags:#x} outside the supported "
                                f"{self.design.gmem_supported_flags(kvm.type):#x}")
@@ -100,14 +103,28 @@ class GmemOps(ModelBase):
 
     # --- binding -------------------------------------------------------------------------
 
-    def _gmem_bind(self, kvm: Vm, slot: Memslot, fd: int, offset: int) -> None:
-        """kvm_gmem_bind, with its errno in its order."""
+    def _bind_private(self, kvm: Vm, slot: Memslot, fd: int, offset: int) -> None:
+        """kvm_gmem_bind (2022: the restricted memfd binding), errno in order."""
         fid = self.state.fds.get(fd if fd < 1 << 31 else fd - (1 << 32))
         if fid is None:
-            raise kernel_error(errno.EBADF, f"guest_memfd {fd} is not open")
+            raise kernel_error(errno.EBADF, f"fd {fd} is not open")
         f = self.state.files[fid]
-        if f.kind != "gmem":
-            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a guest_memfd")
+        kind = self.design.private_file_kind()
+        if f.kind != kind:
+            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a {kind} file")
+        getattr(self, f"_bind_{kind}")(kvm, slot, f, offset)
+        slot.private_bound = True
+
+    def _unbind_private(self, kvm: Vm, slot: Memslot) -> None:
+        if slot.private_file is None:
+            return
+        f = self.state.files.get(slot.private_file)
+        if f is None:
+            slot.private_file = None
+            return
+        getattr(self, f"_unbind_{f.kind}")(kvm, slot)
+
+    def _bind_gmem(self, kvm: Vm, slot: Memslot, f: OpenFile, offset: int) -> None:
         if f.vm != kvm.id:
             raise kernel_error(errno.EINVAL, "the guest_memfd belongs to another VM")
         inode = self.state.inodes[f.inode]
@@ -118,20 +135,29 @@ class GmemOps(ModelBase):
         assert f.bindings is not None
         if not f.bindings.all_equal(first, last, None):
             raise kernel_error(errno.EINVAL, "the file range is already bound to a memslot")
-        slot.gmem_file = f.id
-        slot.gmem_pgoff = first
-        slot.gmem_bound = True
+        slot.private_file = f.id
+        slot.private_pgoff = first
         slot.gmem_only = self.design.gmem_only_slots() and bool(
             inode.flags & uapi.GUEST_MEMFD_FLAG_MMAP)
         f.bindings.set(first, last, slot.key)
 
-    def _gmem_unbind(self, slot: Memslot) -> None:
-        if slot.gmem_file is None:
-            return
-        f = self.state.files.get(slot.gmem_file)
-        if f is not None and f.bindings is not None:
-            f.bindings.set(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages, None)
-        slot.gmem_file = None
+    def _unbind_gmem(self, kvm: Vm, slot: Memslot) -> None:
+        assert slot.private_file is not None
+        f = self.state.files[slot.private_file]
+        if f.bindings is not None:
+            f.bindings.set(slot.private_pgoff, slot.private_pgoff + slot.npages, None)
+        slot.private_file = None
+
+    def _private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> tuple[pages.PageStore, int] | int:
+        """The page behind a private (or gmem-only) guest access, or the errno
+        kvm_gmem_get_pfn fails with."""
+        if slot.private_file is None:
+            return errno.EFAULT  # no file, or released: kvm_gmem_get_file() is NULL
+        f = self.state.files[slot.private_file]
+        index = slot.private_pgoff + gfn - slot.base_gfn
+        store = self.state.inodes[f.inode].pages
+        self.state.counters["pages_zeroed"] += pages.allocate(store, index, index + 1)
+        return store, index
 
     def _release_gmem(self, f: OpenFile) -> None:
         """kvm_gmem_release: bindings lose their file; slots stay."""
@@ -139,7 +165,7 @@ class GmemOps(ModelBase):
         kvm = self.state.vms[f.vm]
         keys = {key for _, _, key in f.bindings.runs() if key is not None}
         for key in keys:
-            kvm.memslots[key].gmem_file = None
+            kvm.memslots[key].private_file = None
         if keys:
             self.state.counters["kvm_zaps"] += 1
             self.state.counters["tlb_flushes"] += 1

@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
-from ..interface import checked
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, checked
 from .designs import DEFAULT_DESIGN, Design, make_design
-from .kvm import KvmOps
+from .restricted import RestrictedOps
 from .vfs import VfsOps
 
+# Host loads/stores and guest accesses are not system calls.
+NOT_SYSCALLS = frozenset({"read_mem", "write_mem", "guest_access"})
+K = TypeVar("K")
 
+
+def counted(cls: type[K]) -> type[K]:
+    """Count every system call and ioctl in state.counters["syscalls"]: the cost
+    a design imposes on the VMM is, first of all, how many calls it needs."""
+    for op in INTERFACE_OPS:
+        if op in NOT_SYSCALLS:
+            continue
+        impl = getattr(cls, op)
+
+        def make(impl: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(impl)
+            def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                self.state.counters["syscalls"] += 1
+                return impl(self, *args, **kwargs)
+            return wrapper
+
+        setattr(cls, op, make(impl))
+    return cls
+
+
+@counted
 @checked
-class ModelKernel(KvmOps, VfsOps):
+class ModelKernel(RestrictedOps, VfsOps):
     """The model of a kernel built as `design` ("gmem-6.18", "gmem-6.8", ...).
 
     Pure Python and deterministic: no /dev/kvm needed.  snapshot() and
@@ -18,7 +46,7 @@ class ModelKernel(KvmOps, VfsOps):
 
     # Operations beyond the interface that only the model has (kernel-internal
     # users, hypercalls); later designs add theirs.
-    EXTRA_OPS: tuple[str, ...] = ("guest_hypercall",)
+    EXTRA_OPS: tuple[str, ...] = MODEL_ONLY_OPS
 
     def __init__(self, design: str | Design = DEFAULT_DESIGN) -> None:
         super().__init__(make_design(design) if isinstance(design, str) else design)

@@ -51,12 +51,11 @@ class KvmOps(GmemOps, MmOps):
 
     def _anon_inode(self) -> int:
         """The one anon inode every VM and vCPU file shares, as in the kernel."""
-        for inode in self.state.inodes.values():
-            if inode.kind == "anon":
-                return inode.ino
-        inode = self._new_inode("anon", 0o600)
-        inode.files += 1  # never freed
-        return inode.ino
+        if self.state.anon_ino is None:
+            inode = self._new_inode("anon", 0o600)
+            inode.files += 1  # never freed
+            self.state.anon_ino = inode.ino
+        return self.state.anon_ino
 
     def create_vm(self, type: int = 0) -> int:
         if type not in self.design.vm_types:
@@ -175,7 +174,7 @@ class KvmOps(GmemOps, MmOps):
         base_gfn = gpa >> SHIFT
         if old is not None:
             # Private memslots are immutable: they can only be deleted.
-            if gmem or old.gmem_bound:
+            if gmem or old.private_bound:
                 raise kernel_error(errno.EINVAL, "guest_memfd memslots cannot be changed")
             if uaddr != old.userspace_addr or npages != old.npages or \
                     (flags ^ old.flags) & uapi.KVM_MEM_READONLY:
@@ -188,9 +187,9 @@ class KvmOps(GmemOps, MmOps):
         new = Memslot(as_id=as_id, id=sid, base_gfn=base_gfn, npages=npages, flags=flags,
                       userspace_addr=uaddr)
         if gmem:
-            self._gmem_bind(kvm, new, gmem_fd, gmem_offset)
+            self._bind_private(kvm, new, gmem_fd, gmem_offset)
         if base_gfn + npages - 1 > uapi.KVM_MAX_GFN:
-            self._gmem_unbind(new)
+            self._unbind_private(kvm, new)
             raise kernel_error(errno.EINVAL, "memslot beyond the largest guest physical address")
         if old is not None:
             self._delete_memslot(kvm, old)  # a move: the old GPA range is invalidated
@@ -203,7 +202,7 @@ class KvmOps(GmemOps, MmOps):
                    for _, _, k in kvm.gfn_slots.runs(base_gfn, base_gfn + npages))
 
     def _delete_memslot(self, kvm: Vm, slot: Memslot) -> None:
-        self._gmem_unbind(slot)
+        self._unbind_private(kvm, slot)
         kvm.gfn_slots.set(slot.base_gfn, slot.base_gfn + slot.npages, None)
         del kvm.memslots[slot.key]
         self.state.counters["kvm_zaps"] += 1
@@ -225,15 +224,24 @@ class KvmOps(GmemOps, MmOps):
             raise kernel_error(errno.EINVAL, "size 0 or range wraps")
         if address & (P - 1) or size & (P - 1):
             raise kernel_error(errno.EINVAL, "address and size must be page-aligned")
-        self._set_attributes(kvm, address >> SHIFT, (address + size) >> SHIFT, attributes)
+        first, last = address >> SHIFT, (address + size) >> SHIFT
+        self._conversion_check(kvm, first, last)
+        self._set_attributes(kvm, first, last, attributes)
         return 0
+
+    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
+        """A design's veto on converting [first, last); guest_memfd has none."""
 
     def _set_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         if kvm.attributes.all_equal(first, last, attributes):
             return
-        kvm.attributes.set(first, last, attributes)
+        # Between the zap and the store the conversion is in progress; the
+        # atomic operation passes through that state without stopping.
+        kvm.converting = True
         self.state.counters["kvm_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
+        kvm.attributes.set(first, last, attributes)
+        kvm.converting = False
 
     # --- guest accesses -------------------------------------------------------------------------
 
@@ -271,25 +279,29 @@ class KvmOps(GmemOps, MmOps):
                     data: bytes | None) -> bytes | GuestAccess:
         """One access within a page: its bytes, or the exit it causes."""
         gfn = gpa >> SHIFT
-        fault = GuestAccess(exit="memory_fault", gpa=gfn << SHIFT, size=P,
-                            flags=uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE if private else 0)
+
+        def fault(err: int = errno.EFAULT) -> GuestAccess:
+            return GuestAccess(exit="memory_fault", gpa=gfn << SHIFT, size=P,
+                               flags=uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE if private else 0,
+                               errno=uapi.errno_name(err))
+
         if self.design.has_private_mem(kvm.type):
             attr_private = bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
             if attr_private != private:
-                return fault
+                return fault()
         key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
         slot = kvm.memslots.get(key) if key is not None else None
         if slot is None:
             if private:
-                return fault
+                return fault()
             return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
         if private or slot.gmem_only:
-            if not slot.gmem_bound or slot.gmem_file is None:
-                return fault  # no guest_memfd, or the file was released: -EFAULT
-            gfile = self.state.files[slot.gmem_file]
-            store = self.state.inodes[gfile.inode].pages
-            index = slot.gmem_pgoff + gfn - slot.base_gfn
-            self.state.counters["pages_zeroed"] += pages.allocate(store, index, index + 1)
+            if not slot.private_bound:
+                return fault()
+            backing = self._private_backing(kvm, slot, gfn)
+            if isinstance(backing, int):
+                return fault(backing)
+            store, index = backing
             offset = (index << SHIFT) | (gpa & (P - 1))
             if write:
                 assert data is not None
@@ -301,7 +313,7 @@ class KvmOps(GmemOps, MmOps):
         hva = slot.userspace_addr + (gpa - (slot.base_gfn << SHIFT))
         segments, host_fault = self._resolve(hva, n, write)
         if host_fault is not None:
-            return fault  # hva_to_pfn failed: KVM_PFN_ERR_FAULT
+            return fault()  # hva_to_pfn failed: KVM_PFN_ERR_FAULT
         out = bytearray()
         for store, offset, count, m in segments:
             if write:

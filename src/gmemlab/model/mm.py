@@ -91,11 +91,18 @@ class MmOps(ModelBase):
         for s, e, m in vmas.runs(first, last):
             if m is not None and m.file is not None:
                 self.state.files[m.file].mapped_pages -= e - s
+            if m is not None and m.overlay is not None:
+                self.state.overlay_pages[m.overlay] -= e - s
         splits = sum(1 for point in (first, last)
                      if point < vmas.limit and _inside(vmas.run_at(point), point))
         vmas.set(first, last, value)
         if value is not None and value.file is not None:
             self.state.files[value.file].mapped_pages += last - first
+        if value is not None and value.overlay is not None:
+            self.state.overlay_pages[value.overlay] = \
+                self.state.overlay_pages.get(value.overlay, 0) + last - first
+        if value is None:
+            self._hole_freed(first, last)
         after = self._count_vmas(lo, hi)
         self.state.map_count += after - before
         counters = self.state.counters
@@ -131,20 +138,34 @@ class MmOps(ModelBase):
         return last <= self.state.vmas.limit and self.state.vmas.all_equal(first, last, None)
 
     def _unmapped_area(self, npages: int, hint: int) -> int:
-        """get_unmapped_area, top-down below MMAP_BASE as x86-64 does."""
+        """get_unmapped_area, top-down below MMAP_BASE as x86-64 does: the
+        highest free range that fits."""
         if hint:
             first = (hint + P - 1) >> SHIFT
             if first << SHIFT >= MMAP_MIN_ADDR and self._free(first, first + npages) \
                     and (first + npages) << SHIFT <= TASK_SIZE:
                 return first
-        best = None
         floor, ceiling = MMAP_MIN_ADDR >> SHIFT, MMAP_BASE >> SHIFT
-        for s, e, m in self.state.vmas.runs(floor, ceiling):
+        st = self.state
+        # Below the cache nothing is mapped higher up that could fit, unless a
+        # hole above it is at least cached_hole big: then search from the top.
+        start = ceiling if npages <= st.cached_hole or not st.free_area else st.free_area
+        for s, e, m in self.state.vmas.runs_reversed(floor, start):
             if m is None and e - s >= npages:
-                best = e - npages
-        if best is None:
-            raise kernel_error(errno.ENOMEM, "no free range of that size")
-        return best
+                found = e - npages
+                # Every hole between here and where the search began is
+                # smaller than npages (this is the highest fit).
+                st.cached_hole = npages - 1 if start == ceiling else max(st.cached_hole, npages - 1)
+                st.free_area = found
+                return found
+        raise kernel_error(errno.ENOMEM, "no free range of that size")
+
+    def _hole_freed(self, first: int, last: int) -> None:
+        """A range was unmapped: the holes above the free-area cache grew."""
+        st = self.state
+        if st.free_area and last > st.free_area:
+            s, e, _ = st.vmas.run_at(first)
+            st.cached_hole = max(st.cached_hole, min(e, MMAP_BASE >> SHIFT) - s)
 
     # --- mmap -------------------------------------------------------------------------
 
@@ -180,6 +201,8 @@ class MmOps(ModelBase):
         maptype = flags & uapi.MAP_TYPE
         # Unlike mprotect, mmap does not validate prot: unknown bits are dropped.
         prot &= uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
+        if fixed and self._mapping_runs(first, first + npages):
+            self._unmap_checks(first, first + npages)
         if f is not None:
             mapping = self._file_mapping(f, maptype, flags, prot, pgoff, first, npages)
         else:
@@ -258,9 +281,13 @@ class MmOps(ModelBase):
         if size == 0:
             raise kernel_error(errno.EINVAL, "length 0")
         first, last = addr >> SHIFT, (addr + size) >> SHIFT
-        runs = self._mapping_runs(first, last)
-        if not runs:
-            return 0
+        if self._mapping_runs(first, last):
+            self._unmap_checks(first, last)
+            self._unmap_range(first, last)
+        return 0
+
+    def _unmap_checks(self, first: int, last: int) -> None:
+        """What vms_gather_munmap_vmas checks before it splits anything."""
         vma = self._vma_of(first)
         if vma is not None and vma[0] < first:
             if last < vma[1] and self.state.map_count >= self.state.max_map_count:
@@ -269,8 +296,6 @@ class MmOps(ModelBase):
         tail = self._vma_of(last - 1)
         if tail is not None and tail[1] > last:
             self._may_split(tail[2], last)
-        self._unmap_range(first, last)
-        return 0
 
     def _unmap_range(self, first: int, last: int) -> None:
         runs = self._mapping_runs(first, last)
@@ -287,11 +312,10 @@ class MmOps(ModelBase):
         """vm_ops->close for removed mappings; nothing for ordinary files."""
 
     def _drop_unused_overlays(self, overlays: set[int]) -> None:
-        if not overlays:
-            return
-        live = {m.overlay for _, _, m in self._mapping_runs(0, self.state.vmas.limit)}
-        for overlay in overlays - live:
-            del self.state.overlays[overlay]
+        for overlay in overlays:
+            if not self.state.overlay_pages.get(overlay):
+                self.state.overlays.pop(overlay, None)
+                self.state.overlay_pages.pop(overlay, None)
 
     # --- mprotect -------------------------------------------------------------------------
 

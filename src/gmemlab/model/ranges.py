@@ -154,6 +154,25 @@ class RangeMap(Generic[V]):
             c += 1
             j = 0
 
+    def runs_reversed(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, V]]:
+        """Runs overlapping [start, end), clipped to it, last first."""
+        if end is None:
+            end = self.limit
+        if start >= end:
+            return
+        c, j = self._locate(end - 1)
+        while c >= 0:
+            keys, vals = self._keys[c], self._vals[c]
+            while j >= 0:
+                run_start = keys[j]
+                run_end = self._next_start(c, j)
+                yield max(run_start, start), min(run_end, end), vals[j]
+                if run_start <= start:
+                    return
+                j -= 1
+            c -= 1
+            j = len(self._keys[c]) - 1 if c >= 0 else -1
+
     def all_equal(self, start: int, end: int, value: V) -> bool:
         """True when every index in [start, end) maps to value."""
         return all(v == value for _, _, v in self.runs(start, end))

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..uapi import PAGE_SHIFT
-from .pages import PageStore, new_store
+from .pages import PAGE_INDEX_LIMIT, PageStore, new_store
 from .ranges import RangeMap
 
 GFN_LIMIT = 1 << (64 - PAGE_SHIFT)
@@ -27,12 +27,33 @@ TASK_SIZE = (1 << 47) - (1 << PAGE_SHIFT)
 VPAGE_LIMIT = 1 << (47 - PAGE_SHIFT)
 
 
+@dataclass(frozen=True)
+class Notifier:
+    """A registered restricted-memfd notifier: a scripted one (name, events it
+    fails with which errno) or KVM's, registered by a memslot binding."""
+
+    name: str
+    fail: tuple[tuple[str, int], ...] = ()
+    vm: int | None = None  # KVM's notifier: the VM and memslot key it speaks for
+    slot: int | None = None
+
+
+@dataclass
+class RestrictedState:
+    """The per-file state of the 2022 restricted memfd (design_history.md 2.A)."""
+
+    has_mapping: bool = False
+    destroyed: bool = False
+    notifiers: list[Notifier] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+
 @dataclass
 class Inode:
     """An inode: the memory and the per-file facts that outlive any one fd."""
 
     ino: int
-    kind: str  # "gmem", "memfd", "shmem", "chardev", "anon"
+    kind: str  # "gmem", "memfd", "shmem", "chardev", "anon", "restricted"
     mode: int
     size: int = 0
     nlink: int = 1
@@ -40,6 +61,12 @@ class Inode:
     flags: int = 0  # guest_memfd creation flags
     vm: int | None = None  # owning VM of a guest_memfd
     files: int = 0  # open files (struct file) on this inode
+    # References taken on pages beyond the page cache's own (get_pfn), per page.
+    refs: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    # pfn - index per page, None where no physical page has been handed out;
+    # contiguous allocations share one delta and so one run.
+    pfns: RangeMap[int | None] = field(default_factory=lambda: RangeMap(None, PAGE_INDEX_LIMIT))
+    restricted: RestrictedState | None = None
 
 
 @dataclass
@@ -51,6 +78,7 @@ class OpenFile:
     inode: int
     fds: int = 0  # fd table entries pointing here
     mapped_pages: int = 0  # pages of VMAs whose vm_file is this file
+    holders: int = 0  # kernel references (a restricted memfd's memslot bindings)
     pos: int = 0
     vm: int | None = None
     vcpu: int | None = None
@@ -67,9 +95,9 @@ class Memslot:
     npages: int
     flags: int
     userspace_addr: int
-    gmem_file: int | None = None  # OpenFile id; None once the file is released
-    gmem_pgoff: int = 0
-    gmem_bound: bool = False  # created with KVM_MEM_GUEST_MEMFD
+    private_file: int | None = None  # OpenFile id; None once the file is released
+    private_pgoff: int = 0
+    private_bound: bool = False  # created with KVM_MEM_GUEST_MEMFD
     gmem_only: bool = False  # KVM_MEMSLOT_GMEM_ONLY: all faults served by guest_memfd
 
     @property
@@ -89,6 +117,11 @@ class Vm:
     attributes: RangeMap[int] = field(default_factory=lambda: RangeMap(0, GFN_LIMIT))
     vcpus: set[int] = field(default_factory=set)
     exit_hypercall: int = 0
+    # Memslots whose KVM notifier saw mmap_start without mmap_end or mmap_abort:
+    # their file's mapping is being set up, so conversions must wait.
+    mmap_pending: set[int] = field(default_factory=set)
+    launched: bool = False  # SNP/TDX: the pre-boot (measured) phase is over
+    converting: bool = False  # a KVM_SET_MEMORY_ATTRIBUTES is between zap and store
 
 
 @dataclass(frozen=True)
@@ -118,7 +151,15 @@ class State:
     map_count: int = 0
     max_map_count: int = 65530
     overlays: dict[int, PageStore] = field(default_factory=dict)
+    overlay_pages: dict[int, int] = field(default_factory=dict)  # mapped pages per overlay
+    # get_unmapped_area's free-area cache (as Linux kept before the maple
+    # tree): top-down searches start below free_area unless a hole above it
+    # may fit, which cached_hole bounds from above.
+    free_area: int = 0
+    cached_hole: int = 0
+    anon_ino: int | None = None
     next_id: int = 1
+    next_pfn: int = 0x100000  # physical frames handed out so far (from 4 GiB up)
     counters: Counter[str] = field(default_factory=Counter)
 
     def new_id(self) -> int:

@@ -1,0 +1,410 @@
+"""The 2022 restricted memfd (designs seed and seed-as-written).
+
+What Sean Christopherson proposed on 2022-09-19 (../shared/seed/,
+design_history.md 2.A): host userspace may mmap() the restricted memfd, but
+
+1. only the whole file, in one mapping (offset 0, length = size, MAP_SHARED);
+2. get_pfn() is refused while the file is mapped;
+3. notifiers may veto the mapping: under the file's lock, mmap_start goes to
+   each notifier in order; if one fails, the ones that succeeded get
+   mmap_abort in reverse order and the error is returned; otherwise every
+   notifier gets mmap_end;
+4. the mapping cannot be split (partial munmap/mprotect/madvise) or mremap'd;
+5. unmapping with references outstanding destroys the file (every later use
+   fails with EIO); without, a new mapping may follow.  wait_unreferenced()
+   lets userspace wait for the references to go, as restriction 5 suggests.
+
+KVM takes part as a notifier registered by each memslot binding: it refuses
+the mapping on SNP and TDX VMs (EOPNOTSUPP: no non-zero memory after the
+pre-boot phase), unless every gfn of its memslot is shared (EPERM), and while
+a conversion is running (EBUSY); conversely a conversion of a range bound to a
+mapped file, or to one whose mapping is being set up, is refused (EBUSY).
+
+The design object decides the two places where the sketch as written differs
+from the text: whether has_mapping is set, and whether mmap_end reaches every
+notifier.  Nothing else branches on the design.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from typing import Any
+
+from .. import uapi
+from ..errors import UsageError, kernel_error
+from ..interface import FileState
+from . import pages
+from .kvm import KvmOps
+from .ranges import RangeMap
+from .state import GFN_LIMIT, Inode, Mapping, Memslot, Notifier, OpenFile, RestrictedState, Vm
+
+P = uapi.PAGE_SIZE
+SHIFT = uapi.PAGE_SHIFT
+EVENTS = ("mmap_start", "mmap_end", "mmap_abort", "invalidate_start", "invalidate_end")
+# Only mmap_start returns an int in the sketch; the others are void.
+FALLIBLE = ("mmap_start",)
+NO_NONZERO_AFTER_LAUNCH = frozenset({uapi.KVM_X86_SNP_VM, uapi.KVM_X86_TDX_VM})
+
+
+class RestrictedOps(KvmOps):
+    # --- creation, size, allocation -----------------------------------------------------
+
+    def memfd_restricted(self, flags: int = 0) -> int:
+        if self.design.private_file_kind() != "restricted":
+            raise kernel_error(errno.ENOSYS, f"memfd_restricted does not exist in design "
+                               f"{self.design.name}")
+        if flags:
+            raise kernel_error(errno.EINVAL, "memfd_restricted takes no flags")
+        inode = self._new_inode("restricted", uapi.S_IFREG | 0o600)
+        inode.restricted = RestrictedState()
+        f = self._new_file("restricted", inode)
+        f.bindings = RangeMap(None, GFN_LIMIT)
+        return self._install(f)
+
+    def _restricted(self, fd: int) -> tuple[OpenFile, Inode, RestrictedState]:
+        """The restricted memfd behind fd; EBADF or EINVAL for any other fd."""
+        f = self._file(fd)
+        inode = self.state.inodes[f.inode]
+        if inode.restricted is None:
+            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a restricted memfd")
+        return f, inode, inode.restricted
+
+    @staticmethod
+    def _alive(r: RestrictedState) -> None:
+        if r.destroyed:
+            raise kernel_error(errno.EIO, "the restricted memfd was destroyed at unmap")
+
+    def _ftruncate_restricted(self, f: OpenFile, length: int) -> None:
+        inode = self.state.inodes[f.inode]
+        assert inode.restricted is not None
+        self._alive(inode.restricted)
+        if inode.size:
+            raise kernel_error(errno.EPERM, "the size of a restricted memfd is set once")
+        if length & (P - 1):
+            raise kernel_error(errno.EINVAL, "the size must be page-aligned")
+        inode.size = length
+
+    def _fallocate_restricted(self, f: OpenFile, mode: int, offset: int, length: int) -> None:
+        inode = self.state.inodes[f.inode]
+        r = inode.restricted
+        assert r is not None
+        self._alive(r)
+        if not mode & uapi.FALLOC_FL_KEEP_SIZE:
+            raise kernel_error(errno.EOPNOTSUPP, "needs FALLOC_FL_KEEP_SIZE")
+        if mode & ~(uapi.FALLOC_FL_KEEP_SIZE | uapi.FALLOC_FL_PUNCH_HOLE):
+            raise kernel_error(errno.EOPNOTSUPP, "only KEEP_SIZE|PUNCH_HOLE")
+        if offset & (P - 1) or length & (P - 1):
+            raise kernel_error(errno.EINVAL, "offset and length must be page-aligned")
+        first, last = offset >> SHIFT, (offset + length) >> SHIFT
+        if mode & uapi.FALLOC_FL_PUNCH_HOLE:
+            # invalidate_start, zap and free, invalidate_end (v9/v10 order: no
+            # window in which KVM could still map a freed page).
+            for n in list(r.notifiers):
+                self._notify(inode, n, "invalidate_start", first, last)
+            self.state.counters["host_pte_zaps"] += 1
+            self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
+            inode.pfns.set(first, min(last, inode.pfns.limit), None)
+            for n in list(r.notifiers):
+                self._notify(inode, n, "invalidate_end", first, last)
+            return
+        if offset + length > inode.size:
+            raise kernel_error(errno.EINVAL, "allocation beyond the file size")
+        self.state.counters["pages_allocated"] += pages.allocate(inode.pages, first, last)
+
+    # --- notifiers -------------------------------------------------------------------------
+
+    def add_notifier(self, fd: int, name: str, fail: dict[str, Any] | None = None) -> int:
+        r = self._restricted(fd)[2]
+        if not name or ":" in name:
+            raise UsageError("add_notifier: name must be non-empty and contain no ':'")
+        if any(n.name == name for n in r.notifiers):
+            raise UsageError(f"add_notifier: a notifier {name!r} is already registered")
+        failures: list[tuple[str, int]] = []
+        for event, value in (fail or {}).items():
+            if event not in EVENTS:
+                raise UsageError(f"add_notifier: unknown event {event!r} (events: {', '.join(EVENTS)})")
+            if event not in FALLIBLE:
+                raise UsageError(f"add_notifier: {event} returns nothing and cannot fail")
+            try:
+                number = uapi.errno_number(value)
+            except ValueError:
+                raise UsageError(f"add_notifier: {value!r} is not an errno value") from None
+            if number <= 0 or (number not in errno.errorcode and number != uapi.EHWPOISON):
+                raise UsageError(f"add_notifier: {value!r} is not an errno value")
+            failures.append((event, number))
+        r.notifiers.append(Notifier(name=name, fail=tuple(failures)))
+        return 0
+
+    def notifier_log(self, fd: int) -> list[str]:
+        return list(self._restricted(fd)[2].log)
+
+    def _notify(self, inode: Inode, n: Notifier, event: str, first: int = 0, last: int = 0) -> int:
+        """Deliver one event to one notifier; the errno it returns (0: fine)."""
+        r = inode.restricted
+        assert r is not None
+        if n.vm is None:
+            r.log.append(f"{n.name}:{event}")
+            return dict(n.fail).get(event, 0)
+        return self._kvm_notifier(self.state.vms[n.vm], n, event, first, last)
+
+    def _kvm_notifier(self, kvm: Vm, n: Notifier, event: str, first: int, last: int) -> int:
+        """KVM's side of the protocol, for the memslot n.slot."""
+        assert n.slot is not None
+        slot = kvm.memslots[n.slot]
+        if event == "mmap_start":
+            if kvm.type in NO_NONZERO_AFTER_LAUNCH:
+                return errno.EOPNOTSUPP  # no non-zero memory may enter an SNP/TDX guest
+            if kvm.converting:
+                return errno.EBUSY
+            if not self._slot_all_shared(kvm, slot):
+                return errno.EPERM
+            kvm.mmap_pending.add(n.slot)
+        elif event in ("mmap_end", "mmap_abort"):
+            kvm.mmap_pending.discard(n.slot)
+        elif event == "invalidate_start" and last > slot.private_pgoff and \
+                first < slot.private_pgoff + slot.npages:
+            self.state.counters["kvm_zaps"] += 1
+            self.state.counters["tlb_flushes"] += 1
+        return 0
+
+    @staticmethod
+    def _slot_all_shared(kvm: Vm, slot: Memslot) -> bool:
+        return not any(a & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE for _, _, a in
+                       kvm.attributes.runs(slot.base_gfn, slot.base_gfn + slot.npages))
+
+    # --- mmap: the whole file, once, with the notifiers' consent ------------------------------
+
+    def _mmap_restricted(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+        inode = self.state.inodes[f.inode]
+        r = inode.restricted
+        assert r is not None
+        self._alive(r)
+        if not shared:
+            raise kernel_error(errno.EINVAL, "a restricted memfd can only be mapped MAP_SHARED")
+        if pgoff:
+            raise kernel_error(errno.EINVAL, "a restricted memfd is mapped from offset 0")
+        if npages << SHIFT != inode.size:
+            raise kernel_error(errno.EINVAL, f"the whole file ({inode.size:#x} bytes) must be mapped")
+        # Under the file's lock from here on.
+        if r.has_mapping:
+            raise kernel_error(errno.EINVAL, "the restricted memfd is already mapped")
+        succeeded: list[Notifier] = []
+        for n in list(r.notifiers):
+            err = self._notify(inode, n, "mmap_start")
+            if err:
+                for done in reversed(succeeded):
+                    self._notify(inode, done, "mmap_abort")
+                raise kernel_error(err, f"notifier {n.name} refused the mapping")
+            succeeded.append(n)
+        ends = succeeded if self.design.restricted_mmap_end_to_all() else succeeded[-1:]
+        for n in ends:
+            self._notify(inode, n, "mmap_end")
+        if self.design.restricted_sets_has_mapping():
+            r.has_mapping = True
+
+    def _fault_restricted(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        inode = self.state.inodes[f.inode]
+        assert inode.restricted is not None
+        if inode.restricted.destroyed:
+            return first
+        return max(first, min(last, inode.size >> SHIFT))
+
+    def _why_sigbus(self, m: Mapping, addr: int) -> str:
+        f = self.state.files.get(m.file) if m.file is not None else None
+        if f is not None and f.kind == "restricted":
+            inode = self.state.inodes[f.inode]
+            if inode.restricted is not None and inode.restricted.destroyed:
+                return "the restricted memfd was destroyed"
+        return super()._why_sigbus(m, addr)
+
+    def _is_restricted(self, m: Mapping) -> bool:
+        return m.file is not None and self.state.files[m.file].kind == "restricted"
+
+    def _may_split(self, m: Mapping, vpage: int) -> None:
+        if self._is_restricted(m):
+            raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be split")
+
+    def _mremap_check(self, m: Mapping) -> None:
+        if self._is_restricted(m):
+            raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be mremap'd")
+
+    def _vmas_closed(self, runs: list[tuple[int, int, Mapping]]) -> None:
+        """memfd_restricted_close: destroy the file if references are out."""
+        for _, _, m in runs:
+            if not self._is_restricted(m):
+                continue
+            assert m.file is not None
+            inode = self.state.inodes[self.state.files[m.file].inode]
+            r = inode.restricted
+            assert r is not None
+            if _total_refs(inode):
+                r.destroyed = True
+                self.state.counters["files_destroyed"] += 1
+            else:
+                r.has_mapping = False
+
+    # --- references ----------------------------------------------------------------------------
+
+    def get_pfn(self, fd: int, index: int) -> int:
+        _, inode, r = self._restricted(fd)
+        self._alive(r)
+        if index >= inode.size >> SHIFT:
+            raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
+        if r.has_mapping:
+            raise kernel_error(errno.EBUSY, "get_pfn is refused while the file is mapped")
+        return self._take_page(inode, index)
+
+    def _take_page(self, inode: Inode, index: int) -> int:
+        """One reference on page index, allocating it (zeroed) if needed; its pfn."""
+        self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
+        delta = inode.pfns[index]
+        if delta is None:
+            delta = self.state.next_pfn - index
+            self.state.next_pfn += 1
+            inode.pfns.set(index, index + 1, delta)
+        inode.refs.set(index, index + 1, inode.refs[index] + 1)
+        return index + delta
+
+    def put_pfn(self, fd: int, index: int) -> int:
+        _, inode, _ = self._restricted(fd)
+        if index >= inode.refs.limit or inode.refs[index] == 0:
+            raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
+        inode.refs.set(index, index + 1, inode.refs[index] - 1)
+        return 0
+
+    def wait_unreferenced(self, fd: int, timeout: int = 0) -> int:
+        """0 once no reference is outstanding.  The model runs one actor at a
+        time, so references cannot go while the caller waits: ETIMEDOUT.  (In
+        the checker, this is a step that can only happen when they are gone.)"""
+        _, inode, r = self._restricted(fd)
+        self._alive(r)
+        if _total_refs(inode):
+            raise kernel_error(errno.ETIMEDOUT, f"{_total_refs(inode)} references outstanding")
+        return 0
+
+    def file_state(self, fd: int) -> FileState:
+        _, inode, r = self._restricted(fd)
+        mapped = sum(1 for _, _, m in self._mapping_runs(0, self.state.vmas.limit)
+                     if m.file is not None and self.state.files[m.file].inode == inode.ino)
+        return FileState(size=inode.size, mapped=mapped, destroyed=r.destroyed,
+                         refs=_total_refs(inode), has_mapping=r.has_mapping)
+
+    # --- KVM: binding, conversion, pre-boot population ----------------------------------------
+
+    def _bind_restricted(self, kvm: Vm, slot: Memslot, f: OpenFile, offset: int) -> None:
+        inode = self.state.inodes[f.inode]
+        r = inode.restricted
+        assert r is not None and f.bindings is not None
+        self._alive(r)
+        if offset > (1 << 63) - 1 or offset & (P - 1) or offset + (slot.npages << SHIFT) > inode.size:
+            raise kernel_error(errno.EINVAL, "offset unaligned or range beyond the file size")
+        first, last = offset >> SHIFT, (offset >> SHIFT) + slot.npages
+        if not f.bindings.all_equal(first, last, None):
+            raise kernel_error(errno.EINVAL, "the file range is already bound to a memslot")
+        if r.has_mapping and not self._slot_all_shared(kvm, slot):
+            # The text leaves binding after mmap open; allowing it would let a
+            # mapped file back private memory, which mmap_start exists to forbid.
+            raise kernel_error(errno.EPERM, "the file is mapped and the memslot has private gfns")
+        slot.private_file, slot.private_pgoff, slot.private_bound = f.id, first, True
+        f.bindings.set(first, last, slot.key)
+        f.holders += 1
+        r.notifiers.append(Notifier(name=f"kvm:slot{slot.id}", vm=kvm.id, slot=slot.key))
+
+    def _unbind_restricted(self, kvm: Vm, slot: Memslot) -> None:
+        assert slot.private_file is not None
+        f = self.state.files[slot.private_file]
+        inode = self.state.inodes[f.inode]
+        assert inode.restricted is not None and f.bindings is not None
+        f.bindings.set(slot.private_pgoff, slot.private_pgoff + slot.npages, None)
+        inode.restricted.notifiers = [n for n in inode.restricted.notifiers
+                                      if not (n.vm == kvm.id and n.slot == slot.key)]
+        kvm.mmap_pending.discard(slot.key)
+        slot.private_file = None
+        f.holders -= 1
+        self._maybe_release(f)
+
+    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
+        """Conversions and mapping are mutually exclusive (KVM's rule 2)."""
+        for slot in self._restricted_slots(kvm, first, last):
+            assert slot.private_file is not None
+            r = self.state.inodes[self.state.files[slot.private_file].inode].restricted
+            assert r is not None
+            # A destroyed file stays "mapped" (its close hook left has_mapping
+            # set) but can never be accessed or mapped again: nothing to protect.
+            if not r.destroyed and (r.has_mapping or slot.key in kvm.mmap_pending):
+                raise kernel_error(errno.EBUSY, f"memslot {slot.id} is bound to a mapped "
+                                   "restricted memfd")
+
+    def _restricted_slots(self, kvm: Vm, first: int, last: int) -> Iterator[Memslot]:
+        keys = {k for _, _, k in kvm.gfn_slots.runs(first, min(last, kvm.gfn_slots.limit))
+                if k is not None}
+        for key in sorted(keys):
+            slot = kvm.memslots[key]
+            if slot.private_file is not None and \
+                    self.state.files[slot.private_file].kind == "restricted":
+                yield slot
+
+    def _private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> tuple[pages.PageStore, int] | int:
+        f = self.state.files.get(slot.private_file) if slot.private_file is not None else None
+        if f is None or f.kind != "restricted":
+            return super()._private_backing(kvm, slot, gfn)
+        inode = self.state.inodes[f.inode]
+        r = inode.restricted
+        assert r is not None
+        index = slot.private_pgoff + gfn - slot.base_gfn
+        if r.destroyed:
+            return errno.EIO
+        if r.has_mapping:
+            return errno.EBUSY  # get_pfn refused
+        # KVM's fault takes the page through get_pfn and drops the reference
+        # once the access is done.
+        self._take_page(inode, index)
+        inode.refs.set(index, index + 1, inode.refs[index] - 1)
+        return inode.pages, index
+
+    def populate(self, vm: int, gpa: int, data: bytes) -> int:
+        kvm = self._vm_of(vm)
+        if not self.design.has_private_mem(kvm.type):
+            raise kernel_error(errno.EINVAL, "the VM has no private memory")
+        if kvm.launched and kvm.type in NO_NONZERO_AFTER_LAUNCH and any(data):
+            raise kernel_error(errno.EPERM, "non-zero data after launch_finish")
+        pos, end = gpa, gpa + len(data)
+        while pos < end:
+            gfn = pos >> SHIFT
+            stop = min(end, (gfn + 1) << SHIFT)
+            key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
+            slot = kvm.memslots.get(key) if key is not None else None
+            if slot is None or not slot.private_bound:
+                raise kernel_error(errno.EINVAL, f"gfn {gfn:#x} is not in a private memslot")
+            if not kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+                raise kernel_error(errno.EINVAL, f"gfn {gfn:#x} is not private")
+            backing = self._private_backing(kvm, slot, gfn)
+            if isinstance(backing, int):
+                raise kernel_error(backing, f"gfn {gfn:#x}: its page cannot be taken")
+            store, index = backing
+            pages.write(store, (index << SHIFT) | (pos & (P - 1)), data[pos - gpa:stop - gpa])
+            pos = stop
+        return 0
+
+    def launch_finish(self, vm: int) -> int:
+        kvm = self._vm_of(vm)
+        if not self.design.has_private_mem(kvm.type) or kvm.launched:
+            raise kernel_error(errno.EINVAL, "no pre-boot phase to finish")
+        kvm.launched = True
+        return 0
+
+    # --- the host address space -----------------------------------------------------------------
+
+    def vma_count(self) -> int:
+        return self.state.map_count
+
+    def set_max_map_count(self, value: int) -> int:
+        if value < 0:
+            raise kernel_error(errno.EINVAL, "vm.max_map_count cannot be negative")
+        self.state.max_map_count = value
+        return 0
+
+
+def _total_refs(inode: Inode) -> int:
+    return sum((e - s) * n for s, e, n in inode.refs.runs() if n)
