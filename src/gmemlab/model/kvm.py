@@ -213,6 +213,13 @@ class KvmOps(GmemOps, MmOps):
     def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
                               flags: int = 0) -> int:
         kvm = self._vm_of(vm)
+        first, last, attributes = self._attributes_checks(kvm, address, size, attributes, flags)
+        self._set_attributes(kvm, first, last, attributes)
+        return 0
+
+    def _attributes_checks(self, kvm: Vm, address: int, size: int, attributes: int,
+                           flags: int) -> tuple[int, int, int]:
+        """kvm_vm_ioctl_set_mem_attributes' checks, then the design's veto."""
         if not self.design.supports_attributes(kvm.type):
             raise kernel_error(errno.ENOTTY, "KVM_SET_MEMORY_ATTRIBUTES is not available "
                                "for this VM (as on this machine's kernel)")
@@ -226,8 +233,7 @@ class KvmOps(GmemOps, MmOps):
             raise kernel_error(errno.EINVAL, "address and size must be page-aligned")
         first, last = address >> SHIFT, (address + size) >> SHIFT
         self._conversion_check(kvm, first, last)
-        self._set_attributes(kvm, first, last, attributes)
-        return 0
+        return first, last, attributes
 
     def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
         """A design's veto on converting [first, last); guest_memfd has none."""
@@ -236,12 +242,21 @@ class KvmOps(GmemOps, MmOps):
         if kvm.attributes.all_equal(first, last, attributes):
             return
         # Between the zap and the store the conversion is in progress; the
-        # atomic operation passes through that state without stopping.
+        # atomic operation passes through that state without stopping (the
+        # stepwise one, model/steps.py, stops there).
         kvm.converting = True
         self.state.counters["kvm_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
-        kvm.attributes.set(first, last, attributes)
+        self._store_attributes(kvm, first, last, attributes)
         kvm.converting = False
+
+    def _store_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+        kvm.attributes.set(first, last, attributes)
+        if attributes & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+            self._audit_private(kvm, first, last)
+
+    def _audit_private(self, kvm: Vm, first: int, last: int) -> None:
+        """Record pages that became private under a host mapping (design hook)."""
 
     # --- guest accesses -------------------------------------------------------------------------
 

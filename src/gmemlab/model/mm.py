@@ -72,6 +72,21 @@ class Fault:
     why: str
 
 
+@dataclass(frozen=True)
+class MmapPlan:
+    """A checked mmap request, before the file's mmap operation has been asked."""
+
+    file: int | None
+    first: int
+    npages: int
+    fixed: bool
+    shared: bool
+    prot: int
+    pgoff: int
+    mayexec: bool
+    cache: tuple[int, int] | None  # the free-area cache once this is placed
+
+
 # (store, byte offset in the store, length, mapping) of a served stretch.
 Segment = tuple[pages.PageStore, int, int, Mapping]
 
@@ -137,14 +152,15 @@ class MmOps(ModelBase):
     def _free(self, first: int, last: int) -> bool:
         return last <= self.state.vmas.limit and self.state.vmas.all_equal(first, last, None)
 
-    def _unmapped_area(self, npages: int, hint: int) -> int:
+    def _unmapped_area(self, npages: int, hint: int) -> tuple[int, tuple[int, int] | None]:
         """get_unmapped_area, top-down below MMAP_BASE as x86-64 does: the
-        highest free range that fits."""
+        highest free range that fits.  Returns the first page and the
+        free-area cache to keep once the mapping is in place."""
         if hint:
             first = (hint + P - 1) >> SHIFT
             if first << SHIFT >= MMAP_MIN_ADDR and self._free(first, first + npages) \
                     and (first + npages) << SHIFT <= TASK_SIZE:
-                return first
+                return first, None
         floor, ceiling = MMAP_MIN_ADDR >> SHIFT, MMAP_BASE >> SHIFT
         st = self.state
         # Below the cache nothing is mapped higher up that could fit, unless a
@@ -155,9 +171,8 @@ class MmOps(ModelBase):
                 found = e - npages
                 # Every hole between here and where the search began is
                 # smaller than npages (this is the highest fit).
-                st.cached_hole = npages - 1 if start == ceiling else max(st.cached_hole, npages - 1)
-                st.free_area = found
-                return found
+                hole = npages - 1 if start == ceiling else max(st.cached_hole, npages - 1)
+                return found, (found, hole)
         raise kernel_error(errno.ENOMEM, "no free range of that size")
 
     def _hole_freed(self, first: int, last: int) -> None:
@@ -171,6 +186,15 @@ class MmOps(ModelBase):
 
     def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0,
              addr: int = 0) -> int:
+        plan = self._mmap_plan(fd, length, prot, flags, offset, addr)
+        if plan.file is not None:
+            self._mmap_hook(self.state.files[plan.file], plan.shared, plan.prot, plan.pgoff,
+                            plan.npages)
+        return self._mmap_install(plan)
+
+    def _mmap_plan(self, fd: int, length: int, prot: int, flags: int, offset: int,
+                   addr: int) -> MmapPlan:
+        """Everything do_mmap checks before it calls the file's mmap; changes nothing."""
         if offset & (P - 1):
             raise kernel_error(errno.EINVAL, "offset not page-aligned")
         pgoff = (offset & ((1 << 64) - 1)) >> SHIFT
@@ -187,6 +211,7 @@ class MmOps(ModelBase):
         if self.state.map_count > self.state.max_map_count:
             raise kernel_error(errno.ENOMEM, "vm.max_map_count exceeded")
         fixed = bool(flags & (uapi.MAP_FIXED | uapi.MAP_FIXED_NOREPLACE))
+        cache = None
         if fixed:
             if addr & (P - 1):
                 raise kernel_error(errno.EINVAL, "MAP_FIXED address not page-aligned")
@@ -194,7 +219,7 @@ class MmOps(ModelBase):
                 raise kernel_error(errno.ENOMEM, "MAP_FIXED range beyond user space")
             first = addr >> SHIFT
         else:
-            first = self._unmapped_area(npages, addr)
+            first, cache = self._unmapped_area(npages, addr)
         if flags & uapi.MAP_FIXED_NOREPLACE and not flags & uapi.MAP_FIXED \
                 and not self._free(first, first + npages):
             raise kernel_error(errno.EEXIST, "MAP_FIXED_NOREPLACE range is in use")
@@ -203,38 +228,53 @@ class MmOps(ModelBase):
         prot &= uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
         if fixed and self._mapping_runs(first, first + npages):
             self._unmap_checks(first, first + npages)
-        if f is not None:
-            mapping = self._file_mapping(f, maptype, flags, prot, pgoff, first, npages)
-        else:
-            mapping = self._anon_mapping(maptype, prot, first, npages)
-        self._install_mapping(first, npages, mapping, replace_existing=fixed)
-        return first << SHIFT
-
-    def _file_mapping(self, f: OpenFile, maptype: int, flags: int, prot: int, pgoff: int,
-                      first: int, npages: int) -> Mapping:
-        inode = self.state.inodes[f.inode]
-        if inode.mode & 0o170000 == uapi.S_IFREG and npages > ((1 << 63) - 1 - pgoff * P) // P:
-            raise kernel_error(errno.EOVERFLOW, "offset beyond the maximum file size")
-        if maptype == uapi.MAP_SHARED_VALIDATE and flags & ~LEGACY_MAP_MASK & ~0x100000:
-            raise kernel_error(errno.EOPNOTSUPP, "unknown flag with MAP_SHARED_VALIDATE")
-        if maptype in (uapi.MAP_SHARED, uapi.MAP_SHARED_VALIDATE):
-            shared = True
-        elif maptype == uapi.MAP_PRIVATE:
-            shared = False
-        else:
-            raise kernel_error(errno.EINVAL, "map type must be SHARED or PRIVATE")
         mayexec = True
-        if f.kind in NOEXEC:
-            if prot & uapi.PROT_EXEC:
-                raise kernel_error(errno.EPERM, "PROT_EXEC on a noexec mount")
-            mayexec = False
-        self._mmap_hook(f, shared, prot, pgoff, npages)
+        if f is None:
+            if maptype not in (uapi.MAP_SHARED, uapi.MAP_PRIVATE):
+                raise kernel_error(errno.EINVAL, "map type must be SHARED or PRIVATE")
+            shared = maptype == uapi.MAP_SHARED
+        else:
+            inode = self.state.inodes[f.inode]
+            if inode.mode & 0o170000 == uapi.S_IFREG and npages > ((1 << 63) - 1 - pgoff * P) // P:
+                raise kernel_error(errno.EOVERFLOW, "offset beyond the maximum file size")
+            if maptype == uapi.MAP_SHARED_VALIDATE and flags & ~LEGACY_MAP_MASK & ~0x100000:
+                raise kernel_error(errno.EOPNOTSUPP, "unknown flag with MAP_SHARED_VALIDATE")
+            if maptype not in (uapi.MAP_SHARED, uapi.MAP_SHARED_VALIDATE, uapi.MAP_PRIVATE):
+                raise kernel_error(errno.EINVAL, "map type must be SHARED or PRIVATE")
+            shared = maptype != uapi.MAP_PRIVATE
+            if f.kind in NOEXEC:
+                if prot & uapi.PROT_EXEC:
+                    raise kernel_error(errno.EPERM, "PROT_EXEC on a noexec mount")
+                mayexec = False
+        return MmapPlan(file=f.id if f is not None else None, first=first, npages=npages,
+                        fixed=fixed, shared=shared, prot=prot, pgoff=pgoff, mayexec=mayexec,
+                        cache=cache)
+
+    def _mmap_install(self, plan: MmapPlan) -> int:
+        """The part of mmap_region after the file's mmap said yes: the new VMA."""
+        first, npages = plan.first, plan.npages
         overlay = None
-        if not shared:
+        if not plan.shared:
             overlay = self.state.new_id()
             self.state.overlays[overlay] = pages.new_store()
-        return Mapping(file=f.id, delta=pgoff - first, prot=prot, shared=shared,
-                       maywrite=True, mayexec=mayexec, overlay=overlay)
+        if plan.file is not None:
+            mapping = Mapping(file=plan.file, delta=plan.pgoff - first, prot=plan.prot,
+                              shared=plan.shared, maywrite=True, mayexec=plan.mayexec,
+                              overlay=overlay)
+        elif plan.shared:
+            inode = self._new_inode("shmem", uapi.S_IFREG | 0o777, size=npages * P)
+            f = self._new_file("shmem", inode)
+            mapping = Mapping(file=f.id, delta=-first, prot=plan.prot, shared=True,
+                              maywrite=True, mayexec=True)
+        else:
+            mapping = Mapping(file=None, delta=0, prot=plan.prot, shared=False, maywrite=True,
+                              mayexec=True, overlay=overlay)
+        if plan.fixed:
+            self._unmap_range(first, first + npages)
+        self._assign(first, first + npages, mapping)
+        if plan.cache is not None:
+            self.state.free_area, self.state.cached_hole = plan.cache
+        return first << SHIFT
 
     def _mmap_hook(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
         """f_op->mmap: ENODEV for files that have none."""
@@ -251,26 +291,6 @@ class MmOps(ModelBase):
 
     def _mmap_vcpu(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
         return None
-
-    def _anon_mapping(self, maptype: int, prot: int, first: int, npages: int) -> Mapping:
-        if maptype == uapi.MAP_SHARED:
-            inode = self._new_inode("shmem", uapi.S_IFREG | 0o777, size=npages * P)
-            f = self._new_file("shmem", inode)
-            return Mapping(file=f.id, delta=-first, prot=prot, shared=True, maywrite=True,
-                           mayexec=True)
-        if maptype != uapi.MAP_PRIVATE:
-            raise kernel_error(errno.EINVAL, "map type must be SHARED or PRIVATE")
-        overlay = self.state.new_id()
-        self.state.overlays[overlay] = pages.new_store()
-        return Mapping(file=None, delta=0, prot=prot, shared=False, maywrite=True,
-                       mayexec=True, overlay=overlay)
-
-    def _install_mapping(self, first: int, npages: int, mapping: Mapping,
-                         replace_existing: bool) -> None:
-        last = first + npages
-        if replace_existing:
-            self._unmap_range(first, last)
-        self._assign(first, last, mapping)
 
     # --- munmap -------------------------------------------------------------------------
 
@@ -503,8 +523,11 @@ class MmOps(ModelBase):
             return addr
         if not flags & uapi.MREMAP_MAYMOVE:
             raise kernel_error(errno.ENOMEM, "cannot grow in place")
-        target = self._unmapped_area(new_npages, 0)
-        return self._move(s, e, first, old_last, m, target, new_npages)
+        target, cache = self._unmapped_area(new_npages, 0)
+        moved = self._move(s, e, first, old_last, m, target, new_npages)
+        if cache is not None:
+            self.state.free_area, self.state.cached_hole = cache
+        return moved
 
     def _mremap_check(self, m: Mapping) -> None:
         """vm_ops->mremap; ordinary mappings may move."""
@@ -590,6 +613,7 @@ class MmOps(ModelBase):
                      fill: int | None = None) -> bytes:
         """A load (data and fill None) or a store, through the host mappings."""
         segments, fault = self._resolve(addr, length, write)
+        self._audit_host_access(segments, write)
         out = bytearray()
         pos = 0
         for store, offset, n, m in segments:
@@ -602,6 +626,9 @@ class MmOps(ModelBase):
         if fault is not None:
             raise MemorySignal(fault.signo, fault.addr, fault.why)
         return bytes(out)
+
+    def _audit_host_access(self, segments: list[Segment], write: bool) -> None:
+        """Record host accesses to private memory (design hook)."""
 
     def _load(self, store: pages.PageStore, offset: int, n: int, m: Mapping) -> bytes:
         if m.shared or m.file is None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import uapi
@@ -45,6 +46,18 @@ EVENTS = ("mmap_start", "mmap_end", "mmap_abort", "invalidate_start", "invalidat
 # Only mmap_start returns an int in the sketch; the others are void.
 FALLIBLE = ("mmap_start",)
 NO_NONZERO_AFTER_LAUNCH = frozenset({uapi.KVM_X86_SNP_VM, uapi.KVM_X86_TDX_VM})
+
+
+@dataclass(frozen=True)
+class MmapProgress:
+    """Where a restricted mmap's notifier protocol stands (held by the caller
+    between steps, so that the checker can interleave other work)."""
+
+    phase: str = "start"  # start -> end, or start -> abort
+    cursor: int = 0  # the next notifier to call
+    error: int = 0
+    refused_by: str = ""
+    done: bool = False
 
 
 class RestrictedOps(KvmOps):
@@ -176,6 +189,16 @@ class RestrictedOps(KvmOps):
     # --- mmap: the whole file, once, with the notifiers' consent ------------------------------
 
     def _mmap_restricted(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+        """memfd_restricted_mmap, all of it at once: the checks, then the
+        notifier protocol step by step until it is done."""
+        inode = self._restricted_mmap_checks(f, shared, pgoff, npages)
+        progress = MmapProgress()
+        while not progress.done:
+            progress = self._mmap_protocol_step(inode, progress)
+        if progress.error:
+            raise kernel_error(progress.error, f"notifier {progress.refused_by} refused the mapping")
+
+    def _restricted_mmap_checks(self, f: OpenFile, shared: bool, pgoff: int, npages: int) -> Inode:
         inode = self.state.inodes[f.inode]
         r = inode.restricted
         assert r is not None
@@ -189,19 +212,34 @@ class RestrictedOps(KvmOps):
         # Under the file's lock from here on.
         if r.has_mapping:
             raise kernel_error(errno.EINVAL, "the restricted memfd is already mapped")
-        succeeded: list[Notifier] = []
-        for n in list(r.notifiers):
-            err = self._notify(inode, n, "mmap_start")
-            if err:
-                for done in reversed(succeeded):
-                    self._notify(inode, done, "mmap_abort")
-                raise kernel_error(err, f"notifier {n.name} refused the mapping")
-            succeeded.append(n)
-        ends = succeeded if self.design.restricted_mmap_end_to_all() else succeeded[-1:]
-        for n in ends:
-            self._notify(inode, n, "mmap_end")
+        return inode
+
+    def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
+        """One notifier call of the mmap protocol (the file lock is held)."""
+        r = inode.restricted
+        assert r is not None
+        notifiers = r.notifiers
+        if p.phase == "start":
+            if p.cursor < len(notifiers):
+                n = notifiers[p.cursor]
+                err = self._notify(inode, n, "mmap_start")
+                if err:
+                    return replace(p, phase="abort", cursor=p.cursor - 1, error=err,
+                                   refused_by=n.name)
+                return replace(p, cursor=p.cursor + 1)
+            first = 0 if self.design.restricted_mmap_end_to_all() else max(len(notifiers) - 1, 0)
+            return replace(p, phase="end", cursor=first)
+        if p.phase == "abort":
+            if p.cursor >= 0:
+                self._notify(inode, notifiers[p.cursor], "mmap_abort")
+                return replace(p, cursor=p.cursor - 1)
+            return replace(p, done=True)
+        if p.cursor < len(notifiers):  # phase "end"
+            self._notify(inode, notifiers[p.cursor], "mmap_end")
+            return replace(p, cursor=p.cursor + 1)
         if self.design.restricted_sets_has_mapping():
             r.has_mapping = True
+        return replace(p, done=True)
 
     def _fault_restricted(self, f: OpenFile, first: int, last: int, write: bool) -> int:
         inode = self.state.inodes[f.inode]
@@ -253,6 +291,9 @@ class RestrictedOps(KvmOps):
             raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
         if r.has_mapping:
             raise kernel_error(errno.EBUSY, "get_pfn is refused while the file is mapped")
+        f = self._file(fd)
+        if f.mapped_pages:
+            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
         return self._take_page(inode, index)
 
     def _take_page(self, inode: Inode, index: int) -> int:
@@ -307,7 +348,8 @@ class RestrictedOps(KvmOps):
             # mapped file back private memory, which mmap_start exists to forbid.
             raise kernel_error(errno.EPERM, "the file is mapped and the memslot has private gfns")
         slot.private_file, slot.private_pgoff, slot.private_bound = f.id, first, True
-        f.bindings.set(first, last, slot.key)
+        # A restricted memfd belongs to no VM: its bindings name VM and memslot.
+        f.bindings.set(first, last, kvm.id << 32 | slot.key)
         f.holders += 1
         r.notifiers.append(Notifier(name=f"kvm:slot{slot.id}", vm=kvm.id, slot=slot.key))
 
@@ -349,6 +391,19 @@ class RestrictedOps(KvmOps):
         f = self.state.files.get(slot.private_file) if slot.private_file is not None else None
         if f is None or f.kind != "restricted":
             return super()._private_backing(kvm, slot, gfn)
+        # KVM's fault takes the page through get_pfn and drops the reference
+        # once the access is done.
+        backing = self._private_backing_get(kvm, slot, gfn)
+        if not isinstance(backing, int):
+            inode = self.state.inodes[f.inode]
+            inode.refs.set(backing[1], backing[1] + 1, inode.refs[backing[1]] - 1)
+        return backing
+
+    def _private_backing_get(self, kvm: Vm, slot: Memslot, gfn: int) -> tuple[pages.PageStore, int] | int:
+        """KVM's get_pfn on the restricted memfd behind gfn: the page, with a
+        reference held, or the errno get_pfn fails with."""
+        assert slot.private_file is not None
+        f = self.state.files[slot.private_file]
         inode = self.state.inodes[f.inode]
         r = inode.restricted
         assert r is not None
@@ -357,11 +412,42 @@ class RestrictedOps(KvmOps):
             return errno.EIO
         if r.has_mapping:
             return errno.EBUSY  # get_pfn refused
-        # KVM's fault takes the page through get_pfn and drops the reference
-        # once the access is done.
+        if f.mapped_pages:
+            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
         self._take_page(inode, index)
-        inode.refs.set(index, index + 1, inode.refs[index] - 1)
         return inode.pages, index
+
+    # --- promises the checker watches ---------------------------------------------------------
+
+    def _audit_host_access(self, segments: list[Any], write: bool) -> None:
+        for _, offset, n, m in segments:
+            if m.file is None or not m.shared:
+                continue
+            f = self.state.files[m.file]
+            if f.kind != "restricted" or f.bindings is None:
+                continue
+            first, last = offset >> SHIFT, (offset + n - 1 >> SHIFT) + 1
+            for s, e, code in f.bindings.runs(first, last):
+                if code is None:
+                    continue
+                kvm = self.state.vms.get(code >> 32)
+                slot = kvm.memslots.get(code & 0xFFFFFFFF) if kvm is not None else None
+                if slot is None:
+                    continue
+                g0 = slot.base_gfn + s - slot.private_pgoff
+                for gs, ge, a in kvm.attributes.runs(g0, g0 + e - s):  # type: ignore[union-attr]
+                    if a & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+                        self.state.audit.append(("host_access_private", "write" if write else "read",
+                                                 f.inode, gs - g0 + s))
+
+    def _audit_private(self, kvm: Vm, first: int, last: int) -> None:
+        for slot in self._restricted_slots(kvm, first, last):
+            assert slot.private_file is not None
+            f = self.state.files[slot.private_file]
+            if f.mapped_pages:
+                lo = max(first, slot.base_gfn)
+                self.state.audit.append(("private_while_mapped", f.inode,
+                                         slot.private_pgoff + lo - slot.base_gfn))
 
     def populate(self, vm: int, gpa: int, data: bytes) -> int:
         kvm = self._vm_of(vm)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..uapi import PAGE_SHIFT
 from .pages import PAGE_INDEX_LIMIT, PageStore, new_store
@@ -161,6 +162,14 @@ class State:
     next_id: int = 1
     next_pfn: int = 0x100000  # physical frames handed out so far (from 4 GiB up)
     counters: Counter[str] = field(default_factory=Counter)
+    # Stepwise execution (model/steps.py): each actor's operation in progress,
+    # and who holds the mm's mmap_lock and each restricted memfd's lock.
+    pending: dict[str, Any] = field(default_factory=dict)
+    mm_lock: str | None = None
+    file_locks: dict[int, str] = field(default_factory=dict)
+    # Events the checker's promises are about (a host access to a private page,
+    # a page turned private under a host mapping, get_pfn under a mapping).
+    audit: list[tuple[Any, ...]] = field(default_factory=list)
 
     def new_id(self) -> int:
         self.next_id += 1

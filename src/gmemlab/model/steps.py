@@ -1,0 +1,281 @@
+"""Operations as sequences of atomic steps, for exploring interleavings.
+
+The public operations run to completion.  Where the kernel (or a proposal)
+lets other threads run in the middle of one, the model also offers it as
+steps, so that the checker can interleave actors at exactly the granularity
+the locks allow:
+
+* ``mmap`` of a restricted memfd holds the mm's mmap_lock for writing and,
+  inside the file's mmap, the file's lock across the notifier calls.  Each
+  notifier call is a step; between them any actor may run whatever neither
+  lock excludes: KVM's get_pfn (the sketch takes no lock there), conversions,
+  guest accesses.
+* ``set_memory_attributes`` zaps KVM's mappings, then stores the new
+  attributes: two steps, with the VM marked as converting in between.
+  Conversions of one VM are serialised.
+* A private guest access to a restricted memfd takes the page with get_pfn,
+  accesses it, and puts it: three steps.  If the attribute changed in between
+  (a conversion zapped the mapping), the fault is retried and now ends in a
+  memory-fault exit.
+
+Everything else is one step.  An actor's operation in progress lives in the
+model state (State.pending), so snapshots capture it and the checker can
+hash it.  `enabled(actor)` says whether the actor's next step could run now
+(False while another actor holds a lock it needs).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .. import uapi
+from ..errors import MemorySignal, UsageError
+from ..interface import GuestAccess, check_call
+from . import pages
+from .mm import MmapPlan
+from .restricted import MmapProgress, RestrictedOps
+
+P = uapi.PAGE_SIZE
+SHIFT = uapi.PAGE_SHIFT
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an operation ended: kind is "ret", "errno", "signal" or "usage"."""
+
+    kind: str
+    value: Any
+
+    def __str__(self) -> str:
+        if self.kind == "errno":
+            return uapi.errno_name(self.value)
+        if self.kind == "signal":
+            return uapi.signal_name(self.value)
+        if self.kind == "usage":
+            return f"bad call: {self.value}"
+        if hasattr(self.value, "as_table"):
+            return str(self.value.as_table())
+        return repr(self.value)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An operation one actor has begun and not finished."""
+
+    op: str
+    args: tuple[tuple[str, Any], ...]
+    phase: str = "begin"
+    plan: Any = None  # MmapPlan / (vm id, first, last, attributes) / guest access details
+    progress: Any = None  # MmapProgress
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.args)
+
+
+class StepOps(RestrictedOps):
+    # --- the actor interface ------------------------------------------------------------
+
+    def begin(self, actor: str, op: str, **kwargs: Any) -> None:
+        """Start op for actor (validating its arguments); step() runs it."""
+        if actor in self.state.pending:
+            raise UsageError(f"actor {actor!r} already has {self.state.pending[actor].op} in progress")
+        args = check_call(op, (), kwargs)
+        self.state.pending[actor] = Pending(op=op, args=tuple(sorted(args.items())))
+
+    def busy(self, actor: str) -> bool:
+        return actor in self.state.pending
+
+    def enabled(self, actor: str) -> bool:
+        """Whether actor's next step can run now (no lock held by another actor)."""
+        p = self.state.pending.get(actor)
+        if p is None:
+            return False
+        return self._blocker(actor, p) is None
+
+    def step(self, actor: str) -> Outcome | None:
+        """Run actor's next step; its Outcome when the operation is finished."""
+        p = self.state.pending[actor]
+        blocker = self._blocker(actor, p)
+        if blocker is not None:
+            raise UsageError(f"actor {actor!r} is blocked: {blocker}")
+        try:
+            handler = getattr(self, f"_step_{p.op}", None)
+            result = handler(actor, p) if handler is not None else self._step_atomic(actor, p)
+        except OSError as exc:
+            result = Outcome("errno", exc.errno)
+        except MemorySignal as sig:
+            result = Outcome("signal", sig.signo)
+        except UsageError as exc:
+            result = Outcome("usage", str(exc))
+        if isinstance(result, Pending):
+            self.state.pending[actor] = result
+            return None
+        self._finish(actor)
+        return result
+
+    def _finish(self, actor: str) -> None:
+        self.state.pending.pop(actor, None)
+        if self.state.mm_lock == actor:
+            self.state.mm_lock = None
+        for ino in [i for i, a in self.state.file_locks.items() if a == actor]:
+            del self.state.file_locks[ino]
+
+    # --- locks ------------------------------------------------------------------------------
+
+    MM_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mremap", "read_mem", "write_mem"})
+
+    def _blocker(self, actor: str, p: Pending) -> str | None:
+        st = self.state
+        if p.op in self.MM_OPS and st.mm_lock not in (None, actor):
+            return f"mmap_lock is held by {st.mm_lock}"
+        if p.phase != "begin":
+            return None
+        for ino in self._file_locks_needed(p):
+            if st.file_locks.get(ino, actor) != actor:
+                return f"the restricted memfd's lock is held by {st.file_locks[ino]}"
+        if p.op == "set_memory_attributes":
+            kvm = self._vm_or_none(p.kwargs["vm"])
+            if kvm is not None and kvm.converting:
+                return "another conversion of this VM is running"
+        return None
+
+    def _file_locks_needed(self, p: Pending) -> list[int]:
+        """Restricted memfds whose lock the operation's first step takes."""
+        args = p.kwargs
+        if p.op == "mmap":
+            f = self._file_or_none(args["fd"])
+            return [f.inode] if f is not None and f.kind == "restricted" else []
+        if p.op == "munmap":
+            first = args["addr"] >> SHIFT
+            last = first + ((args["length"] + P - 1) >> SHIFT)
+            return sorted({self.state.files[m.file].inode
+                           for _, _, m in self._mapping_runs(first, min(last, self.state.vmas.limit))
+                           if m.file is not None and self.state.files[m.file].kind == "restricted"})
+        if p.op == "set_user_memory_region2" and args["flags"] & uapi.KVM_MEM_GUEST_MEMFD:
+            fd = args["guest_memfd"]
+            f = self._file_or_none(fd - (1 << 32) if fd >= 1 << 31 else fd)
+            return [f.inode] if f is not None and f.kind == "restricted" else []
+        return []
+
+    def _file_or_none(self, fd: int) -> Any:
+        fid = self.state.fds.get(fd)
+        return self.state.files[fid] if fid is not None else None
+
+    def _vm_or_none(self, fd: int) -> Any:
+        f = self._file_or_none(fd)
+        return self.state.vms.get(f.vm) if f is not None and f.kind == "vm" else None
+
+    # --- one-step operations ---------------------------------------------------------------------
+
+    def _step_atomic(self, actor: str, p: Pending) -> Outcome:
+        for ino in self._file_locks_needed(p):
+            self.state.file_locks[ino] = actor  # held for the step, released by _finish
+        return Outcome("ret", getattr(self, p.op)(**p.kwargs))
+
+    # --- mmap of a restricted memfd: one step per notifier call ------------------------------------
+
+    def _step_mmap(self, actor: str, p: Pending) -> Outcome | Pending:
+        args = p.kwargs
+        f = self._file_or_none(args["fd"])
+        if p.phase == "begin":
+            if f is None or f.kind != "restricted" or args["flags"] & uapi.MAP_ANONYMOUS:
+                return self._step_atomic(actor, p)
+            self.state.mm_lock = actor
+            plan: MmapPlan = self._mmap_plan(**args)
+            self.state.file_locks[f.inode] = actor
+            inode = self._restricted_mmap_checks(f, plan.shared, plan.pgoff, plan.npages)
+            return replace(p, phase="protocol", plan=plan, progress=MmapProgress())
+        inode = self.state.inodes[f.inode]
+        progress = self._mmap_protocol_step(inode, p.progress)
+        if not progress.done:
+            return replace(p, progress=progress)
+        if progress.error:
+            return Outcome("errno", progress.error)
+        return Outcome("ret", self._mmap_install(p.plan))
+
+    # --- conversions: zap, then store ----------------------------------------------------------
+
+    def _step_set_memory_attributes(self, actor: str, p: Pending) -> Outcome | Pending:
+        if p.phase == "begin":
+            args = p.kwargs
+            kvm = self._vm_of(args["vm"])
+            first, last, attributes = self._attributes_checks(kvm, args["address"], args["size"],
+                                                               args["attributes"], args["flags"])
+            if kvm.attributes.all_equal(first, last, attributes):
+                return Outcome("ret", 0)
+            kvm.converting = True
+            self.state.counters["kvm_zaps"] += 1
+            self.state.counters["tlb_flushes"] += 1
+            return replace(p, phase="store", plan=(kvm.id, first, last, attributes))
+        vm_id, first, last, attributes = p.plan
+        kvm = self.state.vms[vm_id]
+        self._store_attributes(kvm, first, last, attributes)
+        kvm.converting = False
+        return Outcome("ret", 0)
+
+    # --- a private guest access to a restricted memfd: get_pfn, access, put_pfn ----------------
+
+    def _step_guest_access(self, actor: str, p: Pending) -> Outcome | Pending:
+        args = p.kwargs
+        if p.phase == "begin":
+            target = self._restricted_private_target(args)
+            if target is None:
+                return self._step_atomic(actor, p)
+            kvm, slot, gfn = target
+            backing = self._private_backing_get(kvm, slot, gfn)
+            if isinstance(backing, int):
+                return Outcome("ret", self._fault_exit(gfn, True, backing))
+            return replace(p, phase="access", plan=(kvm.id, slot.key, gfn, backing[1]))
+        vm_id, key, gfn, index = p.plan
+        kvm = self.state.vms[vm_id]
+        slot = kvm.memslots.get(key)
+        f = self.state.files.get(slot.private_file) if slot and slot.private_file else None
+        inode = self.state.inodes[f.inode] if f is not None else None
+        if p.phase == "access":
+            if not kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE or inode is None:
+                # Converted meanwhile: the mapping was zapped and the retried
+                # fault now sees a shared gfn; the reference is dropped.
+                if inode is not None:
+                    inode.refs.set(index, index + 1, inode.refs[index] - 1)
+                return Outcome("ret", self._fault_exit(gfn, True, errno.EFAULT))
+            offset = (index << SHIFT) | (args["gpa"] & (P - 1))
+            if args["write"]:
+                pages.write(inode.pages, offset, args["data"])
+                data = ""
+            else:
+                data = pages.read(inode.pages, offset, args["length"]).hex()
+            return replace(p, phase="put", progress=data)
+        if inode is not None:
+            inode.refs.set(index, index + 1, inode.refs[index] - 1)
+        return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
+
+    def _restricted_private_target(self, args: dict[str, Any]) -> Any:
+        """(vm, slot, gfn) when the access is a one-page private access to a
+        restricted memfd with a matching attribute; None otherwise."""
+        f = self._file_or_none(args["vcpu"])
+        if f is None or f.kind != "vcpu" or not args["private"]:
+            return None
+        gpa, length = args["gpa"], args["length"]
+        if length < 1 or (gpa & (P - 1)) + length > P:
+            return None
+        kvm = self.state.vms[f.vm]
+        gfn = gpa >> SHIFT
+        if not kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+            return None
+        key = kvm.gfn_slots[gfn]
+        slot = kvm.memslots.get(key) if key is not None else None
+        if slot is None or slot.private_file is None or \
+                self.state.files[slot.private_file].kind != "restricted":
+            return None
+        if args["write"] and len(args["data"]) != length:
+            return None
+        return kvm, slot, gfn
+
+    def _fault_exit(self, gfn: int, private: bool, err: int) -> GuestAccess:
+        return GuestAccess(exit="memory_fault", gpa=gfn << SHIFT, size=P,
+                           flags=uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE if private else 0,
+                           errno=uapi.errno_name(err))
+
