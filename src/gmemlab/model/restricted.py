@@ -435,7 +435,7 @@ class RestrictedOps(KvmOps):
                 if slot is None:
                     continue
                 g0 = slot.base_gfn + s - slot.private_pgoff
-                for gs, ge, a in kvm.attributes.runs(g0, g0 + e - s):  # type: ignore[union-attr]
+                for gs, _ge, a in kvm.attributes.runs(g0, g0 + e - s):  # type: ignore[union-attr]
                     if a & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
                         self.state.audit.append(("host_access_private", "write" if write else "read",
                                                  f.inode, gs - g0 + s))
