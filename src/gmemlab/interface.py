@@ -248,6 +248,31 @@ class FileState:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Observation:
+    """What the checker's promises look at (model-only op observe).
+
+    Page sets are runs (inode, first page, last page exclusive), counted ones
+    (inode, first, last, count); inodes and VMs are the model's ids, which a
+    case replays deterministically.
+    """
+
+    private_pages: tuple[tuple[int, int, int], ...]
+    host_references: tuple[tuple[int, int, int, int], ...]
+    outstanding_references: tuple[tuple[int, int, int, int], ...]
+    mappings: tuple[tuple[int, int], ...]  # (inode, VMAs mapping it)
+    mmaps_in_progress: tuple[int, ...]  # inodes whose mmap notifier protocol is running
+    mmap_pending: tuple[tuple[int, int, int], ...]  # (VM, memslot, inode): KVM saw mmap_start only
+    pkvm_problems: tuple[str, ...]
+
+    def as_table(self) -> dict[str, Any]:
+        return {k: _lists(v) for k, v in asdict(self).items()}
+
+
+def _lists(value: Any) -> Any:
+    return [_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
 class ModelOnly(Protocol):
     """Operations only the model has (MODEL_OPS.md): kernel-internal users and
     hypervisor calls that no system call reaches.  Cases using them say
@@ -284,6 +309,25 @@ class ModelOnly(Protocol):
 
     def guest_hypercall(self, vcpu: Fd, nr: ULong, args: Sequence[ULong] = ()) -> GuestHypercall:
         """A 64-bit guest's vmcall at CPL 0, answered as __kvm_emulate_hypercall does."""
+        ...
+
+    # --- interleavings (the checker's counterexamples, docs/CHECKER.md) ---------
+
+    def actor_begin(self, actor: str, call: str, args: dict[str, Any] | None = None) -> int:
+        """Actor starts operation `call` (arguments as in a case step); actor_step runs it."""
+        ...
+
+    def actor_step(self, actor: str) -> Any:
+        """Run the actor's next atomic step: the operation's result (or its errno or
+        signal) when this step finished it, else the string "running"."""
+        ...
+
+    def observe(self) -> Observation:
+        """The facts the checker's promises are judged on."""
+        ...
+
+    def audit_log(self, kind: str = "") -> list[list[Any]]:
+        """The events recorded for the promises (all, or those of one kind), without the kind."""
         ...
 
 

@@ -83,6 +83,17 @@ class Design:
         the mmap_start loop ended on (the sketch as written)."""
         return True
 
+    # --- what the checker holds the design to ------------------------------------
+
+    def promises(self) -> frozenset[str]:
+        """The checker's promises (docs/CHECKER.md) this design makes.
+
+        Every design promises P1 (host userspace never touches private bytes),
+        P4, P5, P6, P7 and P8; P2 and P3 are the whole-file, single-mapping
+        rules of the 2022 restricted memfd.
+        """
+        return frozenset({"P1", "P4", "P5", "P6", "P7", "P8"})
+
 
 class Gmem68(Design):
     """guest_memfd as merged in Linux 6.8: no mmap, private memory only."""
@@ -133,6 +144,10 @@ class Seed(Design):
 
     def gmem_only_slots(self) -> bool:
         return False
+
+    def promises(self) -> frozenset[str]:
+        # seed-as-written is held to the same text: its defects break these.
+        return super().promises() | {"P2", "P3"}
 
 
 class SeedAsWritten(Seed):

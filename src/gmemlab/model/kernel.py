@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, checked
 from .designs import DEFAULT_DESIGN, Design, make_design
-from .steps import StepOps
+from .observe import ObserveOps
 from .vfs import VfsOps
 
 # Host loads/stores and guest accesses are not system calls.
@@ -37,7 +37,7 @@ def counted(cls: type[K]) -> type[K]:
 
 @counted
 @checked
-class ModelKernel(StepOps, VfsOps):
+class ModelKernel(ObserveOps, VfsOps):
     """The model of a kernel built as `design` ("gmem-6.18", "gmem-6.8", ...).
 
     Pure Python and deterministic: no /dev/kvm needed.  snapshot() and

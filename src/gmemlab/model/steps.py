@@ -35,7 +35,7 @@ from ..errors import MemorySignal, UsageError
 from ..interface import GuestAccess, check_call
 from . import pages
 from .mm import MmapPlan
-from .restricted import MmapProgress, RestrictedOps
+from .restricted import MmapProgress, RestrictedOps, total_refs
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -117,7 +117,9 @@ class StepOps(RestrictedOps):
         return result
 
     def _finish(self, actor: str) -> None:
-        self.state.pending.pop(actor, None)
+        p = self.state.pending.pop(actor, None)
+        if p is not None and p.op not in self.LOCKING_OPS:
+            return  # took no lock (and so looks at nobody else's)
         if self.state.mm_lock == actor:
             self.state.mm_lock = None
         for ino in [i for i, a in self.state.file_locks.items() if a == actor]:
@@ -126,6 +128,9 @@ class StepOps(RestrictedOps):
     # --- locks ------------------------------------------------------------------------------
 
     MM_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mremap", "read_mem", "write_mem"})
+    # The operations that take locks (mmap: the mmap_lock and the file lock across
+    # its notifier calls; the others a file lock for their one step).
+    LOCKING_OPS = frozenset({"mmap", "munmap", "set_user_memory_region2"})
 
     def _blocker(self, actor: str, p: Pending) -> str | None:
         st = self.state
@@ -140,6 +145,14 @@ class StepOps(RestrictedOps):
             kvm = self._vm_or_none(p.kwargs["vm"])
             if kvm is not None and kvm.converting:
                 return "another conversion of this VM is running"
+        if p.op == "wait_unreferenced":
+            # DESIGNS.md: the wait is a step that can happen only once the
+            # references are gone (or the file is destroyed: EIO at once).
+            f = self._file_or_none(p.kwargs["fd"])
+            inode = self.state.inodes[f.inode] if f is not None else None
+            if inode is not None and inode.restricted is not None and \
+                    not inode.restricted.destroyed and total_refs(inode):
+                return "references are outstanding"
         return None
 
     def _file_locks_needed(self, p: Pending) -> list[int]:

@@ -1,0 +1,215 @@
+"""What the checker sees of the model: promise hooks, events, and interleavings as case steps.
+
+The checker (gmemlab.checker) judges its promises on a few facts the model
+states here, once, for every design: which file pages are private, which have
+host references, which references are outstanding, how many mappings each
+file has, and whether KVM still waits for an mmap to end.  Designs that keep
+such facts elsewhere (in-place conversion keeps attributes on the file, pKVM
+an ownership state per page) override the hook that reads them, so that the
+checker stays design-agnostic.
+
+It also offers the interleavings the checker finds as model-only case
+operations: `actor_begin` / `actor_step` drive the stepwise API (steps.py)
+from a case file, `observe` and `audit_log` assert the state a
+counterexample ends in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from .. import uapi
+from ..errors import MemorySignal, UsageError, kernel_error
+from ..interface import Observation
+from .steps import StepOps
+
+Runs = tuple[tuple[int, int, int], ...]
+CountedRuns = tuple[tuple[int, int, int, int], ...]
+
+
+def call_arguments(call: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A case step's spelling of arguments (flag names, data_hex) as the call takes them."""
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if key == "data_hex":
+            if not isinstance(value, str):
+                raise UsageError(f"{call}: data_hex must be a hex string")
+            try:
+                out["data"] = bytes.fromhex(value)
+            except ValueError:
+                raise UsageError(f"{call}: data_hex is not hex") from None
+            continue
+        names = uapi.FLAG_ARGUMENTS.get((call, key))
+        if names is not None and isinstance(value, str):
+            try:
+                value = uapi.parse_flags(value, names, f"{call}.{key}")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        out[key] = value
+    return out
+
+
+def _merge(pages: dict[int, list[tuple[int, int]]]) -> Runs:
+    """Runs per inode, sorted and merged."""
+    out: list[tuple[int, int, int]] = []
+    for ino in sorted(pages):
+        for s, e in sorted(pages[ino]):
+            if out and out[-1][0] == ino and out[-1][2] >= s:
+                out[-1] = (ino, out[-1][1], max(out[-1][2], e))
+            else:
+                out.append((ino, s, e))
+    return tuple(out)
+
+
+def _count(pieces: dict[int, list[tuple[int, int, int]]]) -> CountedRuns:
+    """Sum counted intervals (first, last, n) per inode into disjoint runs."""
+    out: list[tuple[int, int, int, int]] = []
+    for ino in sorted(pieces):
+        deltas: dict[int, int] = defaultdict(int)
+        for s, e, n in pieces[ino]:
+            deltas[s] += n
+            deltas[e] -= n
+        level, start = 0, 0
+        for point in sorted(deltas):
+            if level:
+                if out and out[-1][0] == ino and out[-1][2] == start and out[-1][3] == level:
+                    out[-1] = (ino, out[-1][1], point, level)
+                else:
+                    out.append((ino, start, point, level))
+            level += deltas[point]
+            start = point
+    return tuple(out)
+
+
+class ObserveOps(StepOps):
+    # --- events ----------------------------------------------------------------------
+
+    def drain_events(self) -> list[tuple[Any, ...]]:
+        """The audit events since the last drain, and forget them.
+
+        The restricted memfds' notifier logs are emptied too: they repeat the
+        "notify" events, and a state the checker explores must not carry the
+        history of how it was reached.
+        """
+        events = self.state.audit
+        self.state.audit = []
+        for inode in self.state.inodes.values():
+            if inode.restricted is not None and inode.restricted.log:
+                inode.restricted.log = []
+        return events
+
+    # --- promise hooks (designs with other state override these) ------------------------
+
+    def private_pages(self) -> Runs:
+        """File pages a VM treats as private: gfns whose attribute is PRIVATE, in
+        memslots bound to a file (guest_memfd or restricted memfd)."""
+        pages: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for kvm in self.state.vms.values():
+            for slot in kvm.memslots.values():
+                f = self.state.files.get(slot.private_file) if slot.private_file is not None else None
+                if f is None:
+                    continue
+                for s, e, a in kvm.attributes.runs(slot.base_gfn, slot.base_gfn + slot.npages):
+                    if a & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+                        off = slot.private_pgoff - slot.base_gfn
+                        pages[f.inode].append((s + off, e + off))
+        return _merge(pages)
+
+    def host_references(self) -> CountedRuns:
+        """Host references per file page: every host mapping (VMA) of the page
+        counts, as its page tables may reach the page at any time.  (A design
+        whose mappings fault private pages away, like in-place conversion,
+        counts present PTEs and pins instead.)"""
+        pieces: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        for s, e, m in self.state.vmas.runs():
+            if m is None or m.file is None or not m.shared:
+                continue
+            f = self.state.files.get(m.file)
+            if f is not None:
+                pieces[f.inode].append((s + m.delta, e + m.delta, 1))
+        return _count(pieces)
+
+    def outstanding_references(self) -> CountedRuns:
+        """References taken beyond the page cache's own (get_pfn; pins in designs that have them)."""
+        pieces: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        for inode in self.state.inodes.values():
+            for s, e, n in inode.refs.runs():
+                if n:
+                    pieces[inode.ino].append((s, e, n))
+        return _count(pieces)
+
+    def mapping_counts(self) -> tuple[tuple[int, int], ...]:
+        """(inode, number of VMAs mapping it), for every mapped file."""
+        counts: dict[int, int] = defaultdict(int)
+        for _, _, m in self.state.vmas.runs():
+            if m is not None and m.file is not None and m.file in self.state.files:
+                counts[self.state.files[m.file].inode] += 1
+        return tuple(sorted(counts.items()))
+
+    def mmaps_in_progress(self) -> tuple[int, ...]:
+        """Inodes whose mmap is between its checks and its end (the notifier protocol)."""
+        inos = set()
+        for p in self.state.pending.values():
+            if p.op == "mmap" and p.phase != "begin" and p.plan is not None and \
+                    p.plan.file in self.state.files:
+                inos.add(self.state.files[p.plan.file].inode)
+        return tuple(sorted(inos))
+
+    def kvm_mmap_pending(self) -> tuple[tuple[int, int, int], ...]:
+        """(VM, memslot key, inode) for every memslot whose KVM notifier saw
+        mmap_start and neither mmap_end nor mmap_abort."""
+        out = []
+        for kvm in self.state.vms.values():
+            for key in kvm.mmap_pending:
+                slot = kvm.memslots.get(key)
+                f = self.state.files.get(slot.private_file) if slot is not None and \
+                    slot.private_file is not None else None
+                out.append((kvm.id, key, f.inode if f is not None else -1))
+        return tuple(sorted(out))
+
+    def pkvm_problems(self) -> tuple[str, ...]:
+        """Violations of pKVM's page-ownership rules (each page owned by exactly
+        one component, or shared by an owner/borrower pair).  The model keeps no
+        hypervisor ownership state yet, so there is nothing to violate; the
+        pKVM model overrides this."""
+        return ()
+
+    # --- model-only operations -------------------------------------------------------------
+
+    def observe(self) -> Observation:
+        return Observation(private_pages=self.private_pages(),
+                           host_references=self.host_references(),
+                           outstanding_references=self.outstanding_references(),
+                           mappings=self.mapping_counts(),
+                           mmaps_in_progress=self.mmaps_in_progress(),
+                           mmap_pending=self.kvm_mmap_pending(),
+                           pkvm_problems=self.pkvm_problems())
+
+    def audit_log(self, kind: str = "") -> list[list[Any]]:
+        if not kind:
+            return [list(e) for e in self.state.audit]
+        return [list(e[1:]) for e in self.state.audit if e[0] == kind]
+
+    def actor_begin(self, actor: str, call: str, args: dict[str, Any] | None = None) -> int:
+        if call in ("actor_begin", "actor_step"):
+            raise UsageError("actor_begin: an actor runs kernel operations, not actor_begin/actor_step")
+        self.begin(actor, call, **call_arguments(call, args or {}))
+        return 0
+
+    def actor_step(self, actor: str) -> Any:
+        if actor not in self.state.pending:
+            raise UsageError(f"actor_step: actor {actor!r} has no operation in progress")
+        if not self.enabled(actor):
+            raise UsageError(f"actor_step: actor {actor!r} cannot run now: "
+                             f"{self._blocker(actor, self.state.pending[actor])}")
+        out = self.step(actor)
+        if out is None:
+            return "running"
+        if out.kind == "errno":
+            raise kernel_error(out.value, f"actor {actor}'s operation failed")
+        if out.kind == "signal":
+            raise MemorySignal(out.value, 0, f"actor {actor}'s access")
+        if out.kind == "usage":
+            raise UsageError(out.value)
+        return out.value
