@@ -68,6 +68,44 @@ def conform(
     raise typer.Exit(1 if summary.failed else 0)
 
 
+@app.command()
+def check(
+    scenario: Annotated[str, typer.Argument(help="A scenario file, or the name of a bundled one "
+                                                 "(seed_default, ...).")],
+    design: Annotated[str | None, typer.Option("--design", help="Check on this design instead of "
+                                                                "the scenario's own.")] = None,
+    all_promises: Annotated[bool, typer.Option(
+        "--all", help="Go on after the first violation: each promise's shortest counterexample.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Explore in this many processes.")] = 1,
+    fingerprints: Annotated[bool, typer.Option(help="Keep 128-bit fingerprints of visited states "
+                                                    "(else the states).")] = True,
+    symmetry: Annotated[bool, typer.Option(help="Reduce by the scenario's symmetries.")] = True,
+    por: Annotated[bool, typer.Option("--por/--no-por", help="Partial-order reduction.")] = True,
+    memo: Annotated[bool, typer.Option(help="Reuse a step's result where it read the same state.")] = True,
+    max_states: Annotated[int, typer.Option(help="Stop after this many states (0: no limit).")] = 0,
+    case_out: Annotated[str | None, typer.Option(
+        "--case-out", help="Write the counterexample case file here "
+                           "(default: counterexamples/SCENARIO-DESIGN.toml).")] = None,
+    no_case: Annotated[bool, typer.Option("--no-case", help="Write no case file.")] = False,
+    json_file: Annotated[str | None, typer.Option("--json", help="Also write the verdict here.")] = None,
+) -> None:
+    """Explore every interleaving of a scenario's actors on the model; prove the
+    promises or print the shortest counterexample (and write it as a case file)."""
+    from .checker.cli import run_check
+
+    if jobs < 1 or max_states < 0:
+        _fail_usage("--jobs must be at least 1 and --max-states at least 0")
+    try:
+        code = run_check(scenario, design, all_promises=all_promises, jobs=jobs,
+                         fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
+                         max_states=max_states, case_out=None if no_case else (case_out or ""),
+                         json_file=json_file)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()

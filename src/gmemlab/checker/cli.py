@@ -1,0 +1,137 @@
+"""`gmemlab check`: the verdict, printed for people, and the counterexample as a case file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from . import check, promises
+from .explore import Options, Progress, Verdict
+from .report import Replay, ReplayError, case_text, replay_counterexample, trace_rows, write_cases
+from .scenario import Scenario, load, validate
+
+SHOW_AFTER = 1.0  # seconds: shorter runs print no progress
+
+
+class ProgressDisplay:
+    """States, states/s, frontier and elapsed time on stderr, once a run has taken a second."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live: Live | None = None
+        self.last_line = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        if p.elapsed < SHOW_AFTER:
+            return
+        text = (f"exploring: {p.states:,} states ({p.states / p.elapsed:,.0f}/s), "
+                f"{p.transitions:,} transitions, frontier {p.frontier:,}, depth {p.depth}, "
+                f"{p.elapsed:.1f} s")
+        if self.console.is_terminal:
+            if self.live is None:
+                self.live = Live(Text(text), console=self.console, transient=True, auto_refresh=False)
+                self.live.start()
+            self.live.update(Text(text), refresh=True)
+        elif p.elapsed - self.last_line >= 5:
+            self.last_line = p.elapsed
+            self.console.print(text)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, fingerprints: bool,
+              symmetry: bool, por: bool, memo: bool, max_states: int, case_out: str | None,
+              json_file: str | None) -> int:
+    """Check and print; the exit status (0 holds, 1 violated or incomplete)."""
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    sc = load(name).with_design(design)
+    validate(sc)
+    options = Options(fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
+                      all_promises=all_promises, jobs=jobs, max_states=max_states)
+    where = f" ({sc.path})" if sc.path else ""
+    out.print(f"[bold]gmemlab check[/bold]: scenario [bold]{sc.name}[/bold]{where} on design "
+              f"[bold]{sc.design}[/bold]")
+    actors = ", ".join(f"{a.name} ({len(a.actions)} op{'s' if len(a.actions) > 1 else ''})"
+                       for a in sc.actors)
+    display = ProgressDisplay(err)
+    start = time.perf_counter()
+    try:
+        verdict = check(sc, options=options, progress=display)
+    finally:
+        display.stop()
+    elapsed = time.perf_counter() - start
+    out.print(f"actors: {actors}; promises: {', '.join(sorted(verdict.promises, key=promises.ORDER.index))}; "
+              f"reductions: {options.describe()}" + (f"; {jobs} processes" if jobs > 1 else ""))
+    rate = verdict.states / verdict.seconds if verdict.seconds else 0.0
+    stats = (f"{verdict.states:,} states, {verdict.transitions:,} transitions, depth {verdict.depth}, "
+             f"{verdict.seconds:.2f} s ({rate:,.0f} states/s)")
+    replays: list[tuple[Any, Replay]] = []
+    for cex in verdict.counterexamples:
+        try:
+            replays.append((cex, replay_counterexample(sc, cex, active=verdict.promises)))
+        except ReplayError as exc:
+            out.print(f"[bold red]internal error[/bold red]: {exc}")
+            return 3
+    if verdict.holds:
+        out.print(f"[bold green]HOLDS[/bold green]: every promise holds on every interleaving: {stats}")
+    elif not verdict.counterexamples:
+        out.print(f"[bold yellow]INCOMPLETE[/bold yellow]: no violation in the first {stats} "
+                  f"(--max-states {max_states} reached)")
+    for cex, rp in replays:
+        _print_counterexample(out, cex, rp, verdict, stats)
+    if replays and case_out is not None:
+        path = Path(case_out) if case_out else Path("counterexamples") / f"{sc.name}-{sc.design}.toml"
+        command = _command(sc, name, all_promises)
+        try:
+            write_cases(path, [case_text(sc, verdict, cex, rp, command) for cex, rp in replays])
+        except OSError as exc:
+            out.print(f"[red]cannot write {path}: {exc.strerror}[/red]")
+            return 2
+        out.print(f"case file: {path} (reproduce: gmemlab conform {path} --kernel model)")
+    if json_file:
+        Path(json_file).write_text(json.dumps(verdict_json(verdict, elapsed), indent=2) + "\n")
+    return 0 if verdict.holds else 1
+
+
+def _command(sc: Scenario, name: str, all_promises: bool) -> str:
+    return f"gmemlab check {name} --design {sc.design}" + (" --all" if all_promises else "")
+
+
+def _print_counterexample(out: Console, cex: Any, rp: Replay, verdict: Verdict, stats: str) -> None:
+    out.print()
+    out.print(f"[bold red]VIOLATED {cex.promise}[/bold red]: {promises.PROMISES[cex.promise]}")
+    out.print(f"  {cex.violation.message}")
+    if cex.promise == "P8" and rp.stuck_attempt is not None:
+        st = rp.stuck_attempt
+        out.print(f"  {st.actor} retries {st.action.show()} forever: {st.what}")
+    steps = len(cex.trace)
+    extra = f" (then {len(rp.steps) - steps} steps on which the others finish)" \
+        if len(rp.steps) > steps else ""
+    out.print(f"  shortest counterexample: {steps} steps{extra}, breadth-first over {stats}")
+    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1))
+    for col in ("#", "actor", "operation", "what happened", "state after"):
+        table.add_column(col, overflow="fold")
+    for row in trace_rows(rp):
+        table.add_row(*row)
+    out.print(table)
+
+
+def verdict_json(v: Verdict, elapsed: float) -> dict[str, Any]:
+    return {"scenario": v.scenario, "design": v.design, "holds": v.holds, "complete": v.complete,
+            "states": v.states, "transitions": v.transitions, "depth": v.depth, "seconds": v.seconds,
+            "wall_seconds": elapsed, "model_runs": v.model_runs, "reductions": v.options.describe(),
+            "jobs": v.options.jobs, "violated": v.violated(),
+            "counterexamples": [{"promise": c.promise, "message": c.violation.message, "trace": c.trace,
+                                 "stuck": c.stuck, "continuation": c.continuation}
+                                for c in v.counterexamples]}

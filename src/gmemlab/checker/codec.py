@@ -1,0 +1,461 @@
+"""The packed form of the model's state, derived from the model's own types.
+
+The checker does not keep model State objects per explored state: it keeps a
+tuple of small integers, one per *component* of the state, each naming an
+interned, immutable value.  The decomposition is generic over the model's
+dataclasses, so it follows the model as it grows:
+
+* a scalar field of State (``mm_lock``, ``vmas``, ``next_pfn``...) is one
+  component, key ``("s", field)``;
+* a dict field of State is a key-set component ``("k", field)`` plus one
+  component per entry: ``("e", field, key)`` for plain values, and for
+  mutable records (files, inodes, VMs) a presence component
+  ``("o", field, key)`` holding the class plus one component per record
+  field ``("o", field, key, name)``, recursively for nested records
+  (``Inode.restricted``);
+* ``counters`` and ``audit`` are not state: the model only ever adds to them
+  (bookkeeping for costs and events for the promises), and the checker drains
+  the events after every step.
+
+Values are packed into hashable, tagged tuples (RangeMap -> its change
+points, list/set/dict -> tuples) and unpacked into fresh objects, so that
+materialize(decompose(s)) behaves exactly like s.
+
+Reads are recorded while a step runs on a materialized state: State, its
+dicts and its records are replaced by subclasses whose attribute and item
+access notes the component read.  A step of the model is a deterministic
+function of what it reads; so a step's result can be reused for any state
+that agrees on the components it read (engine.py).  Assignments are noted
+too: a component changed in place must have been read first (so its new
+value follows from what was read), but one assigned without being read may
+happen to receive the value it already had, and that write still belongs to
+the step (it changes the component in another state).  The state after the
+step is decomposed and compared; a component that changed, or was assigned,
+is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from functools import cache
+from typing import Any
+
+from ..model.ranges import RangeMap
+from ..model.state import State
+
+Key = tuple[Any, ...]
+EXCLUDED = frozenset({"counters", "audit"})
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+def _is_record(v: Any) -> bool:
+    """A mutable dataclass instance (frozen ones are immutable values)."""
+    params = getattr(type(v), "__dataclass_params__", None)
+    return params is not None and not params.frozen and not isinstance(v, type)
+
+
+@cache
+def field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def pack(v: Any) -> Any:
+    """A hashable, immutable form of v; unpack(pack(v)) is a fresh equal copy."""
+    t = type(v)
+    if t is int or t is str or t is bool or v is None or t is bytes or t is float:
+        return v
+    if t is RangeMap:
+        return ("R", v.limit, v.freeze())
+    if t is list:
+        return ("L", tuple(pack(x) for x in v))
+    if t is tuple:
+        return ("T", tuple(pack(x) for x in v))
+    if t is set or t is frozenset:
+        return ("S" if t is set else "F", tuple(sorted(pack(x) for x in v)))
+    if t is dict:
+        return ("D", tuple(sorted((pack(k), pack(x)) for k, x in v.items())))
+    params = getattr(t, "__dataclass_params__", None)
+    if params is not None:
+        cls = base_class(t)
+        if not params.frozen:
+            return ("O", cls, tuple(pack(getattr(v, n)) for n in field_names(cls)))
+        try:
+            hash(v)
+            return v  # an immutable value (Mapping, Notifier, Pending, ...)
+        except TypeError:  # a frozen record holding a dict or list
+            return ("Z", cls, tuple(pack(getattr(v, n)) for n in field_names(cls)))
+    raise TypeError(f"the checker cannot pack a {t.__name__}")
+
+
+def unpack(p: Any) -> Any:
+    if type(p) is not tuple:
+        return p
+    tag = p[0]
+    if tag == "R":
+        return RangeMap.thaw(p[2], p[1])
+    if tag == "L":
+        return [unpack(x) for x in p[1]]
+    if tag == "T":
+        return tuple(unpack(x) for x in p[1])
+    if tag == "S":
+        return {unpack(x) for x in p[1]}
+    if tag == "F":
+        return frozenset(unpack(x) for x in p[1])
+    if tag == "D":
+        return {unpack(k): unpack(x) for k, x in p[1]}
+    if tag in ("O", "Z"):
+        cls = p[1]
+        obj = object.__new__(cls)
+        for name, x in zip(field_names(cls), p[2], strict=True):
+            object.__setattr__(obj, name, unpack(x))
+        return obj
+    raise ValueError(f"not a packed value: {p!r}")
+
+
+# --- decomposition ---------------------------------------------------------------------------
+
+
+@cache
+def state_fields() -> tuple[str, ...]:
+    return tuple(n for n in field_names(State) if n not in EXCLUDED)
+
+
+def decompose(state: State) -> dict[Key, Any]:
+    """The components of a model state (packed values by component key)."""
+    out: dict[Key, Any] = {}
+    for name in state_fields():
+        v = object.__getattribute__(state, name)
+        if type(v) is dict or isinstance(v, RecDict):
+            items = dict.items(v)
+            out[("k", name)] = tuple(sorted(dict.keys(v)))
+            for key, item in items:
+                if _is_record(item):
+                    _record(out, ("o", name, key), item)
+                else:
+                    out[("e", name, key)] = pack(item)
+        else:
+            out[("s", name)] = pack(v)
+    return out
+
+
+def _record(out: dict[Key, Any], where: Key, obj: Any) -> None:
+    cls = base_class(type(obj))
+    out[where] = cls
+    for name in field_names(cls):
+        v = object.__getattribute__(obj, name)
+        if _is_record(v):
+            _record(out, (*where, name), v)
+        else:
+            out[(*where, name)] = pack(v)
+
+
+def materialize(comps: dict[Key, Any], recording: bool = False) -> State:
+    """A live State with the given components; with recording, its reads are noted
+    in the current Recorder."""
+    state: State = object.__new__(RecState if recording else State)
+    for name in field_names(State):
+        if name == "counters":
+            object.__setattr__(state, name, Counter())
+        elif name == "audit":
+            object.__setattr__(state, name, [])
+        elif ("k", name) in comps:
+            d: dict[Any, Any] = RecDict(name) if recording else {}
+            for key in comps[("k", name)]:
+                where = ("o", name, key)
+                if where in comps:
+                    dict.__setitem__(d, key, _build(comps, where, recording))
+                else:
+                    dict.__setitem__(d, key, unpack(comps[("e", name, key)]))
+            object.__setattr__(state, name, d)
+        else:
+            object.__setattr__(state, name, unpack(comps[("s", name)]))
+    return state
+
+
+def _build(comps: dict[Key, Any], where: Key, recording: bool) -> Any:
+    cls = comps[where]
+    obj = object.__new__(rec_class(cls) if recording else cls)
+    if recording:
+        object.__setattr__(obj, "_w", where)
+    for name in field_names(cls):
+        sub = (*where, name)
+        v = comps[sub]
+        if isinstance(v, type):
+            object.__setattr__(obj, name, _build(comps, sub, recording))
+        else:
+            object.__setattr__(obj, name, unpack(v))
+    return obj
+
+
+# --- read recording --------------------------------------------------------------------------
+
+
+class Recorder:
+    """The component keys read while it is active (one at a time, per process)."""
+
+    current: Recorder | None = None
+
+    def __init__(self) -> None:
+        self.reads: dict[Key, None] = {}
+        self.assigned: set[Key] = set()  # prefixes: a record's key covers its fields
+
+    def wrote(self, key: Key) -> bool:
+        return any(key[:n] in self.assigned for n in range(2, len(key) + 1))
+
+    def __enter__(self) -> Recorder:
+        assert Recorder.current is None, "recorders do not nest"
+        Recorder.current = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Recorder.current = None
+
+
+def _note(key: Key) -> None:
+    rec = Recorder.current
+    if rec is not None:
+        rec.reads[key] = None
+
+
+def _assign(key: Key) -> None:
+    rec = Recorder.current
+    if rec is not None:
+        rec.assigned.add(key)
+
+
+@cache
+def _scalar_keys() -> dict[str, Key]:
+    return {n: ("s", n) for n in state_fields()}
+
+
+class RecState(State):
+    """State whose scalar fields note their reads (dict fields are RecDicts)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        key = _scalar_keys().get(name)
+        if key is not None:
+            value = object.__getattribute__(self, name)
+            if not isinstance(value, RecDict):
+                _note(key)
+            return value
+        if name == "__dict__":
+            for k in _scalar_keys().values():
+                _note(k)
+        return object.__getattribute__(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        key = _scalar_keys().get(name)
+        if key is not None:
+            _assign(key)
+        object.__setattr__(self, name, value)
+
+
+class RecDict(dict[Any, Any]):
+    """A dict field of State: item access notes the entry, iteration the key set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    def _entry(self, key: Any) -> None:
+        # Which form the entry takes (a record's presence component or a plain
+        # value) is not known for a missing key: note both (the other one is
+        # simply always absent, which costs nothing but a slot).
+        _note(("o", self._name, key))
+        _note(("e", self._name, key))
+
+    def _all(self) -> None:
+        _note(("k", self._name))
+        for key in dict.keys(self):
+            self._entry(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._entry(key)
+        return dict.__getitem__(self, key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._entry(key)
+        return dict.get(self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._entry(key)
+        return dict.__contains__(self, key)
+
+    def __iter__(self) -> Iterator[Any]:
+        _note(("k", self._name))
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        _note(("k", self._name))
+        return dict.__len__(self)
+
+    def keys(self) -> Any:
+        _note(("k", self._name))
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self._all()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._all()
+        return dict.items(self)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _assign(("o", self._name, key))
+        _assign(("e", self._name, key))
+        dict.__setitem__(self, key, value)
+
+    def clear(self) -> None:
+        self._all()
+        dict.clear(self)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self._entry(key)
+        return dict.pop(self, key, *default)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._entry(key)
+        if not dict.__contains__(self, key):
+            _assign(("o", self._name, key))
+            _assign(("e", self._name, key))
+        return dict.setdefault(self, key, default)
+
+    def __delitem__(self, key: Any) -> None:
+        self._entry(key)
+        dict.__delitem__(self, key)
+
+    def popitem(self) -> tuple[Any, Any]:
+        self._all()
+        return dict.popitem(self)
+
+    def copy(self) -> dict[Any, Any]:
+        self._all()
+        return dict(dict.items(self))
+
+    def __eq__(self, other: object) -> bool:
+        self._all()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        self._all()
+        return dict.__ne__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._all()
+        return dict.__repr__(self)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("the checker does not expect the model to update() a state dict")
+
+    def __or__(self, other: Any) -> Any:
+        self._all()
+        return dict.__or__(self, other)
+
+
+@cache
+def rec_class(cls: type) -> type:
+    """A subclass of record class cls whose field reads are noted (the instance's
+    `_w` is its component key; records the model creates during a step have none)."""
+    names = frozenset(field_names(cls))
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        if name in names:
+            try:
+                where = object.__getattribute__(self, "_w")
+            except AttributeError:
+                where = None
+            if where is not None:
+                _note((*where, name))
+        elif name == "__dict__":
+            for n in names:
+                getattr(self, n)
+        return object.__getattribute__(self, name)
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if name in names:
+            try:
+                where = object.__getattribute__(self, "_w")
+            except AttributeError:
+                where = None
+            if where is not None:
+                _assign((*where, name))
+        object.__setattr__(self, name, value)
+
+    return type(f"Rec{cls.__name__}", (cls,), {"__getattribute__": __getattribute__,
+                                               "__setattr__": __setattr__, "_base": cls})
+
+
+def base_class(cls: type) -> type:
+    base: type = cls.__dict__.get("_base", cls)
+    return base
+
+
+# --- the interning tables ------------------------------------------------------------------
+
+
+class Tables:
+    """Component slots and interned values of one exploration (one process)."""
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+        self.slot_of: dict[Key, int] = {}
+        self.values: list[Any] = [None]  # id 0: the component is absent
+        self.id_of: dict[Any, int] = {}
+
+    def slot(self, key: Key) -> int:
+        s = self.slot_of.get(key)
+        if s is None:
+            s = self.slot_of[key] = len(self.keys)
+            self.keys.append(key)
+        return s
+
+    def intern(self, value: Any) -> int:
+        try:
+            return self.id_of[value]
+        except KeyError:
+            i = self.id_of[value] = len(self.values)
+            self.values.append(value)
+            return i
+
+    def pack_state(self, comps: dict[Key, Any]) -> tuple[int, ...]:
+        ids = [0] * len(self.keys)
+        for key, value in comps.items():
+            s = self.slot(key)
+            if s >= len(ids):
+                ids.extend([0] * (s + 1 - len(ids)))
+            ids[s] = self.intern(value)
+        return normal(ids)
+
+    def components(self, state: tuple[int, ...], keep: Callable[[Key], bool] | None = None) -> dict[Key, Any]:
+        keys, values = self.keys, self.values
+        return {keys[s]: values[v] for s, v in enumerate(state)
+                if v and (keep is None or keep(keys[s]))}
+
+
+def normal(ids: list[int]) -> tuple[int, ...]:
+    """A state tuple without trailing absent components (so that equal states are
+    equal tuples however many slots exist when they are made)."""
+    n = len(ids)
+    while n and not ids[n - 1]:
+        n -= 1
+    return tuple(ids[:n])
+
+
+def apply(state: tuple[int, ...], writes: Iterable[tuple[int, int]]) -> tuple[int, ...]:
+    ids = list(state)
+    for s, v in writes:
+        if s >= len(ids):
+            ids.extend([0] * (s + 1 - len(ids)))
+        ids[s] = v
+    return normal(ids)
+
+
+def is_model_key(key: Key) -> bool:
+    return key[0] in ("s", "k", "e", "o")

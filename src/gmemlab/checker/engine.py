@@ -1,0 +1,273 @@
+"""The scenario as a transition system over packed states, with memoized steps.
+
+A packed state (codec.py) is a tuple of interned component ids: the model's
+state, each actor's own state (``("a", name)``) and, per file, where its mmap
+notifier protocol stands (``("m", inode)``, for promise P5).
+
+A transition runs the model: the packed state is materialized into live
+objects that record what is read, the actor's step runs (system.py), and the
+state after it is decomposed again.  The step's result (the components it
+wrote, the events it recorded) depends only on the components it read, so it
+is stored under their values and reused, without running the model, for
+every later state that agrees on them: that is what makes exploring the
+product of several actors fast (most interleavings repeat steps an actor has
+already taken in another combination of the others' states).  The same holds
+for the model's promise hooks (observers).  `memo=False` runs the model for
+every transition instead; tests show both explore the same graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..model.steps import Outcome
+from . import promises as pr
+from .codec import Key, Recorder, Tables, apply, decompose, is_model_key, materialize
+from .scenario import Scenario
+from .system import ActorState, KernelFactory, Program, StepInfo, new_kernel, run_transition
+
+OBSERVERS = ("private_pages", "host_references", "outstanding_references", "mapping_counts",
+             "kvm_mmap_pending", "pkvm_problems")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One actor's transition from a state: what it wrote and recorded."""
+
+    writes: tuple[tuple[int, int], ...]
+    keys: tuple[tuple[int, tuple[Any, ...], tuple[Any, ...]], ...]  # key-set changes: slot, added, removed
+    events: tuple[tuple[Any, ...], ...]
+    info: StepInfo
+    reads: tuple[int, ...]  # slots read (for the partial-order reduction)
+
+
+DISABLED: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A transition taken from a state: the actor, the successor, what it broke."""
+
+    actor: int
+    result: Result
+    target: tuple[int, ...]
+    violations: tuple[pr.Violation, ...]
+
+
+class Engine:
+    def __init__(self, scenario: Scenario, factory: KernelFactory | None = None, memo: bool = True) -> None:
+        self.scenario = scenario
+        self.prog = Program(scenario)
+        k = new_kernel(scenario.design, factory)
+        self.prog.setup(k)
+        k.drain_events()
+        self.kernel = k
+        self.design = k.design
+        self.active = frozenset(scenario.promises) if scenario.promises else k.design.promises()
+        self.t = Tables()
+        comps: dict[Key, Any] = decompose(k.state)
+        for name in self.prog.names:
+            comps[("a", name)] = ActorState()
+        self.actor_slots = tuple(self.t.slot(("a", n)) for n in self.prog.names)
+        self.initial = self.t.pack_state(comps)
+        self.use_memo = memo
+        self.memo: dict[Any, list[tuple[tuple[int, ...], dict[tuple[int, ...], Any]]]] = {}
+        self._last_reads: set[int] = set()
+        self._keysets: dict[tuple[int, tuple[Any, ...], tuple[Any, ...]], int] = {}
+        self.runs = 0  # model executions (memo misses)
+        self.lookups = 0
+
+    # --- transitions ----------------------------------------------------------------------------
+
+    def actor_state(self, s: tuple[int, ...], i: int) -> ActorState:
+        st: ActorState = self.t.values[s[self.actor_slots[i]]]
+        return st
+
+    def finished(self, s: tuple[int, ...]) -> int:
+        """Bitmask of the actors that have finished their program in s."""
+        mask = 0
+        for i in range(len(self.actor_slots)):
+            if self.prog.done(i, self.actor_state(s, i)):
+                mask |= 1 << i
+        return mask
+
+    def transition(self, s: tuple[int, ...], i: int) -> Result | None:
+        """Actor i's step from s, or None when it cannot take one."""
+        aid = s[self.actor_slots[i]]
+        a: ActorState = self.t.values[aid]
+        if not a.busy and a.pc >= self.prog.lengths[i]:
+            return None
+        r = self._lookup((i, aid), s)
+        if r is None:
+            r = self._run_step(s, i, a)
+        return None if r is DISABLED else r
+
+    def _lookup(self, key: Any, s: tuple[int, ...]) -> Any:
+        entries = self.memo.get(key)
+        if entries is None:
+            return None
+        self.lookups += 1
+        n = len(s)
+        for spec, table in entries:
+            r = table.get(tuple([s[j] if j < n else 0 for j in spec]))
+            if r is not None:
+                return r
+        return None
+
+    def _store(self, key: Any, s: tuple[int, ...], reads: dict[Key, None], result: Any) -> None:
+        if not self.use_memo:
+            return
+        spec = tuple(sorted({self.t.slot(k) for k in reads}))
+        vals = tuple(s[j] if j < len(s) else 0 for j in spec)
+        entries = self.memo.setdefault(key, [])
+        for known, table in entries:
+            if known == spec:
+                table[vals] = result
+                return
+        entries.append((spec, {vals: result}))
+
+    def _materialize(self, s: tuple[int, ...]) -> dict[Key, Any]:
+        comps = self.t.components(s, is_model_key)
+        self.kernel.state = materialize(comps, recording=True)
+        return comps
+
+    def _run_step(self, s: tuple[int, ...], i: int, a: ActorState) -> Any:
+        self.runs += 1
+        comps = self._materialize(s)
+        k = self.kernel
+        with Recorder() as rec:
+            res = run_transition(k, self.prog, i, a)
+        if res is None:
+            self._last_reads = {self.t.slot(k) for k in rec.reads}  # for tests of the memo
+            self._store((i, s[self.actor_slots[i]]), s, rec.reads, DISABLED)
+            return DISABLED
+        new_a, info = res
+        events = tuple(k.drain_events())
+        post = decompose(k.state)
+        t = self.t
+        reads = rec.reads
+        writes, keys = [], []
+        for key, v in post.items():
+            old = comps.get(key, _MISSING)
+            if key[0] == "k":
+                # A dict's key set changes as a side effect of inserting or deleting
+                # entries, not because the step read it: it is written as a change
+                # (keys added, keys removed) to whatever key set the state has.  An
+                # assigned entry is added, even if this state already had it.
+                before = set(old) if old is not _MISSING else set()
+                added = (set(v) - before) | {k for k in v if rec.wrote(("e", key[1], k))}
+                removed = before - set(v)
+                if added or removed:
+                    keys.append((t.slot(key), tuple(sorted(added)), tuple(sorted(removed))))
+            elif old != v or rec.wrote(key):
+                writes.append((t.slot(key), t.intern(v)))
+        for key in comps:
+            if key not in post:
+                # Which components a deleted record had depends on its nested
+                # records: the deletion is valid only where they are the same.
+                reads[key] = None
+                writes.append((t.slot(key), 0))
+        writes.append((self.actor_slots[i], t.intern(new_a)))
+        result = Result(tuple(sorted(writes)), tuple(keys), events, info,
+                        tuple(sorted({t.slot(key) for key in reads})))
+        self._store((i, s[self.actor_slots[i]]), s, reads, result)
+        return result
+
+    # --- observers (the model's promise hooks) -----------------------------------------------------
+
+    def observe(self, s: tuple[int, ...], name: str) -> Any:
+        key = ("obs", name)
+        r = self._lookup(key, s)
+        if r is not None:
+            return r[0]
+        self.runs += 1
+        self._materialize(s)
+        with Recorder() as rec:
+            value = getattr(self.kernel, name)()
+        self._store(key, s, rec.reads, (value,))
+        return value
+
+    def observer(self, s: tuple[int, ...]) -> pr.Observe:
+        return lambda name: self.observe(s, name)
+
+    # --- successors and promises ---------------------------------------------------------------
+
+    def apply(self, s: tuple[int, ...], r: Result) -> tuple[int, ...]:
+        if not r.keys:
+            return apply(s, r.writes)
+        writes = list(r.writes)
+        for slot, added, removed in r.keys:
+            cur = s[slot] if slot < len(s) else 0
+            k = (cur, added, removed)
+            new = self._keysets.get(k)
+            if new is None:
+                keys = set(self.t.values[cur]) if cur else set()
+                new = self._keysets[k] = self.t.intern(tuple(sorted((keys | set(added)) - set(removed))))
+            writes.append((slot, new))
+        return apply(s, writes)
+
+    def step(self, s: tuple[int, ...], i: int, r: Result) -> Edge:
+        """Apply actor i's transition r to s: the successor, with the violations of
+        the promises judged on the step (events, P4, P5, P6 at the end)."""
+        target = self.apply(s, r)
+        bad: list[pr.Violation] = []
+        if r.events:
+            bad += pr.event_violations(r.events, self.active)
+            target, more = self._protocol(target, r.events)
+            bad += more
+        if "P4" in self.active:
+            bad += pr.newly_private_violations(self.observer(s), self.observer(target))
+        return Edge(i, r, target, tuple(bad))
+
+    def _protocol(self, s: tuple[int, ...],
+                  events: tuple[tuple[Any, ...], ...]) -> tuple[tuple[int, ...], list[pr.Violation]]:
+        writes: dict[int, int] = {}
+        bad: list[pr.Violation] = []
+        for ev in events:
+            if ev[0] not in ("notify", "mmap_done"):
+                continue
+            slot = self.t.slot(("m", ev[1]))
+            cur = writes.get(slot, s[slot] if slot < len(s) else 0)
+            p = self.t.values[cur] if cur else pr.EMPTY
+            p, broken = pr.protocol_step(p, ev)
+            if "P5" in self.active:
+                bad += [pr.Violation("P5", f"inode {ev[1]}: {b}") for b in broken]
+            writes[slot] = 0 if p == pr.EMPTY else self.t.intern(p)
+        s = apply(s, writes.items())
+        if "P5" in self.active and any(ev[0] == "mmap_done" for ev in events):
+            pending = self.observe(s, "kvm_mmap_pending")
+            for ev in events:
+                if ev[0] == "mmap_done":
+                    bad += pr.kvm_pending_violations(ev[1], pending)
+        return s, bad
+
+    def state_violations(self, s: tuple[int, ...]) -> list[pr.Violation]:
+        """The promises judged on a state alone (P2, P3, P7; P6 once all actors are done)."""
+        obs = self.observer(s)
+        bad = pr.state_violations(obs, self.active)
+        if self.finished(s) == (1 << len(self.actor_slots)) - 1:
+            bad += pr.terminal_violations(obs, self.active)
+        return bad
+
+    def expand(self, s: tuple[int, ...]) -> list[tuple[int, Result]]:
+        out = []
+        for i in range(len(self.actor_slots)):
+            r = self.transition(s, i)
+            if r is not None:
+                out.append((i, r))
+        return out
+
+    # --- looking inside (reports, tests) -------------------------------------------------------------
+
+    def components(self, s: tuple[int, ...]) -> dict[Key, Any]:
+        return self.t.components(s)
+
+    def model_components(self, s: tuple[int, ...]) -> dict[Key, Any]:
+        return self.t.components(s, is_model_key)
+
+    def outcome_of(self, r: Result) -> Outcome | None:
+        return r.info.outcome
+
+
+_MISSING: Any = object()

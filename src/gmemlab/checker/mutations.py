@@ -1,0 +1,251 @@
+"""Deliberately broken variants of the seed design, for testing the checker.
+
+Each mutant changes one thing: a design with one policy answer changed, or a
+ModelKernel subclass overriding one method (and calling the real one for
+everything else), so that no mutant copies the model.  The checker must catch
+every one of them on the shipped scenarios with a counterexample
+(tests/test_mutations.py; `gmemlab check SCENARIO --mutant NAME` shows one).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..errors import UsageError, kernel_error
+from ..interface import GuestAccess
+from ..model import ModelKernel
+from ..model.designs import Seed
+from ..model.restricted import NO_NONZERO_AFTER_LAUNCH, MmapProgress
+from ..model.state import Inode, Memslot, Vm
+from ..model.steps import Outcome, Pending
+
+
+class _NoHasMapping(Seed):
+    name = "seed"
+
+    def restricted_sets_has_mapping(self) -> bool:
+        return False
+
+
+class _EndToLast(Seed):
+    name = "seed"
+
+    def restricted_mmap_end_to_all(self) -> bool:
+        return False
+
+
+class HasMappingAfterEnd(ModelKernel):
+    """has_mapping set after the mmap_end calls (the window the checker found)."""
+
+    def __init__(self, design: Any = None) -> None:
+        super().__init__(_NoHasMapping())
+
+    def _mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
+        if p.phase == "end":
+            assert inode.restricted is not None
+            inode.restricted.has_mapping = True
+        return super()._mmap_protocol_done(inode, p)
+
+
+class AbortForward(ModelKernel):
+    """mmap_abort to the notifiers that succeeded in registration order, not reverse."""
+
+    def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
+        assert inode.restricted is not None
+        notifiers = inode.restricted.notifiers
+        if p.phase == "abort-forward":
+            failed = next(i for i, n in enumerate(notifiers) if n.name == p.refused_by)
+            if p.cursor < failed:
+                self._notify(inode, notifiers[p.cursor], "mmap_abort")
+                return replace(p, cursor=p.cursor + 1)
+            return self._mmap_protocol_done(inode, p)
+        q = super()._mmap_protocol_step(inode, p)
+        if p.phase == "start" and q.phase == "abort":
+            return replace(q, phase="abort-forward", cursor=0)
+        return q
+
+
+class AbortTheRefuser(ModelKernel):
+    """The notifier whose mmap_start failed gets mmap_abort too (an off-by-one)."""
+
+    def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
+        q = super()._mmap_protocol_step(inode, p)
+        if p.phase == "start" and q.phase == "abort":
+            return replace(q, cursor=q.cursor + 1)
+        return q
+
+
+class KvmMapsPrivate(ModelKernel):
+    """KVM's mmap_start forgets to refuse a memslot with private gfns."""
+
+    @staticmethod
+    def _slot_all_shared(kvm: Vm, slot: Memslot) -> bool:
+        return True
+
+
+class ConvertWhileStarting(ModelKernel):
+    """Conversions ignore a mapping that is being set up (KVM's mmap_pending)."""
+
+    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
+        for slot in self._restricted_slots(kvm, first, last):
+            assert slot.private_file is not None
+            r = self.state.inodes[self.state.files[slot.private_file].inode].restricted
+            if r is not None and not r.destroyed and r.has_mapping:
+                raise kernel_error(errno.EBUSY, "mapped")
+
+
+class ConvertWhileMapped(ModelKernel):
+    """Conversions ignore has_mapping: only a mapping being set up refuses them."""
+
+    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
+        for slot in self._restricted_slots(kvm, first, last):
+            if slot.key in kvm.mmap_pending:
+                raise kernel_error(errno.EBUSY, "mapping in progress")
+
+
+class GetPfnWhileMapped(ModelKernel):
+    """get_pfn forgets restriction 2: it hands out pages of a mapped file."""
+
+    def get_pfn(self, fd: int, index: int) -> int:
+        f, inode, r = self._restricted(fd)
+        self._alive(r)
+        if index >= inode.size >> 12:
+            raise kernel_error(errno.EINVAL, "beyond the file")
+        if f.mapped_pages:
+            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
+        return self._take_page(inode, index)
+
+
+class PutPfnForgets(ModelKernel):
+    """put_pfn checks that a reference is held, and forgets to drop it."""
+
+    def put_pfn(self, fd: int, index: int) -> int:
+        _, inode, _ = self._restricted(fd)
+        if inode.refs[index] == 0:
+            raise kernel_error(errno.EINVAL, "no reference")
+        return 0
+
+
+class GuestAccessLeaks(ModelKernel):
+    """A private guest access forgets KVM's put_pfn after the access."""
+
+    def _step_guest_access(self, actor: str, p: Pending) -> Outcome | Pending:
+        if p.phase == "put":
+            return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
+        return super()._step_guest_access(actor, p)
+
+
+class DoubleReference(ModelKernel):
+    """get_pfn takes two references on the page."""
+
+    def _take_page(self, inode: Inode, index: int) -> int:
+        pfn = super()._take_page(inode, index)
+        inode.refs.set(index, index + 1, inode.refs[index] + 1)
+        return pfn
+
+
+class KvmAbortKeepsPending(ModelKernel):
+    """KVM's notifier ignores mmap_abort: its memslot stays 'mapping in progress'."""
+
+    def _kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
+        if event == "mmap_abort":
+            return 0
+        return super()._kvm_notifier(kvm, n, event, first, last)
+
+
+class MmapIgnoresConversion(ModelKernel):
+    """KVM's mmap_start does not refuse while a conversion is running."""
+
+    def _kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
+        if event == "mmap_start" and kvm.converting and kvm.type not in NO_NONZERO_AFTER_LAUNCH:
+            if not self._slot_all_shared(kvm, kvm.memslots[n.slot]):
+                return errno.EPERM
+            kvm.mmap_pending.add(n.slot)
+            return 0
+        return super()._kvm_notifier(kvm, n, event, first, last)
+
+
+class MmapDropsLocks(ModelKernel):
+    """mmap lets go of the mmap_lock and the file lock while it calls the notifiers."""
+
+    def _step_mmap(self, actor: str, p: Pending) -> Outcome | Pending:
+        q = super()._step_mmap(actor, p)
+        if p.phase == "begin" and isinstance(q, Pending):
+            self.state.mm_lock = None
+            for ino in [i for i, a in self.state.file_locks.items() if a == actor]:
+                del self.state.file_locks[ino]
+        return q
+
+
+class UnmapKeepsHasMapping(ModelKernel):
+    """munmap of the whole mapping forgets to clear has_mapping."""
+
+    def _vmas_closed(self, runs: list[tuple[int, int, Any]]) -> None:
+        before = {}
+        for _, _, m in runs:
+            if self._is_restricted(m):
+                inode = self.state.inodes[self.state.files[m.file].inode]
+                assert inode.restricted is not None
+                before[inode.ino] = inode.restricted.has_mapping
+        super()._vmas_closed(runs)
+        for ino, had in before.items():
+            r = self.state.inodes[ino].restricted
+            assert r is not None
+            r.has_mapping = had
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    about: str
+    factory: Callable[[str], ModelKernel]
+    catches: frozenset[str]  # the promises it breaks on seed_default (any of them may come first)
+
+
+def _design(d: type[Seed]) -> Callable[[str], ModelKernel]:
+    return lambda _name: ModelKernel(d())
+
+
+def _kernel(cls: type[ModelKernel]) -> Callable[[str], ModelKernel]:
+    return cls
+
+
+MUTANTS: dict[str, Mutant] = {m.name: m for m in [
+    Mutant("no-has-mapping", "has_mapping is never set (defect 1 alone)", _design(_NoHasMapping),
+           frozenset({"P2", "P3", "P4", "P1"})),
+    Mutant("mmap-end-to-last", "mmap_end reaches the last notifier only (defect 2 alone)",
+           _design(_EndToLast), frozenset({"P5"})),
+    Mutant("has-mapping-after-mmap-end", HasMappingAfterEnd.__doc__ or "", _kernel(HasMappingAfterEnd),
+           frozenset({"P2", "P4"})),
+    Mutant("abort-forward", AbortForward.__doc__ or "", _kernel(AbortForward), frozenset({"P5"})),
+    Mutant("abort-the-refuser", AbortTheRefuser.__doc__ or "", _kernel(AbortTheRefuser), frozenset({"P5"})),
+    Mutant("kvm-maps-private", KvmMapsPrivate.__doc__ or "", _kernel(KvmMapsPrivate), frozenset({"P2"})),
+    Mutant("convert-while-starting", ConvertWhileStarting.__doc__ or "", _kernel(ConvertWhileStarting),
+           frozenset({"P2", "P4"})),
+    Mutant("convert-while-mapped", ConvertWhileMapped.__doc__ or "", _kernel(ConvertWhileMapped),
+           frozenset({"P2", "P4"})),
+    Mutant("get-pfn-while-mapped", GetPfnWhileMapped.__doc__ or "", _kernel(GetPfnWhileMapped),
+           frozenset({"P2"})),
+    Mutant("put-pfn-forgets", PutPfnForgets.__doc__ or "", _kernel(PutPfnForgets), frozenset({"P6"})),
+    Mutant("guest-access-leaks", GuestAccessLeaks.__doc__ or "", _kernel(GuestAccessLeaks),
+           frozenset({"P6"})),
+    Mutant("double-reference", DoubleReference.__doc__ or "", _kernel(DoubleReference), frozenset({"P6"})),
+    Mutant("kvm-abort-keeps-pending", KvmAbortKeepsPending.__doc__ or "", _kernel(KvmAbortKeepsPending),
+           frozenset({"P5"})),
+    Mutant("mmap-ignores-conversion", MmapIgnoresConversion.__doc__ or "", _kernel(MmapIgnoresConversion),
+           frozenset({"P2", "P4"})),
+    Mutant("mmap-drops-locks", MmapDropsLocks.__doc__ or "", _kernel(MmapDropsLocks),
+           frozenset({"P3", "P5"})),
+    Mutant("unmap-keeps-has-mapping", UnmapKeepsHasMapping.__doc__ or "", _kernel(UnmapKeepsHasMapping),
+           frozenset({"P8"})),
+]}
+
+
+def mutant(name: str) -> Mutant:
+    try:
+        return MUTANTS[name]
+    except KeyError:
+        raise UsageError(f"unknown mutant {name!r} (known: {', '.join(MUTANTS)})") from None

@@ -1,0 +1,175 @@
+"""The promises the checker proves or refutes (docs/CHECKER.md has the full text).
+
+Each promise is judged on what the model states about itself (model/observe.py):
+the events a step recorded (audit events, notifier calls), and the facts of a
+state (private pages, host references, mappings, outstanding references,
+pKVM ownership).  Which promises apply is the design's answer
+(Design.promises()); a scenario may narrow them.
+
+* P1..P3, P7 are state or event invariants, checked after every step;
+* P4 compares a step's before and after;
+* P5 follows every notifier through the protocol (the monitor below) and is
+  judged when an mmap's protocol ends;
+* P6 is judged in the states where every actor has finished;
+* P8 is a property of the whole state graph (explore.py): from every
+  reachable state, every actor can still finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+PROMISES: dict[str, str] = {
+    "P1": "host userspace never reads or writes the bytes of a private page",
+    "P2": "while a restricted file is mapped, no page bound to it is private and no new "
+          "get_pfn reference is taken",
+    "P3": "at most one mapping of a seed (restricted) file",
+    "P4": "no page becomes private while a host reference or pin on it is held",
+    "P5": "every mmap_start is answered by exactly one mmap_end or mmap_abort, aborts in "
+          "reverse order",
+    "P6": "no reference is leaked: none is outstanding once every actor has finished",
+    "P7": "pKVM page ownership stays consistent",
+    "P8": "no deadlock: from every reachable state, every actor can still finish",
+}
+ORDER = tuple(PROMISES)
+
+
+@dataclass(frozen=True)
+class Violation:
+    promise: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.promise}: {self.message}"
+
+
+# An observer: the value of one model hook (model/observe.py) in a state.
+Observe = Callable[[str], Any]
+
+
+def _pages(first: int, last: int) -> str:
+    return f"page {first}" if last == first + 1 else f"pages {first}..{last - 1}"
+
+
+# --- events of one step --------------------------------------------------------------------------
+
+
+def event_violations(events: tuple[tuple[Any, ...], ...], active: frozenset[str]) -> list[Violation]:
+    out = []
+    for ev in events:
+        kind = ev[0]
+        if kind == "host_access_private" and "P1" in active:
+            out.append(Violation("P1", f"host userspace {'wrote' if ev[1] == 'write' else 'read'} "
+                                       f"private page {ev[3]} of inode {ev[2]}"))
+        elif kind == "private_while_mapped" and "P2" in active:
+            out.append(Violation("P2", f"a page of inode {ev[1]} (from page {ev[2]}) became private "
+                                       "while the file is mapped"))
+        elif kind == "get_pfn_while_mapped" and "P2" in active:
+            out.append(Violation("P2", f"get_pfn took a new reference on page {ev[2]} of inode {ev[1]} "
+                                       "while the file is mapped"))
+    return out
+
+
+# --- P5: the notifier protocol, per file --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Where one file's mmap notifier protocol stands: the notifiers whose
+    mmap_start succeeded and that have had no answer yet (in call order), and
+    whether a notifier has refused (then only aborts may follow)."""
+
+    started: tuple[str, ...] = ()
+    refused: bool = False
+
+
+EMPTY = Protocol()
+
+
+def protocol_step(p: Protocol, ev: tuple[Any, ...]) -> tuple[Protocol, list[str]]:
+    """Follow one notify/mmap_done event; the protocol's new state and what it broke."""
+    bad: list[str] = []
+    if ev[0] == "mmap_done":
+        if p.started:
+            names = ", ".join(p.started)
+            bad.append(f"the mmap {'failed' if ev[2] else 'succeeded'} and notifier(s) {names} saw "
+                       "mmap_start and neither mmap_end nor mmap_abort")
+        return EMPTY, bad
+    _, _, name, event, err = ev
+    started = p.started
+    if event == "mmap_start":
+        if name in started:
+            bad.append(f"notifier {name} got a second mmap_start before an answer to the first")
+        if err:
+            return Protocol(started, True), bad
+        return Protocol((*started, name), p.refused), bad
+    if event == "mmap_end":
+        if name not in started:
+            bad.append(f"notifier {name} got mmap_end without an unanswered successful mmap_start")
+        elif p.refused:
+            bad.append(f"notifier {name} got mmap_end although a notifier refused the mapping")
+        return Protocol(tuple(n for n in started if n != name), p.refused), bad
+    if event == "mmap_abort":
+        if name not in started:
+            bad.append(f"notifier {name} got mmap_abort without an unanswered successful mmap_start "
+                       "(the notifier that refuses gets neither)")
+        elif started[-1] != name:
+            bad.append(f"notifier {name} got mmap_abort before {started[-1]}, which started after it: "
+                       "aborts must go in reverse order")
+        return Protocol(tuple(n for n in started if n != name), p.refused), bad
+    return p, bad
+
+
+def kvm_pending_violations(ino: int, pending: tuple[tuple[int, int, int], ...]) -> list[Violation]:
+    """After an mmap of inode ino ended, KVM must not still wait for its end."""
+    return [Violation("P5", f"KVM's notifier for memslot {slot & 0xFFFF} of VM {vm} still waits for "
+                            f"mmap_end/mmap_abort after the mmap of inode {ino} ended: conversions "
+                            "of its gfns are refused for good")
+            for vm, slot, i in pending if i == ino]
+
+
+# --- states ------------------------------------------------------------------------------------------
+
+
+def state_violations(obs: Observe, active: frozenset[str]) -> list[Violation]:
+    out = []
+    if "P2" in active or "P3" in active:
+        mappings = obs("mapping_counts")
+        if "P3" in active:
+            out += [Violation("P3", f"inode {ino} has {n} mappings") for ino, n in mappings if n > 1]
+        if "P2" in active and mappings:
+            mapped = {ino for ino, n in mappings if n}
+            out += [Violation("P2", f"inode {ino} is mapped while its {_pages(s, e)} "
+                                    f"{'is' if e == s + 1 else 'are'} private")
+                    for ino, s, e in obs("private_pages") if ino in mapped]
+    if "P7" in active:
+        out += [Violation("P7", p) for p in obs("pkvm_problems")]
+    return out
+
+
+def newly_private_violations(before: Observe, after: Observe) -> list[Violation]:
+    """P4: pages private after the step and not before, with a host reference held."""
+    old, new = before("private_pages"), after("private_pages")
+    if old == new:
+        return []
+    was = {(ino, i) for ino, s, e in old for i in range(s, e)}
+    fresh = {(ino, i) for ino, s, e in new for i in range(s, e)} - was
+    if not fresh:
+        return []
+    out = []
+    for ino, s, e, n in after("host_references"):
+        hit = sorted(i for i in range(s, e) if (ino, i) in fresh)
+        if hit:
+            out.append(Violation("P4", f"{_pages(hit[0], hit[-1] + 1)} of inode {ino} became private "
+                                       f"with {n} host reference(s) (mappings or pins) held"))
+    return out
+
+
+def terminal_violations(obs: Observe, active: frozenset[str]) -> list[Violation]:
+    if "P6" not in active:
+        return []
+    return [Violation("P6", f"{n} reference(s) on {_pages(s, e)} of inode {ino} outstanding after "
+                            "every actor finished")
+            for ino, s, e, n in obs("outstanding_references")]

@@ -1,0 +1,510 @@
+"""Reductions that keep the verdict exact: partial orders and symmetry.
+
+Partial-order reduction (ample sets).  In a state s, one actor's step t may be
+explored alone, the others' steps postponed, when
+
+* C1: t commutes with everything the other actors can do before this actor
+  moves again: t's components (its actual reads and writes at s, which the
+  engine records) are disjoint from the footprints of every operation left in
+  the others' programs (FOOTPRINTS, a static over-approximation by component
+  class), except for actors that cannot move until this one releases the
+  mmap_lock it holds;
+* C2: t writes nothing a state promise looks at (VISIBLE: what the promise
+  hooks read); event promises (P1, P2's events, P5) are judged on the step
+  itself, which commutes;
+* C3: t leads to a state not yet visited (explore.py checks; otherwise the
+  state is fully expanded), so no step is postponed forever around a cycle.
+
+The footprint table is the one piece of knowledge about the model here; every
+step the explorer takes is checked against it (a step touching a class its
+operation does not declare stops the run with an internal error, so a stale
+table cannot silently give a wrong verdict), and tests compare the reduced
+search with the full one.
+
+Symmetry: see Symmetries below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..model.steps import StepOps
+from .codec import Key
+
+
+class ReductionError(RuntimeError):
+    """The footprint table does not cover what the model did: a checker bug."""
+
+
+def klass(key: Key) -> str:
+    """A component's class: its key without object ids (e.g. "inodes.refs")."""
+    t = key[0]
+    if t == "s":
+        return str(key[1])
+    if t == "k":
+        return f"{key[1]}#keys"
+    if t in ("e", "o") and key[1] == "pending":
+        return f"pending:{key[2]}"
+    if t == "e":
+        return str(key[1])
+    if t == "o":
+        return ".".join((key[1], *(str(x) for x in key[3:])))
+    if t == "a":
+        return f"actor:{key[1]}"
+    return "monitor"
+
+
+ALL = frozenset({"*"})
+# What every step may read: its arguments' fds and files, and the locks.
+COMMON = frozenset({"fds", "fds#keys", "files", "files#keys", "files.inode", "files.kind", "files.id",
+                    "files.vm", "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "mm_lock",
+                    "file_locks", "file_locks#keys", "vms", "vms#keys", "vms.id"})
+_PAGES = frozenset({"inodes.pages", "inodes.pfns", "inodes.refs", "next_pfn"})
+_RESTRICTED = frozenset({"inodes.restricted", "inodes.restricted.destroyed",
+                         "inodes.restricted.has_mapping", "inodes.size", "files.mapped_pages"})
+_KVM = frozenset({"vms.attributes", "vms.gfn_slots", "vms.memslots", "vms.type", "vms.converting",
+                  "vms.mmap_pending"})
+_HOST = frozenset({"vmas", "overlays", "overlays#keys", "overlay_pages", "files.bindings", "inodes.size",
+                   "inodes.flags", "inodes.mode", "inodes.restricted", "inodes.restricted.destroyed",
+                   "vms.attributes", "vms.memslots", "vms.gfn_slots"})
+# op -> (classes it may read, classes it may write).  Operations not listed
+# (and the ones whose effects reach far: mmap, munmap, close, memslots, ...)
+# are taken to touch everything: no step is ever postponed across them.
+FOOTPRINTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "get_pfn": (COMMON | _RESTRICTED, _PAGES),
+    "put_pfn": (COMMON | _RESTRICTED, frozenset({"inodes.refs"})),
+    "wait_unreferenced": (COMMON | _RESTRICTED | _PAGES, frozenset()),
+    "set_memory_attributes": (COMMON | _RESTRICTED | _KVM, frozenset({"vms.attributes", "vms.converting"})),
+    "guest_access": (COMMON | _RESTRICTED | _KVM | _HOST | _PAGES,
+                     _PAGES | frozenset({"overlays", "overlays#keys", "overlay_pages"})),
+    "read_mem": (COMMON | _HOST | _PAGES, frozenset({"inodes.pages", "overlays"})),
+    "write_mem": (COMMON | _HOST | _PAGES, frozenset({"inodes.pages", "overlays"})),
+    "file_state": (COMMON | _RESTRICTED | _PAGES | _HOST, frozenset()),
+    "notifier_log": (COMMON | _RESTRICTED | {"inodes.restricted.log"}, frozenset()),
+}
+# mmap and munmap of a file that stays open: the host address space, the
+# file's mapping state and its notifier protocol (KVM's notifiers included).
+_MAP_READS = COMMON | _RESTRICTED | _KVM | frozenset({
+    "inodes.mode", "inodes.flags", "inodes.refs", "inodes.restricted.notifiers", "inodes.restricted.log",
+    "vmas", "map_count", "max_map_count", "free_area", "cached_hole", "next_id", "files.bindings",
+    "files.fds", "files.holders", "files.released", "overlays", "overlays#keys", "overlay_pages",
+    "overlay_pages#keys"})
+_MAP_WRITES = frozenset({
+    "mm_lock", "file_locks", "file_locks#keys", "vmas", "map_count", "free_area", "cached_hole",
+    "files.mapped_pages", "inodes.restricted.has_mapping", "inodes.restricted.destroyed",
+    "vms.mmap_pending", "monitor", "overlays", "overlays#keys", "overlay_pages", "overlay_pages#keys",
+    "next_id"})
+# Operations after which a munmap may release a file (the last reference to a
+# struct file going with its mapping): with them, mmap and munmap touch everything.
+RELEASING = frozenset({"close", "dup", "memfd_create", "memfd_restricted", "create_guest_memfd",
+                       "create_vm", "create_vcpu", "open_kvm", "set_user_memory_region",
+                       "set_user_memory_region2"})
+
+
+def footprints(actions: Iterable[Any], releasing: bool) -> list[tuple[frozenset[str], frozenset[str]]]:
+    out = []
+    for act in actions:
+        if act.op in ("mmap", "munmap") and not releasing and \
+                not (act.op == "mmap" and "ANONYMOUS" in str(dict(act.args).get("flags", "")).upper()):
+            out.append((_MAP_READS, _MAP_WRITES))
+        else:
+            out.append(FOOTPRINTS.get(act.op, (ALL, ALL)))
+    return out
+
+
+# Classes that are an actor's own (its state, its operation in progress), and
+# key sets that steps change by adding or removing their own keys only.
+COMMUTATIVE = frozenset({"pending#keys"})
+# What the state promises' hooks read (model/observe.py): a step writing one
+# of these may change a promise's truth and is never explored alone.
+VISIBLE = frozenset({"vms", "vms#keys", "vms.attributes", "vms.memslots", "vms.id", "files", "files#keys",
+                     "files.inode", "files.mapped_pages", "vmas", "inodes", "inodes#keys",
+                     "inodes.ino", "inodes.kind"})
+
+
+def _private(c: str) -> bool:
+    return c.startswith(("actor:", "pending:"))
+
+
+def _covered(classes: Iterable[str], allowed: frozenset[str]) -> list[str]:
+    return [c for c in classes if not _private(c) and c not in COMMUTATIVE and c != "monitor"
+            and c not in allowed]
+
+
+class PartialOrder:
+    def __init__(self, engine: Any) -> None:
+        self.e = engine
+        self.prog = engine.prog
+        self._classes: list[str] = []
+        self._checked: set[int] = set()
+        n = len(self.prog.names)
+        releasing = any(act.op in RELEASING or (act.op == "mmap" and "ANONYMOUS" in
+                                                 str(dict(act.args).get("flags", "")).upper())
+                        for actor in self.prog.actors for act in actor.actions)
+        # Each step's footprint, and that of the rest of each actor's program.
+        self.own: list[list[tuple[frozenset[str], frozenset[str]]]] = []
+        self.future: list[list[tuple[frozenset[str], frozenset[str]]]] = []
+        for i in range(n):
+            own = footprints(self.prog.actors[i].actions, releasing)
+            rows = []
+            reads: frozenset[str] = frozenset()
+            writes: frozenset[str] = frozenset()
+            for r, w in reversed(own):
+                reads, writes = reads | r, writes | w
+                rows.append((reads, writes))
+            rows.reverse()
+            rows.append((frozenset(), frozenset()))
+            self.own.append(own)
+            self.future.append(rows)
+        self.mm_ops = StepOps.MM_OPS
+        self.mm_slot = engine.t.slot(("s", "mm_lock"))
+
+    def cls(self, slot: int) -> str:
+        while len(self._classes) <= slot:
+            self._classes.append(klass(self.e.t.keys[len(self._classes)]))
+        return self._classes[slot]
+
+    def footprint(self, r: Any) -> tuple[set[str], set[str]]:
+        reads = {self.cls(j) for j in r.reads}
+        writes = {self.cls(j) for j, _ in r.writes} | {self.cls(j) for j, _, _ in r.keys}
+        if any(ev[0] in ("notify", "mmap_done") for ev in r.events):
+            writes.add("monitor")
+        return reads, writes
+
+    def _validate(self, i: int, pc: int, reads: set[str], writes: set[str]) -> None:
+        r, w = self.own[i][pc]
+        if "*" in r:
+            return
+        bad = _covered(writes, w) + _covered(reads, r | w)
+        if bad:
+            op = self.prog.actors[i].actions[pc].op
+            raise ReductionError(f"the partial-order footprint of {op} does not cover {sorted(set(bad))}: "
+                                 "update checker/reduce.py FOOTPRINTS or run with --no-por")
+
+    def ample(self, s: tuple[int, ...], succs: list[tuple[int, Any]]) -> tuple[int, Any] | None:
+        mm_holder = self.e.t.values[s[self.mm_slot]] if self.mm_slot < len(s) else None
+        for i, r in succs:
+            a = self.e.actor_state(s, i)
+            reads, writes = self.footprint(r)
+            if id(r) not in self._checked:
+                self._validate(i, a.pc, reads, writes)
+                self._checked.add(id(r))
+            if self._safe(s, i, reads, writes, mm_holder):
+                return i, r
+        return None
+
+    def _safe(self, s: tuple[int, ...], i: int, reads: set[str], writes: set[str], mm_holder: Any) -> bool:
+        writes = {c for c in writes if not _private(c) and c not in COMMUTATIVE}
+        reads = {c for c in reads if not _private(c)}
+        if writes & VISIBLE:
+            return False
+        me = self.prog.names[i]
+        for b in range(len(self.prog.names)):
+            if b == i:
+                continue
+            st = self.e.actor_state(s, b)
+            if self.prog.done(b, st):
+                continue
+            if not st.busy and mm_holder == me and self.prog.action(b, st).op in self.mm_ops:
+                continue  # cannot move before actor i releases the mmap_lock
+            fr, fw = self.future[b][st.pc]
+            if "*" in fr or "*" in fw:
+                return False
+            if writes & (fr | fw) or reads & fw or ("monitor" in writes and "monitor" in fw):
+                return False
+        return True
+
+
+class NotSymmetric(Exception):
+    """This state (or scenario) cannot be permuted: it is its own representative."""
+
+
+# Component classes a page permutation leaves alone (whole-file or page-free
+# facts); any other class present in a state stops the reduction for that state.
+INVARIANT = frozenset({
+    "fds", "fds#keys", "files", "files#keys", "files.id", "files.kind", "files.inode", "files.fds",
+    "files.mapped_pages", "files.holders", "files.pos", "files.vm", "files.vcpu", "files.released",
+    "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "inodes.mode", "inodes.size", "inodes.nlink",
+    "inodes.flags", "inodes.vm", "inodes.files", "inodes.restricted", "inodes.restricted.has_mapping",
+    "inodes.restricted.destroyed", "inodes.restricted.notifiers", "inodes.restricted.log",
+    "vms", "vms#keys", "vms.id", "vms.type", "vms.refs", "vms.alive", "vms.memslots", "vms.gfn_slots",
+    "vms.vcpus", "vms.exit_hypercall", "vms.mmap_pending", "vms.launched", "vms.converting",
+    "map_count", "max_map_count", "free_area", "cached_hole", "anon_ino", "next_id", "next_pfn",
+    "overlays#keys", "overlay_pages#keys", "file_locks#keys", "monitor"})
+
+
+class Symmetries:
+    """Symmetry reduction over interchangeable pages.
+
+    A scenario's [[symmetry]] says that permuting some pages of the file $f
+    (with the gfns bound to them) together with the actors working on them
+    maps the scenario onto itself.  Then states that differ by such a
+    permutation have the same future up to renaming, and the promises do not
+    care which page is which: the explorer keeps one representative per orbit
+    (the image with the smallest fingerprint).  The declaration is verified:
+    each actor's program must be the permuted program of its image, and the
+    initial state must be a fixpoint.  A state holding something the
+    permutation cannot carry (a mapping of part of the pages, a page-indexed
+    component it does not know) is its own representative, which only costs
+    reduction, never exactness.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.e = engine
+        n = len(engine.prog.names)
+        self.perms: list[tuple[int, ...]] = [tuple(range(n))]
+        self.pages: list[dict[int, int]] = [{}]
+        self._memo: dict[tuple[int, int, int], tuple[int, int]] = {}
+        sc = engine.scenario
+        if not sc.symmetry:
+            return
+        from itertools import permutations, product
+
+        names = list(engine.prog.names)
+        decls = []
+        for sym in sc.symmetry:
+            decls.append([(tuple(names.index(a) for a in sym.actors), sym.pages, order)
+                          for order in permutations(range(len(sym.pages)))])
+        for combo in product(*decls):
+            actor = list(range(n))
+            page: dict[int, int] = {}
+            for idx, pages, order in combo:
+                for x, y in enumerate(order):
+                    actor[idx[x]] = idx[y]
+                    page[pages[x]] = pages[y]
+            g = tuple(actor)
+            if g != tuple(range(n)):
+                self.perms.append(g)
+                self.pages.append(page)
+        self._context()
+        self._check_programs()
+        s0 = engine.initial
+        for gi in range(1, len(self.perms)):
+            if self._image(s0, gi) != s0:
+                raise NotSymmetric(f"the setup is not symmetric under {self._show(gi)}")
+
+    def _show(self, gi: int) -> str:
+        names = self.e.prog.names
+        return ", ".join(f"{names[a]}->{names[b]}" for a, b in enumerate(self.perms[gi]) if a != b) + \
+            "; pages " + ", ".join(f"{a}->{b}" for a, b in sorted(self.pages[gi].items()) if a != b)
+
+    # --- what the permutation acts on ---------------------------------------------------------
+
+    def _context(self) -> None:
+        """The file's inode and the gfn of every page of it, from the initial state."""
+        comps = self.e.t.components(self.e.initial)
+        env = self.e.prog.env
+        if not isinstance(env.get("f"), int):
+            raise NotSymmetric("symmetry needs the file $f of a configured setup")
+        fid = comps[("e", "fds", env["f"])]
+        self.fid = fid
+        self.ino = comps[("o", "files", fid, "inode")]
+        self.gfn_of: dict[int, dict[int, int]] = {}  # vm -> page -> gfn
+        for key, value in comps.items():
+            if key[0] == "o" and key[1] == "vms" and len(key) == 4 and key[3] == "memslots":
+                from .codec import unpack
+
+                for slot in unpack(value).values():
+                    if slot.private_file == fid:
+                        for p in range(slot.private_pgoff, slot.private_pgoff + slot.npages):
+                            self.gfn_of.setdefault(key[2], {})[p] = slot.base_gfn + p - slot.private_pgoff
+        self.page_of = {vm: {g: p for p, g in m.items()} for vm, m in self.gfn_of.items()}
+        changing = {"set_user_memory_region", "set_user_memory_region2", "close", "dup"}
+        for actor in self.e.prog.actors:
+            for act in actor.actions:
+                if act.op in changing:
+                    raise NotSymmetric(f"actor {actor.name} changes memslots or files ({act.op})")
+
+    def _check_programs(self) -> None:
+        for gi in range(1, len(self.perms)):
+            for a, actor in enumerate(self.e.prog.actors):
+                image = self.e.prog.actors[self.perms[gi][a]]
+                mine = [self._norm_action(act, gi) for act in actor.actions]
+                theirs = [self._norm_action(act, 0) for act in image.actions]
+                if mine != theirs:
+                    raise NotSymmetric(f"actor {actor.name}'s program, with its pages permuted, is not "
+                                       f"actor {image.name}'s ({self._show(gi)})")
+
+    def _norm_action(self, act: Any, gi: int) -> Any:
+        from .scenario import REF, resolve
+
+        args = {}
+        env = self.e.prog.env
+        for k, v in act.args:
+            value: Any = v
+            if isinstance(v, str) and v.startswith("$"):
+                m = REF.match(v.strip())
+                if m and m.group(1) in env:
+                    value = resolve(v, env)
+            args[k] = value
+        page = self.pages[gi]
+        P = 4096
+        if act.op in ("get_pfn", "put_pfn") and isinstance(args.get("index"), int):
+            args["index"] = page.get(args["index"], args["index"])
+        for key in ("gpa", "address"):
+            if isinstance(args.get(key), int):
+                args[key] = self._gpa(args[key], gi, args.get("size", args.get("length", 1)))
+        if isinstance(args.get("addr"), str):
+            m = REF.match(args["addr"].strip())
+            if m and m.group(3):
+                off = int(m.group(3), 0) * (1 if m.group(2) == "+" else -1)
+                length = args.get("length", P) if isinstance(args.get("length"), int) else P
+                if (off + length - 1) // P == off // P:
+                    p = off // P
+                    args["addr"] = (m.group(1), page.get(p, p) * P + off % P)
+        return (act.op, tuple(sorted((k, repr(v)) for k, v in args.items())), act.bind, act.retry, act.needs)
+
+    def _gpa(self, gpa: int, gi: int, size: Any) -> int:
+        page = self.pages[gi]
+        for _vm, pages in self.page_of.items():
+            gfn = gpa >> 12
+            if gfn in pages and (not isinstance(size, int) or ((gpa & 4095) + size + 4095) >> 12 == 1):
+                q = page.get(pages[gfn], pages[gfn])
+                return (self.gfn_of[_vm][q] << 12) | (gpa & 4095)
+        return gpa
+
+    # --- permuting states -----------------------------------------------------------------------
+
+    def actor_perm(self, p: int) -> tuple[int, ...]:
+        return self.perms[p]
+
+    def canonical(self, s: tuple[int, ...], fp: int, fps: Any) -> tuple[tuple[int, ...], int, int]:
+        if len(self.perms) == 1:
+            return s, fp, 0
+        from .fingerprint import Fingerprints
+
+        if fps is None:
+            fps = self._fps = getattr(self, "_fps", None) or Fingerprints(self.e.t)
+            fp = fps.of(s)
+            exact = False
+        else:
+            exact = True
+        best, best_fp, best_g = s, fp, 0
+        for gi in range(1, len(self.perms)):
+            try:
+                image = self._image(s, gi)
+            except NotSymmetric:
+                return s, (fp if exact else 0), 0
+            from .explore import _changes
+
+            ifp = fps.update(fp, _changes(s, image))
+            if ifp < best_fp:
+                best, best_fp, best_g = image, ifp, gi
+        return best, (best_fp if exact else 0), best_g
+
+    def _image(self, s: tuple[int, ...], gi: int) -> tuple[int, ...]:
+        from .codec import normal
+
+        out = [0] * len(s)
+        t = self.e.t
+        for slot, vid in enumerate(s):
+            if not vid:
+                continue
+            k = (gi, slot, vid)
+            r = self._memo.get(k)
+            if r is None:
+                key, value = self._permute(t.keys[slot], t.values[vid], gi)
+                r = self._memo[k] = (t.slot(key), t.intern(value))
+            ns, nv = r
+            if ns >= len(out):
+                out.extend([0] * (ns + 1 - len(out)))
+            out[ns] = nv
+        return normal(out)
+
+    def _permute(self, key: Any, value: Any, gi: int) -> tuple[Any, Any]:
+        from .codec import pack, unpack
+
+        names = self.e.prog.names
+        sigma = {names[a]: names[b] for a, b in enumerate(self.perms[gi])}
+        page = self.pages[gi]
+        c = klass(key)
+        if key[0] == "a":
+            return ("a", sigma[key[1]]), value
+        if c.startswith("pending:"):
+            return (key[0], "pending", sigma[key[2]]), self._pending(value, gi)
+        if c == "pending#keys":
+            return key, tuple(sorted(sigma.get(a, a) for a in value))
+        if c in ("mm_lock", "file_locks"):
+            return key, sigma.get(value, value) if isinstance(value, str) else value
+        if key[0] == "o" and key[1] == "inodes" and key[2] == self.ino and c in (
+                "inodes.pages", "inodes.refs", "inodes.pfns"):
+            rm = unpack(value)
+            old = {p: rm[p] for p in page}
+            for p, q in page.items():
+                v = old[p]
+                if c == "inodes.pfns" and v is not None:
+                    v = v + p - q  # the pfn stays with the page's contents
+                rm.set(q, q + 1, v)
+            return key, pack(rm)
+        if c == "vms.attributes":
+            gfns = self.gfn_of.get(key[2], {})
+            rm = unpack(value)
+            old = {p: rm[gfns[p]] for p in page if p in gfns}
+            for p, q in page.items():
+                if p in gfns and q in gfns:
+                    rm.set(gfns[q], gfns[q] + 1, old[p])
+            return key, pack(rm)
+        if c == "files.bindings" and key[2] == self.fid:
+            rm = unpack(value)
+            if len({rm[p] for p in page}) > 1:
+                raise NotSymmetric("interchangeable pages in different memslots")
+            return key, value
+        if c == "vmas":
+            self._check_vmas(unpack(value), page)
+            return key, value
+        if c in ("overlays", "overlay_pages"):
+            raise NotSymmetric("a private mapping holds copies of pages")
+        if c in INVARIANT or key[0] == "m":
+            return key, value
+        if c in ("inodes.pages", "inodes.refs", "inodes.pfns", "files.bindings", "vms.attributes"):
+            return key, value  # another file's pages
+        raise NotSymmetric(f"no rule to permute {c}")
+
+    def _check_vmas(self, vmas: Any, page: dict[int, int]) -> None:
+        for s, e, m in vmas.runs():
+            if m is None or m.file != self.fid:
+                continue
+            covered = {p for p in page if s + m.delta <= p < e + m.delta}
+            if covered and len(covered) != len(page):
+                raise NotSymmetric("a mapping covers some of the interchangeable pages only")
+
+    def _pending(self, p: Any, gi: int) -> Any:
+        from dataclasses import replace
+
+        page = self.pages[gi]
+        if p.op in ("mmap", "munmap"):
+            return p
+        args = dict(p.args)
+        if p.op == "guest_access":
+            args["gpa"] = self._gpa(args["gpa"], gi, args["length"])
+            plan = p.plan
+            if plan is not None:
+                vm, key, gfn, index = plan
+                q = page.get(index, index)
+                gfns = self.gfn_of.get(vm, {})
+                plan = (vm, key, gfns.get(q, gfn) if index in page else gfn, q)
+            return replace(p, args=tuple(sorted(args.items())), plan=plan)
+        if p.op == "set_memory_attributes":
+            first = args["address"] >> 12
+            last = (args["address"] + args["size"]) >> 12
+            pages = {self.page_of.get(vm, {}).get(g) for vm in self.page_of for g in range(first, last)}
+            pages.discard(None)
+            moved = pages & set(page)
+            if not moved:
+                return p
+            if last - first != 1:
+                if moved == set(page):
+                    return p
+                raise NotSymmetric("a conversion covers some of the interchangeable pages only")
+            args["address"] = self._gpa(args["address"], gi, args["size"])
+            plan = p.plan
+            if plan is not None:
+                vm, _first, _last, attr = plan
+                g = args["address"] >> 12
+                plan = (vm, g, g + 1, attr)
+            return replace(p, args=tuple(sorted(args.items())), plan=plan)
+        if p.op in ("get_pfn", "put_pfn"):
+            args["index"] = page.get(args["index"], args["index"])
+            return replace(p, args=tuple(sorted(args.items())))
+        raise NotSymmetric(f"no rule to permute an operation {p.op} in progress")
