@@ -159,3 +159,6 @@ def test_cli_run_main_job() -> None:
     proc = _cli("run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verdict: model and kernel agree" in proc.stdout.replace("\n", " ")
+    # The checker's verdicts on the default scenario (issue 6).
+    assert "checker: seed holds; seed-as-written violates P1, P2, P3, P4, P5, P8" in \
+        " ".join(proc.stdout.split())

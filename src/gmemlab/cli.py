@@ -88,6 +88,8 @@ def check(
                            "(default: counterexamples/SCENARIO-DESIGN.toml).")] = None,
     no_case: Annotated[bool, typer.Option("--no-case", help="Write no case file.")] = False,
     json_file: Annotated[str | None, typer.Option("--json", help="Also write the verdict here.")] = None,
+    mutant: Annotated[str | None, typer.Option(
+        "--mutant", help="Check a deliberately broken variant (gmemlab.checker.mutations).")] = None,
 ) -> None:
     """Explore every interleaving of a scenario's actors on the model; prove the
     promises or print the shortest counterexample (and write it as a case file)."""
@@ -99,7 +101,7 @@ def check(
         code = run_check(scenario, design, all_promises=all_promises, jobs=jobs,
                          fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                          max_states=max_states, case_out=None if no_case else (case_out or ""),
-                         json_file=json_file)
+                         json_file=json_file, mutant=mutant)
     except UsageError as exc:
         _fail_usage(str(exc))
         return

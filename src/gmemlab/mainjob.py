@@ -80,14 +80,54 @@ def main_job(host: bool = True) -> bool:
         failed = sum(r.status == "FAIL" for r in results)
         designs.add_row(name, str(len(results)), str(passed), f"[red]{failed}[/red]" if failed else "0")
     console.print(designs)
+    checked_ok = check_seed_designs(console)
     both = sum(r.verdict == "agree" for r in rows)
     model_only = sum(r.model.status == "PASS" and r.host.status == "SKIP" for r in rows)
     host_note = f"host skipped: {host_missing}" if host_missing else \
         f"{model_only} cases ran on the model only"
-    if failures:
+    if failures or not checked_ok:
         console.print(f"[bold red]verdict: {len(failures)} of {len(rows)} cases failed[/bold red] "
-                      f"({both} agree; {host_note})")
+                      f"({both} agree; {host_note})" + ("" if checked_ok else
+                                                       "; the checker's verdicts are not the expected ones"))
         return False
     console.print(f"[bold green]verdict: model and kernel agree on all {both} cases both ran[/bold green]"
                   f"; {host_note}; 0 failures")
     return True
+
+
+# What the checker must say about the seed designs on the default scenario
+# (docs/CHECKER.md): the intended design keeps every promise, the sketch as
+# written breaks these.
+EXPECTED = {"seed": [], "seed-as-written": ["P1", "P2", "P3", "P4", "P5", "P8"]}
+
+
+def check_seed_designs(console: Console) -> bool:
+    """Every interleaving of scenarios/seed_default.toml on seed and seed-as-written."""
+    from .checker import Options, check, load
+    from .checker.promises import PROMISES
+
+    sc = load("seed_default")
+    table = Table(title=f"the checker: every interleaving of scenarios/{sc.name}.toml "
+                        f"({len(sc.actors)} actors)")
+    for col in ("design", "verdict", "states", "transitions", "seconds", "shortest counterexamples"):
+        table.add_column(col, overflow="fold")
+    ok = True
+    said = []
+    for design, expected in EXPECTED.items():
+        v = check(sc, design, Options(all_promises=True))
+        broken = v.violated()
+        ok &= broken == expected and v.complete
+        said.append(f"{design} {'holds' if v.holds else 'violates ' + ', '.join(broken)}")
+        verdict = "[green]holds[/green]" if v.holds else f"[red]violates {', '.join(broken)}[/red]"
+        shortest = "; ".join(f"{c.promise} in {len(c.trace)} steps" for c in v.counterexamples) or \
+            f"all of {', '.join(sorted(v.promises))} hold"
+        table.add_row(design, verdict, f"{v.states:,}", f"{v.transitions:,}", f"{v.seconds:.2f}", shortest)
+    console.print(table)
+    for p, text in PROMISES.items():
+        console.print(f"  {p}: {text}", style="dim")
+    console.print("  a counterexample, step by step, and as a case file: "
+                  "gmemlab check seed_default --design seed-as-written", style="dim")
+    style = "green" if ok else "bold red"
+    console.print(f"[{style}]checker: {'; '.join(said)}"
+                  f"{'' if ok else ' (NOT the expected verdicts)'}[/{style}]")
+    return ok

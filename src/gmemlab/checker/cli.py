@@ -51,23 +51,29 @@ class ProgressDisplay:
 
 def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, fingerprints: bool,
               symmetry: bool, por: bool, memo: bool, max_states: int, case_out: str | None,
-              json_file: str | None) -> int:
+              json_file: str | None, mutant: str | None = None) -> int:
     """Check and print; the exit status (0 holds, 1 violated or incomplete)."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     sc = load(name).with_design(design)
     validate(sc)
+    factory = None
+    if mutant is not None:
+        from .mutations import mutant as find_mutant
+
+        m = find_mutant(mutant)
+        factory = m.factory
     options = Options(fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                       all_promises=all_promises, jobs=jobs, max_states=max_states)
     where = f" ({sc.path})" if sc.path else ""
     out.print(f"[bold]gmemlab check[/bold]: scenario [bold]{sc.name}[/bold]{where} on design "
-              f"[bold]{sc.design}[/bold]")
+              f"[bold]{sc.design}[/bold]" + (f", mutant [bold]{mutant}[/bold] ({m.about})" if mutant else ""))
     actors = ", ".join(f"{a.name} ({len(a.actions)} op{'s' if len(a.actions) > 1 else ''})"
                        for a in sc.actors)
     display = ProgressDisplay(err)
     start = time.perf_counter()
     try:
-        verdict = check(sc, options=options, progress=display)
+        verdict = check(sc, options=options, factory=factory, progress=display)
     finally:
         display.stop()
     elapsed = time.perf_counter() - start
@@ -79,7 +85,7 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
     replays: list[tuple[Any, Replay]] = []
     for cex in verdict.counterexamples:
         try:
-            replays.append((cex, replay_counterexample(sc, cex, active=verdict.promises)))
+            replays.append((cex, replay_counterexample(sc, cex, factory, active=verdict.promises)))
         except ReplayError as exc:
             out.print(f"[bold red]internal error[/bold red]: {exc}")
             return 3
@@ -98,7 +104,11 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
         except OSError as exc:
             out.print(f"[red]cannot write {path}: {exc.strerror}[/red]")
             return 2
-        out.print(f"case file: {path} (reproduce: gmemlab conform {path} --kernel model)")
+        if mutant:
+            out.print(f"case file: {path} (it reproduces on the mutant, not on design {sc.design}: "
+                      "tests/test_mutations.py runs such cases)")
+        else:
+            out.print(f"case file: {path} (reproduce: gmemlab conform {path} --kernel model)")
     if json_file:
         Path(json_file).write_text(json.dumps(verdict_json(verdict, elapsed), indent=2) + "\n")
     return 0 if verdict.holds else 1

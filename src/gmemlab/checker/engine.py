@@ -19,6 +19,7 @@ every transition instead; tests show both explore the same graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from ..model.steps import Outcome
@@ -72,7 +73,9 @@ class Engine:
         self.actor_slots = tuple(self.t.slot(("a", n)) for n in self.prog.names)
         self.initial = self.t.pack_state(comps)
         self.use_memo = memo
-        self.memo: dict[Any, list[tuple[tuple[int, ...], dict[tuple[int, ...], Any]]]] = {}
+        self.memo: dict[Any, list[tuple[tuple[int, ...], Any, dict[tuple[int, ...], Any]]]] = {}
+        self._spec: tuple[int, ...] = ()  # the slots read by the last step or observer looked up
+        self._private: tuple[tuple[int, ...] | None, Any, frozenset[int]] = (None, None, frozenset())
         self._last_reads: set[int] = set()
         self._keysets: dict[tuple[int, tuple[Any, ...], tuple[Any, ...]], int] = {}
         self.runs = 0  # model executions (memo misses)
@@ -92,40 +95,50 @@ class Engine:
                 mask |= 1 << i
         return mask
 
-    def transition(self, s: tuple[int, ...], i: int) -> Result | None:
+    def transition(self, s: tuple[int, ...], i: int, padded: tuple[int, ...] | None = None) -> Result | None:
         """Actor i's step from s, or None when it cannot take one."""
         aid = s[self.actor_slots[i]]
         a: ActorState = self.t.values[aid]
         if not a.busy and a.pc >= self.prog.lengths[i]:
             return None
-        r = self._lookup((i, aid), s)
+        r = self._lookup((i, aid), s, padded)
         if r is None:
             r = self._run_step(s, i, a)
         return None if r is DISABLED else r
 
-    def _lookup(self, key: Any, s: tuple[int, ...]) -> Any:
+    def _padded(self, s: tuple[int, ...]) -> tuple[int, ...]:
+        """s with every slot there is (absent ones 0), for lookups by position."""
+        missing = len(self.t.keys) - len(s)
+        return s + (0,) * missing if missing > 0 else s
+
+    def _lookup(self, key: Any, s: tuple[int, ...], padded: tuple[int, ...] | None = None) -> Any:
         entries = self.memo.get(key)
         if entries is None:
             return None
         self.lookups += 1
-        n = len(s)
-        for spec, table in entries:
-            r = table.get(tuple([s[j] if j < n else 0 for j in spec]))
+        # A miss may have added slots since the caller padded s.
+        sp = padded if padded is not None and len(padded) == len(self.t.keys) else self._padded(s)
+        for entry in entries:
+            r = entry[2].get(entry[1](sp))
             if r is not None:
+                self._spec = entry[0]
                 return r
         return None
 
     def _store(self, key: Any, s: tuple[int, ...], reads: dict[Key, None], result: Any) -> None:
+        spec = tuple(sorted({self.t.slot(k) for k in reads}))
+        self._spec = spec
         if not self.use_memo:
             return
-        spec = tuple(sorted({self.t.slot(k) for k in reads}))
-        vals = tuple(s[j] if j < len(s) else 0 for j in spec)
+        # itemgetter of two or more positions gives a tuple, in C.
+        getter = _itemgetter(*spec) if len(spec) > 1 else _getter(spec)
+        vals = getter(self._padded(s))
         entries = self.memo.setdefault(key, [])
-        for known, table in entries:
+        for known, _, table in entries:
             if known == spec:
                 table[vals] = result
                 return
-        entries.append((spec, {vals: result}))
+        entries.append((spec, getter, {vals: result}))
 
     def _materialize(self, s: tuple[int, ...]) -> dict[Key, Any]:
         comps = self.t.components(s, is_model_key)
@@ -216,9 +229,19 @@ class Engine:
             bad += pr.event_violations(r.events, self.active)
             target, more = self._protocol(target, r.events)
             bad += more
-        if "P4" in self.active:
+        if "P4" in self.active and self._private_may_change(s, r):
             bad += pr.newly_private_violations(self.observer(s), self.observer(target))
         return Edge(i, r, target, tuple(bad))
+
+    def _private_may_change(self, s: tuple[int, ...], r: Result) -> bool:
+        """Whether the step writes something the private-page observation of s read
+        (if not, it sees the same after the step, and P4 has nothing to judge)."""
+        last, _, slots = self._private
+        if last is not s:
+            value = self.observe(s, "private_pages")
+            self._private = (s, value, frozenset(self._spec))
+            slots = self._private[2]
+        return any(j in slots for j, _ in r.writes) or any(j in slots for j, _, _ in r.keys)
 
     def _protocol(self, s: tuple[int, ...],
                   events: tuple[tuple[Any, ...], ...]) -> tuple[tuple[int, ...], list[pr.Violation]]:
@@ -252,8 +275,9 @@ class Engine:
 
     def expand(self, s: tuple[int, ...]) -> list[tuple[int, Result]]:
         out = []
+        sp = self._padded(s)
         for i in range(len(self.actor_slots)):
-            r = self.transition(s, i)
+            r = self.transition(s, i, sp)
             if r is not None:
                 out.append((i, r))
         return out
@@ -271,3 +295,10 @@ class Engine:
 
 
 _MISSING: Any = object()
+
+
+_itemgetter: Any = itemgetter  # (typed as Any: mypy 2.4 crashes on itemgetter(*spec))
+
+
+def _getter(spec: tuple[int, ...]) -> Any:
+    return lambda sp: tuple(sp[j] for j in spec)

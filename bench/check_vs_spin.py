@@ -1,0 +1,221 @@
+"""gmemlab's checker against SPIN on the default seed scenario, in one run.
+
+    python3 bench/check_vs_spin.py [--json FILE]
+
+The scenario scenarios/seed_default.toml is written by hand in Promela
+(bench/seed_default.pml, one atomic block per model step).  For each design
+(seed, seed-as-written) both tools are run:
+
+* without reductions (gmemlab: no fingerprints, symmetry or partial order;
+  SPIN: -DNOREDUCE): states, transitions, time, states/s;
+* with their defaults, stopping at the first violation: time to verdict
+  (SPIN: spin -a, gcc -O2 and pan, then the P8 run when the safety run passes;
+  gmemlab: building the scenario and exploring);
+* promise by promise (gmemlab --all; SPIN: one run per promise, -DONLY_P=n,
+  and the fair-cycle run for P8): the verdicts must be the same.
+
+SPIN is the Debian package `spin`; the script installs it with apt-get when it
+is missing (as root), and says so when it cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gmemlab.checker import NONE, Options, check, load
+
+HERE = Path(__file__).resolve().parent
+PML = HERE / "seed_default.pml"
+DESIGNS = ("seed", "seed-as-written")
+SAFETY = ("P1", "P2", "P3", "P4", "P5", "P6")
+
+
+@dataclass
+class Run:
+    tool: str
+    design: str
+    mode: str
+    states: int
+    transitions: int
+    seconds: float  # searching only (pan's own "elapsed time"; gmemlab's search)
+    total: float  # to the verdict, everything included
+    verdict: str
+    wall: float = 0.0  # pan: the process, start-up (allocating its hash table) included
+
+    @property
+    def rate(self) -> float:
+        return self.states / self.seconds if self.seconds else float("inf")
+
+
+@dataclass
+class Report:
+    runs: list[Run] = field(default_factory=list)
+    verdicts: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)  # design -> tool -> promise
+
+
+def ensure_spin() -> str:
+    spin = shutil.which("spin")
+    if spin:
+        return spin
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing spin (apt-get install spin) ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "spin"], env=env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spin = shutil.which("spin")
+        if spin:
+            return spin
+        subprocess.run(["apt-get", "update"], env=env, check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "spin"], env=env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spin = shutil.which("spin")
+        if spin:
+            return spin
+    sys.exit("bench: SPIN is not installed and cannot be installed here: "
+             "run `apt-get install spin` as root (Debian package spin)")
+
+
+PAN_TICK = 0.01  # pan reports its elapsed time in hundredths of a second
+
+
+def pan(spin: str, workdir: Path, defines: list[str], cflags: list[str],
+        args: list[str]) -> tuple[dict[str, int], float, float, float]:
+    """spin -a, gcc, pan: the figures pan prints, pan's own search time (at
+    least one tick when it says 0), the pan process's wall time, the total."""
+    start = time.perf_counter()
+    subprocess.run([spin, "-a", *defines, PML.name], cwd=workdir, check=True, capture_output=True)
+    subprocess.run(["gcc", "-O2", *cflags, "-o", "pan", "pan.c"], cwd=workdir, check=True,
+                   capture_output=True)
+    run_start = time.perf_counter()
+    out = subprocess.run(["./pan", *args], cwd=workdir, capture_output=True, text=True).stdout
+    end = time.perf_counter()
+    figures = {
+        "states": _int(r"(\d+) states, stored", out),
+        "transitions": _int(r"(\d+) transitions", out),
+        "errors": _int(r"errors: (\d+)", out),
+    }
+    m = re.search(r"elapsed time ([\d.e+-]+) seconds", out)
+    search = max(float(m.group(1)) if m else end - run_start, PAN_TICK)
+    return figures, search, end - run_start, end - start
+
+
+def _verdict(errors: int | bool) -> str:
+    return "violated" if errors else "holds"
+
+
+def _int(pattern: str, text: str) -> int:
+    m = re.search(pattern, text)
+    return int(m.group(1)) if m else -1
+
+
+def spin_runs(spin: str, report: Report) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        shutil.copy(PML, work / PML.name)
+        for design in DESIGNS:
+            flag = ["-DAS_WRITTEN"] if design == "seed-as-written" else []
+            # Without reduction, safety promises only (P8 needs a fair-cycle search).
+            f, secs, wall, total = pan(spin, work, flag, ["-DSAFETY", "-DNOCLAIM", "-DNOREDUCE"], [])
+            report.runs.append(Run("SPIN", design, "no reduction (P1-P6)", f["states"], f["transitions"],
+                                   secs, total, _verdict(f["errors"]), wall))
+            # With SPIN's default (partial-order) reduction, to the verdict: the
+            # safety run, then (if it passes) the fair-cycle run for P8.
+            f, secs, wall, total = pan(spin, work, flag, ["-DSAFETY", "-DNOCLAIM"], [])
+            states, transitions, verdict = f["states"], f["transitions"], _verdict(f["errors"])
+            if not f["errors"]:
+                g, s2, w2, t2 = pan(spin, work, flag, [], ["-a", "-f"])
+                secs, wall, total = secs + s2, wall + w2, total + t2
+                states, transitions = states + g["states"], transitions + g["transitions"]
+                verdict = _verdict(g["errors"])
+            report.runs.append(Run("SPIN", design, "default, to the verdict", states, transitions, secs,
+                                   total, verdict, wall))
+            per: dict[str, str] = {}
+            for n, promise in enumerate(SAFETY, 1):
+                f, *_ = pan(spin, work, [*flag, f"-DONLY_P={n}"], ["-DSAFETY", "-DNOCLAIM"], [])
+                per[promise] = _verdict(f["errors"])
+            f, *_ = pan(spin, work, flag, [], ["-a", "-f"])
+            per["P8"] = _verdict(f["errors"])
+            report.verdicts.setdefault(design, {})["SPIN"] = per
+
+
+def gmemlab_runs(report: Report) -> None:
+    for design in DESIGNS:
+        check(load("seed_default"), design, NONE)  # imports and caches warm, as SPIN's binary is
+        start = time.perf_counter()
+        v = check(load("seed_default"), design, Options(fingerprints=False, symmetry=False, por=False))
+        total = time.perf_counter() - start
+        report.runs.append(Run("gmemlab", design, "no reduction (P1-P8)", v.states, v.transitions,
+                               v.seconds, total, _verdict(not v.holds)))
+        start = time.perf_counter()
+        v = check(load("seed_default"), design)
+        total = time.perf_counter() - start
+        report.runs.append(Run("gmemlab", design, "default, to the verdict", v.states, v.transitions,
+                               v.seconds, total, _verdict(not v.holds)))
+        every = check(load("seed_default"), design, Options(all_promises=True))
+        broken = set(every.violated())
+        report.verdicts.setdefault(design, {})["gmemlab"] = {
+            p: "violated" if p in broken else "holds" for p in (*SAFETY, "P8")}
+
+
+def show(report: Report) -> bool:
+    print(f"{'tool':8} {'design':16} {'mode':26} {'states':>8} {'transitions':>11} {'search s':>9} "
+          f"{'states/s':>10} {'pan wall s':>10} {'verdict s':>9}  verdict")
+    for r in report.runs:
+        wall = f"{r.wall:>10.3f}" if r.tool == "SPIN" else f"{'':>10}"
+        print(f"{r.tool:8} {r.design:16} {r.mode:26} {r.states:>8,} {r.transitions:>11,} {r.seconds:>9.3f} "
+              f"{r.rate:>10,.0f} {wall} {r.total:>9.3f}  {r.verdict}")
+    print("(SPIN's search time is pan's own, in ticks of 0.01 s: at least one tick; the pan process "
+          "also spends its wall time allocating its hash table)")
+    print()
+    same = True
+    for design, tools in report.verdicts.items():
+        g, s = tools["gmemlab"], tools["SPIN"]
+        line = " ".join(f"{p}:{'ok' if g[p] == 'holds' else 'X'}" + ("" if g[p] == s[p] else "(SPIN: not!)")
+                        for p in g)
+        same &= g == s
+        print(f"verdicts on {design:16} {line}   ({'same as SPIN' if g == s else 'DIFFERENT from SPIN'})")
+    print()
+
+    def find(tool: str, design: str, mode: str) -> Run:
+        return next(r for r in report.runs if (r.tool, r.design, r.mode[:7]) == (tool, design, mode[:7]))
+
+    for design in DESIGNS:
+        g0, s0 = find("gmemlab", design, "no reduction"), find("SPIN", design, "no reduction")
+        g1, s1 = find("gmemlab", design, "default"), find("SPIN", design, "default")
+        rate_ok = "met" if g0.rate >= s0.rate / 4 else "NOT met"
+        time_ok = "met" if g1.total <= 2 * s1.total else "NOT met"
+        print(f"{design}: states/s without reductions {g0.rate:,.0f} vs SPIN {s0.rate:,.0f} (search time) "
+              f"({g0.rate / s0.rate:.3f} of SPIN's; target >= 0.25: {rate_ok}); "
+              f"time to verdict {g1.total:.2f} s vs SPIN {s1.total:.2f} s (target <= 2x SPIN: {time_ok})")
+    return same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    spin = ensure_spin()
+    report = Report()
+    print(f"SPIN: {subprocess.run([spin, '-V'], capture_output=True, text=True).stdout.strip()}; "
+          f"gcc -O2; python {sys.version.split()[0]}", flush=True)
+    gmemlab_runs(report)
+    spin_runs(spin, report)
+    same = show(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": [asdict(r) | {"rate": r.rate} for r in report.runs],
+                                               "verdicts": report.verdicts}, indent=2) + "\n")
+    sys.exit(0 if same else 1)
+
+
+if __name__ == "__main__":
+    main()
