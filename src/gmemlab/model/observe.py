@@ -24,6 +24,7 @@ from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import Observation
 from .steps import StepOps
 
+SHIFT = uapi.PAGE_SHIFT
 Runs = tuple[tuple[int, int, int], ...]
 CountedRuns = tuple[tuple[int, int, int, int], ...]
 
@@ -99,6 +100,23 @@ class ObserveOps(StepOps):
                 inode.restricted.log = []
         return events
 
+    def _audit_host_access(self, segments: list[Any], write: bool) -> None:
+        """Record host loads and stores that reach the bytes of a private page
+        (promise P1), for every design: whatever a design calls private, as its
+        private_pages() says."""
+        touched: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for store, offset, n, m in segments:
+            f = self.state.files.get(m.file) if m.file is not None else None
+            if f is None or store is not self.state.inodes[f.inode].pages:
+                continue  # anonymous memory, or a private copy of the file's page
+            touched[f.inode].append((offset >> SHIFT, ((offset + n - 1) >> SHIFT) + 1))
+        if not touched:
+            return
+        for ino, s, e in self.private_pages():
+            for first, last in touched.get(ino, ()):
+                for index in range(max(s, first), min(e, last)):
+                    self.state.audit.append(("host_access_private", "write" if write else "read", ino, index))
+
     # --- promise hooks (designs with other state override these) ------------------------
 
     def private_pages(self) -> Runs:
@@ -140,11 +158,14 @@ class ObserveOps(StepOps):
         return _count(pieces)
 
     def mapping_counts(self) -> tuple[tuple[int, int], ...]:
-        """(inode, number of VMAs mapping it), for every mapped file."""
+        """(inode, number of VMAs mapping it), for every mapped file of the kind
+        that backs guest memory in this design (restricted memfd, guest_memfd)."""
+        kind = self.design.private_file_kind()
         counts: dict[int, int] = defaultdict(int)
         for _, _, m in self.state.vmas.runs():
-            if m is not None and m.file is not None and m.file in self.state.files:
-                counts[self.state.files[m.file].inode] += 1
+            f = self.state.files.get(m.file) if m is not None and m.file is not None else None
+            if f is not None and f.kind == kind:
+                counts[f.inode] += 1
         return tuple(sorted(counts.items()))
 
     def mmaps_in_progress(self) -> tuple[int, ...]:

@@ -435,27 +435,6 @@ class RestrictedOps(KvmOps):
 
     # --- promises the checker watches ---------------------------------------------------------
 
-    def _audit_host_access(self, segments: list[Any], write: bool) -> None:
-        for _, offset, n, m in segments:
-            if m.file is None or not m.shared:
-                continue
-            f = self.state.files[m.file]
-            if f.kind != "restricted" or f.bindings is None:
-                continue
-            first, last = offset >> SHIFT, (offset + n - 1 >> SHIFT) + 1
-            for s, e, code in f.bindings.runs(first, last):
-                if code is None:
-                    continue
-                kvm = self.state.vms.get(code >> 32)
-                slot = kvm.memslots.get(code & 0xFFFFFFFF) if kvm is not None else None
-                if slot is None:
-                    continue
-                g0 = slot.base_gfn + s - slot.private_pgoff
-                for gs, _ge, a in kvm.attributes.runs(g0, g0 + e - s):  # type: ignore[union-attr]
-                    if a & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
-                        self.state.audit.append(("host_access_private", "write" if write else "read",
-                                                 f.inode, gs - g0 + s))
-
     def _audit_private(self, kvm: Vm, first: int, last: int) -> None:
         for slot in self._restricted_slots(kvm, first, last):
             assert slot.private_file is not None
