@@ -457,5 +457,15 @@ def apply(state: tuple[int, ...], writes: Iterable[tuple[int, int]]) -> tuple[in
     return normal(ids)
 
 
+def diff(s: tuple[int, ...], t: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The components (slot, new id) in which t differs from s."""
+    out = [(j, b) for j, (a, b) in enumerate(zip(s, t, strict=False)) if a != b]
+    if len(s) > len(t):
+        out += [(j, 0) for j in range(len(t), len(s)) if s[j]]
+    elif len(t) > len(s):
+        out += [(j, t[j]) for j in range(len(s), len(t)) if t[j]]
+    return out
+
+
 def is_model_key(key: Key) -> bool:
     return key[0] in ("s", "k", "e", "o")

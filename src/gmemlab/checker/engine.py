@@ -54,6 +54,24 @@ class Edge:
     result: Result
     target: tuple[int, ...]
     violations: tuple[pr.Violation, ...]
+    source: tuple[int, ...] = ()
+
+    def changes(self) -> list[tuple[int, int, int]]:
+        """The components (slot, old id, new id) the step changed."""
+        s, t = self.source, self.target
+        slots = {j for j, _ in self.result.writes} | {j for j, _, _ in self.result.keys}
+        if len(t) > len(s) or self.result.events:
+            # (the notifier protocol's components are the engine's, not the step's)
+            slots |= {j for j in range(min(len(s), len(t)), max(len(s), len(t)))}
+            slots |= {j for j, (a, b) in enumerate(zip(s, t, strict=False)) if a != b}
+        ns, nt = len(s), len(t)
+        out = []
+        for j in slots:
+            a = s[j] if j < ns else 0
+            b = t[j] if j < nt else 0
+            if a != b:
+                out.append((j, a, b))
+        return out
 
 
 class Engine:
@@ -231,7 +249,7 @@ class Engine:
             bad += more
         if "P4" in self.active and self._private_may_change(s, r):
             bad += pr.newly_private_violations(self.observer(s), self.observer(target))
-        return Edge(i, r, target, tuple(bad))
+        return Edge(i, r, target, tuple(bad), s)
 
     def _private_may_change(self, s: tuple[int, ...], r: Result) -> bool:
         """Whether the step writes something the private-page observation of s read

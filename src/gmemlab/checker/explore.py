@@ -222,7 +222,7 @@ class Explorer:
         target = edge.target
         tfp = 0
         if self.fps is not None:
-            tfp = self.fps.update(fp, _changes(s, target))
+            tfp = self.fps.update(fp, edge.changes())
         if self.sym is not None:
             target, tfp, perm = self.sym.canonical(target, tfp, self.fps)
             return target, tfp, perm

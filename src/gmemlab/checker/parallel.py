@@ -21,8 +21,9 @@ import multiprocessing as mp
 from collections.abc import Callable
 from typing import Any
 
+from .codec import apply, diff, normal
 from .engine import Engine
-from .explore import Explorer, Options, Progress, Verdict, _changes
+from .explore import Explorer, Options, Progress, Verdict
 from .fingerprint import Fingerprints
 from .reduce import PartialOrder, Symmetries
 from .scenario import Scenario
@@ -66,16 +67,14 @@ class _Worker:
             if ls >= len(out):
                 out.extend([0] * (ls + 1 - len(out)))
             out[ls] = vid if vid < bi else self.m2l_id[vid]
-        from .codec import normal
-
         return normal(out)
 
-    def to_main(self, s: tuple[int, ...], defs: dict[str, dict[int, Any]]) -> Sparse:
+    def to_main(self, changes: list[tuple[int, int]], defs: dict[str, dict[int, Any]]) -> Sparse:
+        """Changed components (local slot, local id) in the coordinator's numbering;
+        negative numbers are new to it, their keys and values go in defs."""
         out = []
         bs, bi, t = self.base_slots, self.base_ids, self.e.t
-        for slot, vid in enumerate(s):
-            if not vid:
-                continue
+        for slot, vid in changes:
             if slot < bs:
                 ms = slot
             else:
@@ -83,7 +82,7 @@ class _Worker:
                 if ms < 0:
                     defs["slots"][slot] = t.keys[slot]
             if vid < bi:
-                mv = vid
+                mv = vid  # (0: the component is gone)
             else:
                 mv = self.l2m_id.get(vid, -vid)
                 if mv < 0:
@@ -105,10 +104,10 @@ class _Worker:
             edge = e.step(s, i, r)
             target, tfp, perm = edge.target, 0, 0
             if self.o.fingerprints or self.sym is not None:
-                tfp = self.fps.update(fp if self.o.fingerprints else self.fps.of(s), _changes(s, target))
+                tfp = self.fps.update(fp, edge.changes()) if self.o.fingerprints else self.fps.of(target)
             if self.sym is not None:
                 target, tfp, perm = self.sym.canonical(target, tfp, self.fps)
-            out.append((i, self.to_main(target, defs), tfp if self.o.fingerprints else 0, perm,
+            out.append((i, self.to_main(diff(s, target), defs), tfp if self.o.fingerprints else 0, perm,
                         edge.violations, e.state_violations(target)))
         return pos, out
 
@@ -144,6 +143,7 @@ class ParallelExplorer(Explorer):
         self.slot_of: list[dict[int, int]] = [{} for _ in range(self.jobs)]  # worker slot -> ours
         self.id_of: list[dict[int, int]] = [{} for _ in range(self.jobs)]
         self.worker_runs = 0
+        self._frontier_states: dict[int, tuple[int, ...]] = {}
 
     def run(self) -> Verdict:
         try:
@@ -168,6 +168,7 @@ class ParallelExplorer(Explorer):
 
     def _level(self, frontier: list[tuple[int, tuple[int, ...], int]], depth: int,
                nxt: list[tuple[int, tuple[int, ...], int]]) -> None:
+        self._frontier_states = {idx: s for idx, s, _ in frontier}
         size = max(8, min(256, len(frontier) // (4 * self.jobs) or 1))
         chunks = [frontier[i:i + size] for i in range(0, len(frontier), size)]
         owner: dict[int, int] = {}
@@ -199,8 +200,9 @@ class ParallelExplorer(Explorer):
             self.id_of[w][local] = t.intern(value)
         slot_of, id_of = self.slot_of[w], self.id_of[w]
         for idx, pos, succs in replies:
-            decoded = [(i, self._dense(target, slot_of, id_of), tfp, perm, tv, sv)
-                       for i, target, tfp, perm, tv, sv in succs]
+            parent = self._frontier_states[idx]
+            decoded = [(i, self._apply(parent, changes, slot_of, id_of), tfp, perm, tv, sv)
+                       for i, changes, tfp, perm, tv, sv in succs]
             if pos >= 0:
                 i, target, tfp, perm, tv, sv = decoded[pos]
                 if self._key(target, tfp) not in self.visited:
@@ -214,19 +216,10 @@ class ParallelExplorer(Explorer):
                 return
 
     @staticmethod
-    def _dense(sparse: Sparse, slot_of: dict[int, int], id_of: dict[int, int]) -> tuple[int, ...]:
-        out: list[int] = []
-        for slot, vid in sparse:
-            if slot < 0:
-                slot = slot_of[-slot]
-            if vid < 0:
-                vid = id_of[-vid]
-            if slot >= len(out):
-                out.extend([0] * (slot + 1 - len(out)))
-            out[slot] = vid
-        from .codec import normal
-
-        return normal(out)
+    def _apply(parent: tuple[int, ...], changes: Sparse, slot_of: dict[int, int],
+               id_of: dict[int, int]) -> tuple[int, ...]:
+        return apply(parent, [(slot if slot >= 0 else slot_of[-slot], vid if vid >= 0 else id_of[-vid])
+                              for slot, vid in changes])
 
 
 def _const(violations: list[Any]) -> Callable[[], list[Any]]:

@@ -159,11 +159,8 @@ def config_setup(c: Config, design: str) -> tuple[Action, ...]:
     return tuple(out)
 
 
-# Names every generated setup binds beyond the `as` of its steps.
-FIXED_NAMES = ("gpa", "size", "cpu")
-
-
 def fixed_names(c: Config, explicit_setup: bool) -> dict[str, int]:
+    """The values a generated setup names without binding them ($cpu is an alias of $cpu0)."""
     return {} if explicit_setup else {"gpa": GPA_BASE, "size": c.pages * P}
 
 
@@ -322,7 +319,7 @@ def validate(sc: Scenario) -> None:
         raise ScenarioError(f"actor names must be unique identifiers: {names}")
     known: set[str] = set()
     if not sc.setup:
-        known |= set(fixed_names(c, False)) | {"cpu"}
+        known |= set(fixed_names(c, False)) | ({"cpu"} if c.vcpus else set())
     for i, a in enumerate(sc.setup_actions(), 1):
         _check_action(a, f"setup step {i}", known)
         if a.retry:
