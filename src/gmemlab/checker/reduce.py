@@ -256,6 +256,8 @@ class Symmetries:
         self.perms: list[tuple[int, ...]] = [tuple(range(n))]
         self.pages: list[dict[int, int]] = [{}]
         self._memo: dict[tuple[int, int, int], tuple[int, int]] = {}
+        self._moving: list[int] = []
+        self._seen = 0
         sc = engine.scenario
         if not sc.symmetry:
             return
@@ -281,7 +283,7 @@ class Symmetries:
         self._check_programs()
         s0 = engine.initial
         for gi in range(1, len(self.perms)):
-            if self._image(s0, gi) != s0:
+            if self._image(s0, gi)[0] != s0:
                 raise NotSymmetric(f"the setup is not symmetric under {self._show(gi)}")
 
     def _show(self, gi: int) -> str:
@@ -383,22 +385,35 @@ class Symmetries:
         best, best_fp, best_g = s, fp, 0
         for gi in range(1, len(self.perms)):
             try:
-                image = self._image(s, gi)
+                image, changes = self._image(s, gi)
             except NotSymmetric:
                 return s, (fp if exact else 0), 0
-            from .explore import _changes
-
-            ifp = fps.update(fp, _changes(s, image))
+            ifp = fps.update(fp, changes)
             if ifp < best_fp:
                 best, best_fp, best_g = image, ifp, gi
         return best, (best_fp if exact else 0), best_g
 
-    def _image(self, s: tuple[int, ...], gi: int) -> tuple[int, ...]:
+    def _affected(self) -> list[int]:
+        """The slots a permutation may change: every component whose class is not
+        known to be invariant (the others are copied as they are)."""
+        keys = self.e.t.keys
+        while self._seen < len(keys):
+            if klass(keys[self._seen]) not in INVARIANT:
+                self._moving.append(self._seen)
+            self._seen += 1
+        return self._moving
+
+    def _image(self, s: tuple[int, ...], gi: int) -> tuple[tuple[int, ...], list[tuple[int, int, int]]]:
+        """s permuted by group element gi, and the components (slot, old, new) that differ."""
         from .codec import normal
 
-        out = [0] * len(s)
         t = self.e.t
-        for slot, vid in enumerate(s):
+        affected = list(self._affected())
+        n = len(s)
+        out = list(s)
+        placed = []
+        for slot in affected:
+            vid = s[slot] if slot < n else 0
             if not vid:
                 continue
             k = (gi, slot, vid)
@@ -406,11 +421,23 @@ class Symmetries:
             if r is None:
                 key, value = self._permute(t.keys[slot], t.values[vid], gi)
                 r = self._memo[k] = (t.slot(key), t.intern(value))
-            ns, nv = r
+            placed.append(r)
+        for slot in affected:
+            if slot < n:
+                out[slot] = 0
+        for ns, nv in placed:
             if ns >= len(out):
                 out.extend([0] * (ns + 1 - len(out)))
             out[ns] = nv
-        return normal(out)
+        image = normal(out)
+        m = len(image)
+        changes = []
+        for slot in self._affected():
+            a = s[slot] if slot < n else 0
+            b = image[slot] if slot < m else 0
+            if a != b:
+                changes.append((slot, a, b))
+        return image, changes
 
     def _permute(self, key: Any, value: Any, gi: int) -> tuple[Any, Any]:
         from .codec import pack, unpack
