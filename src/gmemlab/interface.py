@@ -263,6 +263,7 @@ class Observation:
     mappings: tuple[tuple[int, int], ...]  # (inode, VMAs mapping it)
     mmaps_in_progress: tuple[int, ...]  # inodes whose mmap notifier protocol is running
     mmap_pending: tuple[tuple[int, int, int], ...]  # (VM, memslot, inode): KVM saw mmap_start only
+    stray_mmap_pending: tuple[tuple[int, int, int], ...]  # ... while no mmap holds the file's lock
     pkvm_problems: tuple[str, ...]
 
     def as_table(self) -> dict[str, Any]:

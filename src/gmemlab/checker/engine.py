@@ -29,7 +29,7 @@ from .scenario import Scenario
 from .system import ActorState, KernelFactory, Program, StepInfo, new_kernel, run_transition
 
 OBSERVERS = ("private_pages", "host_references", "outstanding_references", "mapping_counts",
-             "kvm_mmap_pending", "pkvm_problems")
+             "stray_mmap_pending", "pkvm_problems")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,7 @@ class Engine:
         self._spec: tuple[int, ...] = ()  # the slots read by the last step or observer looked up
         self._private: tuple[tuple[int, ...] | None, Any, frozenset[int]] = (None, None, frozenset())
         self._last_reads: set[int] = set()
+        self.observer_reads: dict[str, set[int]] = {}  # slots each promise hook has read
         self._keysets: dict[tuple[int, tuple[Any, ...], tuple[Any, ...]], int] = {}
         self.runs = 0  # model executions (memo misses)
         self.lookups = 0
@@ -217,6 +218,7 @@ class Engine:
         with Recorder() as rec:
             value = getattr(self.kernel, name)()
         self._store(key, s, rec.reads, (value,))
+        self.observer_reads.setdefault(name, set()).update(self._spec)
         return value
 
     def observer(self, s: tuple[int, ...]) -> pr.Observe:
@@ -275,13 +277,7 @@ class Engine:
             if "P5" in self.active:
                 bad += [pr.Violation("P5", f"inode {ev[1]}: {b}") for b in broken]
             writes[slot] = 0 if p == pr.EMPTY else self.t.intern(p)
-        s = apply(s, writes.items())
-        if "P5" in self.active and any(ev[0] == "mmap_done" for ev in events):
-            pending = self.observe(s, "kvm_mmap_pending")
-            for ev in events:
-                if ev[0] == "mmap_done":
-                    bad += pr.kvm_pending_violations(ev[1], pending)
-        return s, bad
+        return apply(s, writes.items()), bad
 
     def state_violations(self, s: tuple[int, ...]) -> list[pr.Violation]:
         """The promises judged on a state alone (P2, P3, P7; P6 once all actors are done)."""

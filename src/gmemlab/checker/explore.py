@@ -232,6 +232,10 @@ class Explorer:
               nxt: list[tuple[int, tuple[int, ...], int]], violations: Iterable[pr.Violation],
               state_violations: Callable[[], list[pr.Violation]] | None = None) -> None:
         self.transitions += 1
+        # What the step itself did wrong is said before what is wrong with the
+        # state it leads to (the first violation of a promise is the one kept).
+        for v in violations:
+            self._violation(v, idx, actor)
         j = self.visited.get(self._key(target, tfp))
         if j is None:
             j = self._add(target, tfp, idx, actor, perm, depth + 1)
@@ -242,8 +246,6 @@ class Explorer:
         self.dst.append(j)
         self.edge_perm.append(perm)
         self.edge_actor.append(actor)
-        for v in violations:
-            self._violation(v, idx, actor)
 
     # --- traces ----------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ pKVM ownership).  Which promises apply is the design's answer
 
 * P1..P3, P7 are state or event invariants, checked after every step;
 * P4 compares a step's before and after;
-* P5 follows every notifier through the protocol (the monitor below) and is
-  judged when an mmap's protocol ends;
+* P5 follows every notifier through the protocol (the monitor below), judged
+  when an mmap's protocol ends, and in every state KVM may wait for an
+  mmap_end only while an mmap of the file is in progress;
 * P6 is judged in the states where every actor has finished;
 * P8 is a property of the whole state graph (explore.py): from every
   reachable state, every actor can still finish.
@@ -122,12 +123,12 @@ def protocol_step(p: Protocol, ev: tuple[Any, ...]) -> tuple[Protocol, list[str]
     return p, bad
 
 
-def kvm_pending_violations(ino: int, pending: tuple[tuple[int, int, int], ...]) -> list[Violation]:
-    """After an mmap of inode ino ended, KVM must not still wait for its end."""
-    return [Violation("P5", f"KVM's notifier for memslot {slot & 0xFFFF} of VM {vm} still waits for "
-                            f"mmap_end/mmap_abort after the mmap of inode {ino} ended: conversions "
-                            "of its gfns are refused for good")
-            for vm, slot, i in pending if i == ino]
+def kvm_pending_violations(stray: tuple[tuple[int, int, int], ...]) -> list[Violation]:
+    """KVM waits for an mmap_end only while an mmap of the file is in progress."""
+    return [Violation("P5", f"KVM's notifier for memslot {slot & 0xFFFF} of VM {vm} waits for "
+                            f"mmap_end/mmap_abort while no mmap holds the lock of inode {ino} (an mmap "
+                            "holds it across its notifier calls): conversions of its gfns are refused")
+            for vm, slot, ino in stray]
 
 
 # --- states ------------------------------------------------------------------------------------------
@@ -144,6 +145,8 @@ def state_violations(obs: Observe, active: frozenset[str]) -> list[Violation]:
             out += [Violation("P2", f"inode {ino} is mapped while its {_pages(s, e)} "
                                     f"{'is' if e == s + 1 else 'are'} private")
                     for ino, s, e in obs("private_pages") if ino in mapped]
+    if "P5" in active:
+        out += kvm_pending_violations(obs("stray_mmap_pending"))
     if "P7" in active:
         out += [Violation("P7", p) for p in obs("pkvm_problems")]
     return out

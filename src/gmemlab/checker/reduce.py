@@ -118,9 +118,12 @@ def footprints(actions: Iterable[Any], releasing: bool) -> list[tuple[frozenset[
 COMMUTATIVE = frozenset({"pending#keys"})
 # What the state promises' hooks read (model/observe.py): a step writing one
 # of these may change a promise's truth and is never explored alone.
-VISIBLE = frozenset({"vms", "vms#keys", "vms.attributes", "vms.memslots", "vms.id", "files", "files#keys",
-                     "files.inode", "files.mapped_pages", "vmas", "inodes", "inodes#keys",
-                     "inodes.ino", "inodes.kind"})
+VISIBLE = frozenset({"vms", "vms#keys", "vms.attributes", "vms.memslots", "vms.id", "vms.mmap_pending",
+                     "files", "files#keys", "files.inode", "files.kind", "files.mapped_pages", "vmas",
+                     "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "file_locks", "file_locks#keys"})
+# P6 is judged only where every actor has finished, and partial-order reduction
+# keeps every such state: its hook's reads need not be visible.
+TERMINAL_ONLY = frozenset({"outstanding_references"})
 
 
 def _private(c: str) -> bool:
@@ -138,6 +141,7 @@ class PartialOrder:
         self.prog = engine.prog
         self._classes: list[str] = []
         self._checked: set[int] = set()
+        self._visible_checked = 0
         n = len(self.prog.names)
         releasing = any(act.op in RELEASING or (act.op == "mmap" and "ANONYMOUS" in
                                                  str(dict(act.args).get("flags", "")).upper())
@@ -182,7 +186,23 @@ class PartialOrder:
             raise ReductionError(f"the partial-order footprint of {op} does not cover {sorted(set(bad))}: "
                                  "update checker/reduce.py FOOTPRINTS or run with --no-por")
 
+    def _check_visible(self) -> None:
+        """Every class a state promise's hook has read must be in VISIBLE."""
+        size = sum(len(slots) for slots in self.e.observer_reads.values())
+        if size == self._visible_checked:
+            return
+        self._visible_checked = size
+        for name, slots in self.e.observer_reads.items():
+            if name in TERMINAL_ONLY:
+                continue
+            bad = {c for c in map(self.cls, slots) if c not in VISIBLE}
+            if bad:
+                raise ReductionError(f"the promise hook {name} reads {sorted(bad)}, which the partial-order "
+                                     "reduction does not treat as visible: update checker/reduce.py "
+                                     "VISIBLE or run with --no-por")
+
     def ample(self, s: tuple[int, ...], succs: list[tuple[int, Any]]) -> tuple[int, Any] | None:
+        self._check_visible()
         mm_holder = self.e.t.values[s[self.mm_slot]] if self.mm_slot < len(s) else None
         for i, r in succs:
             a = self.e.actor_state(s, i)

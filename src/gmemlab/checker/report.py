@@ -89,12 +89,10 @@ def _one(k: ModelKernel, prog: Program, astates: list[ActorState], name: str,
             protocols[ev[1]] = p
             if "P5" in active:
                 bad += [pr.Violation("P5", f"inode {ev[1]}: {b}") for b in broken]
-            if ev[0] == "mmap_done" and "P5" in active:
-                bad += pr.kvm_pending_violations(ev[1], k.kvm_mmap_pending())
     after = k.observe()
     obs = {"private_pages": after.private_pages, "host_references": after.host_references,
            "outstanding_references": after.outstanding_references, "mapping_counts": after.mappings,
-           "kvm_mmap_pending": after.mmap_pending, "pkvm_problems": after.pkvm_problems}
+           "stray_mmap_pending": after.stray_mmap_pending, "pkvm_problems": after.pkvm_problems}
     prev = {"private_pages": before_obs.private_pages}
     if "P4" in active:
         bad += pr.newly_private_violations(lambda n: prev[n], lambda n: obs[n])
@@ -231,7 +229,7 @@ def replay_counterexample(scenario: Scenario, cex: Counterexample, factory: Kern
 def _initial_violations(rp: Replay, active: frozenset[str] | None) -> list[pr.Violation]:
     obs = rp.kernel.observe()
     table = {"private_pages": obs.private_pages, "mapping_counts": obs.mappings,
-             "pkvm_problems": obs.pkvm_problems}
+             "stray_mmap_pending": obs.stray_mmap_pending, "pkvm_problems": obs.pkvm_problems}
     return pr.state_violations(lambda n: table[n], active or frozenset(pr.ORDER))
 
 
@@ -385,7 +383,7 @@ def _assertions(cex: Counterexample, rp: Replay) -> list[dict[str, Any]]:
                 return [events(kind)]
         return [observe("private_pages", "mappings")]
     if p == "P5":
-        return [events("notify")] + ([observe("mmap_pending", "mmaps_in_progress")] if "KVM" in msg else [])
+        return [events("notify")] + ([observe("mmap_pending", "stray_mmap_pending")] if "KVM" in msg else [])
     keys = {"P3": ("mappings",), "P4": ("private_pages", "host_references"),
             "P6": ("outstanding_references",), "P7": ("pkvm_problems",),
             # P8: the stuck actor's last attempt (above) fails; this is why.

@@ -189,6 +189,13 @@ class ObserveOps(StepOps):
                 out.append((kvm.id, key, f.inode if f is not None else -1))
         return tuple(sorted(out))
 
+    def stray_mmap_pending(self) -> tuple[tuple[int, int, int], ...]:
+        """The (VM, memslot, inode) KVM still waits for although no mmap of that
+        file is in progress.  A restricted memfd's lock is held across an mmap's
+        notifier calls and, between steps, only there (model/steps.py)."""
+        locked = set(self.state.file_locks)
+        return tuple(e for e in self.kvm_mmap_pending() if e[2] not in locked)
+
     def pkvm_problems(self) -> tuple[str, ...]:
         """Violations of pKVM's page-ownership rules (each page owned by exactly
         one component, or shared by an owner/borrower pair).  The model keeps no
@@ -205,6 +212,7 @@ class ObserveOps(StepOps):
                            mappings=self.mapping_counts(),
                            mmaps_in_progress=self.mmaps_in_progress(),
                            mmap_pending=self.kvm_mmap_pending(),
+                           stray_mmap_pending=self.stray_mmap_pending(),
                            pkvm_problems=self.pkvm_problems())
 
     def audit_log(self, kind: str = "") -> list[list[Any]]:
