@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from ..model.steps import Outcome
 from . import promises as pr
 from .codec import Key, Recorder, Tables, apply, decompose, is_model_key, materialize
 from .scenario import Scenario
@@ -298,14 +297,9 @@ class Engine:
 
     # --- looking inside (reports, tests) -------------------------------------------------------------
 
-    def components(self, s: tuple[int, ...]) -> dict[Key, Any]:
-        return self.t.components(s)
-
     def model_components(self, s: tuple[int, ...]) -> dict[Key, Any]:
+        """The model's part of a packed state, unpacked (for tests and reports)."""
         return self.t.components(s, is_model_key)
-
-    def outcome_of(self, r: Result) -> Outcome | None:
-        return r.info.outcome
 
 
 _MISSING: Any = object()
