@@ -224,6 +224,10 @@ class Kernel(Protocol):
         """Why this kernel cannot run op here, or None when it can."""
         ...
 
+    def access_path(self) -> str:
+        """Who executes guest_access here: "mmu" or "emulator" (see guestaccess.py)."""
+        ...
+
     def shutdown(self) -> None:
         """Release every resource the kernel object holds."""
         ...
@@ -233,7 +237,7 @@ class Kernel(Protocol):
 INTERFACE_OPS: tuple[str, ...] = tuple(
     name for name in Kernel.__dict__
     if not name.startswith("_") and callable(Kernel.__dict__[name])
-    and name not in ("unsupported", "shutdown")
+    and name not in ("unsupported", "access_path", "shutdown")
 )
 
 

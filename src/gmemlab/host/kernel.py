@@ -22,12 +22,19 @@ import errno
 import os
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
+from ..guestaccess import check_call
 from ..interface import GuestAccess, Stat, checked
 from ..model.ranges import RangeMap
 from . import libc
+
+if TYPE_CHECKING:
+    from ..vmm.vcpu import Vcpu
+    from .guest import GuestRunner, VcpuState
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -60,17 +67,62 @@ def read_maps() -> list[tuple[int, int, str]]:
     return out
 
 
-def _release(fds: set[int], own: RangeMap[bool]) -> None:
-    """Unmap what we mapped and close what we opened (also run by the finalizer)."""
-    for s, e, mine in list(own.runs()):
-        if mine:
+@dataclass
+class _VmInfo:
+    """A VM the case created, whichever of its fds (dups) the case uses."""
+
+    type: int
+    # Memslots the case has, by slot (as_id << 16 | id): (guest_phys_addr, memory_size).
+    slots: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # gmemlab's own dup of the VM fd, held while the VM has vCPU fds, so that
+    # guest_access can add its runner's memslot after the case closed its VM
+    # fds (a vCPU keeps the VM alive anyway, so the dup changes no lifetime).
+    hidden_fd: int | None = None
+    vcpus: int = 0
+
+
+@dataclass
+class _VcpuInfo:
+    vm: _VmInfo
+    fds: set[int] = field(default_factory=set)
+    runner: Vcpu | None = None  # kvm_run mapped on one of fds
+    state: VcpuState | None = None
+
+
+@dataclass
+class _Held:
+    """Everything a HostKernel must release; the finalizer holds this, not the kernel."""
+
+    kvm: int
+    fds: set[int] = field(default_factory=set)  # the case's fds
+    hidden: set[int] = field(default_factory=set)  # gmemlab's own dups of VM fds
+    # Virtual pages this kernel object mapped and has not unmapped.
+    own: RangeMap[bool] = field(default_factory=lambda: RangeMap(False, 1 << (64 - SHIFT)))
+    vcpus: list[Vcpu] = field(default_factory=list)
+    runner: list[GuestRunner] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Unmap what we mapped and close what we opened (also run by the finalizer)."""
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus.clear()
+        for runner in self.runner:
+            runner.close()
+        self.runner.clear()
+        for s, e, mine in list(self.own.runs()):
+            if mine:
+                with contextlib.suppress(OSError):
+                    libc.munmap(s << SHIFT, (e - s) << SHIFT)
+        self.own.set(0, self.own.limit, False)
+        for fd in sorted(self.fds | self.hidden):
             with contextlib.suppress(OSError):
-                libc.munmap(s << SHIFT, (e - s) << SHIFT)
-    own.set(0, own.limit, False)
-    for fd in sorted(fds):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    fds.clear()
+                os.close(fd)
+        self.fds.clear()
+        self.hidden.clear()
+        if self.kvm >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.kvm)
+            self.kvm = -1
 
 
 @checked
@@ -82,16 +134,12 @@ class HostKernel:
 
     def __init__(self) -> None:
         self._kvm = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
-        self._fds: set[int] = set()
-        # Virtual pages this kernel object mapped and has not unmapped.
-        self._own: RangeMap[bool] = RangeMap(False, 1 << (64 - SHIFT))
-        self._finalizer = weakref.finalize(self, HostKernel._final, self._kvm, self._fds, self._own)
-
-    @staticmethod
-    def _final(kvm: int, fds: set[int], own: RangeMap[bool]) -> None:
-        _release(fds, own)
-        with contextlib.suppress(OSError):
-            os.close(kvm)
+        self._held = _Held(self._kvm)
+        self._fds = self._held.fds
+        self._own = self._held.own
+        self._vms: dict[int, _VmInfo] = {}
+        self._vcpus: dict[int, _VcpuInfo] = {}
+        self._finalizer = weakref.finalize(self, _Held.release, self._held)
 
     def __enter__(self) -> HostKernel:
         return self
@@ -104,8 +152,14 @@ class HostKernel:
 
     def unsupported(self, op: str) -> str | None:
         if op == "guest_access":
-            return "guest_access on the host needs the vCPU runner, not part of this build yet"
+            from ..vmm import asm
+            return asm.missing_reason()
         return None
+
+    def access_path(self) -> str:
+        """Probed once per process (guest.probe_access_path)."""
+        from .guest import probe_access_path
+        return probe_access_path()
 
     # --- resources seen by the case ------------------------------------------------
 
@@ -148,7 +202,9 @@ class HostKernel:
         return self._adopt(os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC))
 
     def create_vm(self, type: int = 0) -> int:
-        return self._adopt(libc.ioctl_int(self._kvm, uapi.KVM_CREATE_VM, type))
+        fd = self._adopt(libc.ioctl_int(self._kvm, uapi.KVM_CREATE_VM, type))
+        self._vms[fd] = _VmInfo(type)
+        return fd
 
     def check_extension(self, cap: int, vm: int | None = None) -> int:
         fd = self._kvm if vm is None else self._fd(vm)
@@ -168,12 +224,38 @@ class HostKernel:
         return self._adopt(os.memfd_create(name, flags))
 
     def close(self, fd: int) -> int:
-        os.close(self._fd(fd))
+        self._fd(fd)
+        vcpu = self._vcpus.pop(fd, None)
+        if vcpu is not None:
+            self._forget_vcpu_fd(vcpu, fd)
+        self._vms.pop(fd, None)
+        os.close(fd)
         self._fds.discard(fd)
         return 0
 
+    def _forget_vcpu_fd(self, info: _VcpuInfo, fd: int) -> None:
+        """The case closes a vCPU fd: drop our kvm_run mapping on it, and our VM dup
+        once the VM has no vCPU fd left (then the mapping no longer pins the vCPU)."""
+        info.fds.discard(fd)
+        if info.runner is not None and info.runner.fd == fd:
+            info.runner.close()
+            self._held.vcpus.remove(info.runner)
+            info.runner = None
+        if not info.fds:
+            info.vm.vcpus -= 1
+            if info.vm.vcpus == 0 and info.vm.hidden_fd is not None:
+                self._held.hidden.discard(info.vm.hidden_fd)
+                os.close(info.vm.hidden_fd)
+                info.vm.hidden_fd = None
+
     def dup(self, fd: int) -> int:
-        return self._adopt(os.dup(self._fd(fd)))
+        new = self._adopt(os.dup(self._fd(fd)))
+        if fd in self._vms:
+            self._vms[new] = self._vms[fd]
+        if fd in self._vcpus:
+            self._vcpus[new] = self._vcpus[fd]
+            self._vcpus[new].fds.add(new)
+        return new
 
     def fstat(self, fd: int) -> Stat:
         st = os.fstat(self._fd(fd))
@@ -317,7 +399,9 @@ class HostKernel:
                                memory_size: int, userspace_addr: int = 0) -> int:
         buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION_STRUCT.pack(
             slot, flags, guest_phys_addr, memory_size, userspace_addr))
-        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION, buf)
+        result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION, buf)
+        self._record_memslot(vm, slot, guest_phys_addr, memory_size)
+        return result
 
     def set_user_memory_region2(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
                                 memory_size: int, userspace_addr: int = 0,
@@ -325,7 +409,19 @@ class HostKernel:
         buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION2_STRUCT.pack(
             slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset,
             self._struct_fd(guest_memfd), 0, *([0] * 14)))
-        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
+        result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
+        self._record_memslot(vm, slot, guest_phys_addr, memory_size)
+        return result
+
+    def _record_memslot(self, vm: int, slot: int, gpa: int, size: int) -> None:
+        """A memslot call succeeded: remember the VM's slots for guest_access."""
+        info = self._vms.get(vm)
+        if info is None:
+            return
+        if size == 0:
+            info.slots.pop(slot, None)
+        else:
+            info.slots[slot] = (gpa, size)
 
     def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
                               flags: int = 0) -> int:
@@ -340,12 +436,49 @@ class HostKernel:
         return libc.ioctl_buf(self._fd(vm), uapi.KVM_ENABLE_CAP, buf)
 
     def create_vcpu(self, vm: int, id: int = 0) -> int:
-        return self._adopt(libc.ioctl_int(self._fd(vm), uapi.KVM_CREATE_VCPU, id))
+        fd = self._adopt(libc.ioctl_int(self._fd(vm), uapi.KVM_CREATE_VCPU, id))
+        info = self._vms.get(vm)
+        if info is None:  # KVM_CREATE_VCPU succeeds on VM fds only
+            return fd
+        self._vcpus[fd] = _VcpuInfo(info, {fd})
+        info.vcpus += 1
+        if info.hidden_fd is None:
+            info.hidden_fd = os.dup(vm)
+            self._held.hidden.add(info.hidden_fd)
+        return fd
 
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
                      private: bool = False, data: bytes = b"") -> GuestAccess:
-        reason = self.unsupported("guest_access")
-        raise UsageError(f"guest_access: {reason}")
+        info = self._vcpus.get(self._fd(vcpu))
+        if info is None:
+            # Not a vCPU: KVM_RUN gives that fd's answer (ENOTTY, or EINVAL on /dev/kvm).
+            libc.ioctl_int(vcpu, uapi.KVM_RUN, 0)
+            raise kernel_error(errno.ENOTTY, f"fd {vcpu} is not a vCPU")
+        check_call(info.vm.type != uapi.KVM_X86_DEFAULT_VM, info.vm.type, gpa, length, write,
+                   private, data)
+        if private:
+            raise UsageError("guest_access: private accesses are not implemented on the host "
+                             "(this machine has no VM type with private memory)")
+        from ..vmm.vcpu import Vcpu
+        from .guest import GuestRunner, VcpuState
+
+        if not self._held.runner:
+            self._held.runner.append(GuestRunner(self._kvm))
+        runner = self._held.runner[0]
+        if info.runner is None:
+            info.runner = Vcpu(min(info.fds), runner.mmap_size)
+            self._held.vcpus.append(info.runner)
+        if info.state is None:
+            info.state = VcpuState()
+        vm = info.vm
+        assert vm.hidden_fd is not None
+        used = {key & 0xFFFF for key in vm.slots if key >> 16 == 0}
+        slot_id = next(i for i in range(uapi.KVM_USER_MEM_SLOTS - 1, -2, -1) if i not in used)
+        if slot_id < 0:
+            raise UsageError("guest_access: every memslot id is taken; gmemlab needs one for "
+                             "its access program")
+        return runner.access(info.runner, info.state, vm.hidden_fd, slot_id,
+                             list(vm.slots.values()), gpa, length, write, data)
 
     def __repr__(self) -> str:
         return f"HostKernel({len(self._fds)} fds)"
