@@ -268,6 +268,10 @@ KVM_EXIT_MEMORY_FAULT = 39
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
 
+# The local APIC's default base (asm/apicdef.h): KVM's emulator treats this
+# guest physical page as MMIO whatever memslot covers it (vcpu_is_mmio_gpa).
+APIC_DEFAULT_PHYS_BASE = 0xFEE00000
+
 EXIT_NAMES: Mapping[int, str] = {
     KVM_EXIT_UNKNOWN: "unknown",
     KVM_EXIT_EXCEPTION: "exception",

@@ -280,6 +280,9 @@ class KvmOps(GmemOps, MmOps):
             attr_private = bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
             if attr_private != private:
                 return fault
+        if emulated and gfn == uapi.APIC_DEFAULT_PHYS_BASE >> SHIFT:
+            # vcpu_is_mmio_gpa: "For APIC access vmexit", memslot or not.
+            return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
         key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
         slot = kvm.memslots.get(key) if key is not None else None
         if slot is None:

@@ -181,14 +181,15 @@ class MmOps(ModelBase):
         # Unlike mprotect, mmap does not validate prot: unknown bits are dropped.
         prot &= uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
         if f is not None:
-            mapping = self._file_mapping(f, maptype, flags, prot, pgoff, first, npages)
+            mapping = self._file_mapping(f, maptype, flags, prot, pgoff, first, npages,
+                                         replace=fixed and not flags & uapi.MAP_FIXED_NOREPLACE)
         else:
             mapping = self._anon_mapping(maptype, prot, first, npages)
         self._install_mapping(first, npages, mapping, replace_existing=fixed)
         return first << SHIFT
 
     def _file_mapping(self, f: OpenFile, maptype: int, flags: int, prot: int, pgoff: int,
-                      first: int, npages: int) -> Mapping:
+                      first: int, npages: int, replace: bool = False) -> Mapping:
         inode = self.state.inodes[f.inode]
         if inode.mode & 0o170000 == uapi.S_IFREG and npages > ((1 << 63) - 1 - pgoff * P) // P:
             raise kernel_error(errno.EOVERFLOW, "offset beyond the maximum file size")
@@ -205,20 +206,24 @@ class MmOps(ModelBase):
             if prot & uapi.PROT_EXEC:
                 raise kernel_error(errno.EPERM, "PROT_EXEC on a noexec mount")
             mayexec = False
-        self._mmap_hook(f, shared, prot, pgoff, npages)
+        hook = self._handler_mm("mmap", f)
+        if hook is None:  # do_mmap: no f_op->mmap at all
+            raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
+        try:
+            hook(f, shared, prot, pgoff, npages)
+        except OSError:
+            # __mmap_region has already unmapped (and zapped) what MAP_FIXED
+            # replaces when f_op->mmap fails: vms_abort_munmap_vmas cannot
+            # reattach it and leaves a gap (mm/vma.c).
+            if replace:
+                self._unmap_range(first, first + npages)
+            raise
         overlay = None
         if not shared:
             overlay = self.state.new_id()
             self.state.overlays[overlay] = pages.new_store()
         return Mapping(file=f.id, delta=pgoff - first, prot=prot, shared=shared,
                        maywrite=True, mayexec=mayexec, overlay=overlay)
-
-    def _mmap_hook(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
-        """f_op->mmap: ENODEV for files that have none."""
-        hook = self._handler_mm("mmap", f)
-        if hook is None:
-            raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
-        hook(f, shared, prot, pgoff, npages)
 
     def _handler_mm(self, call: str, f: OpenFile) -> Any:
         return getattr(self, f"_{call}_{f.kind}", None)
