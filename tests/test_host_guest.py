@@ -113,3 +113,15 @@ def test_access_path_is_probed(host: HostKernel) -> None:
     assert ModelKernel(guest_path="emulator").access_path() == "emulator"
     with pytest.raises(UsageError):
         ModelKernel(guest_path="hardware")
+
+
+def test_guest_cannot_touch_the_interpreters_memory(host: HostKernel) -> None:
+    import ctypes
+    buf = ctypes.create_string_buffer(3 * P)
+    foreign = (ctypes.addressof(buf) + P - 1) & ~(P - 1)
+    vm = host.create_vm(0)
+    host.set_user_memory_region(vm, 0, 0, 0x100000, P, foreign)
+    cpu = host.create_vcpu(vm, 0)
+    with pytest.raises(UsageError, match="did not map"):
+        host.guest_access(cpu, 0x100000, 8, write=True, data=b"\xff" * 8)
+    assert buf.raw == bytes(3 * P)

@@ -72,8 +72,9 @@ class _VmInfo:
     """A VM the case created, whichever of its fds (dups) the case uses."""
 
     type: int
-    # Memslots the case has, by slot (as_id << 16 | id): (guest_phys_addr, memory_size).
-    slots: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Memslots the case has, by slot (as_id << 16 | id):
+    # (guest_phys_addr, memory_size, userspace_addr).
+    slots: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     # gmemlab's own dup of the VM fd, held while the VM has vCPU fds, so that
     # guest_access can add its runner's memslot after the case closed its VM
     # fds (a vCPU keeps the VM alive anyway, so the dup changes no lifetime).
@@ -400,7 +401,7 @@ class HostKernel:
         buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION_STRUCT.pack(
             slot, flags, guest_phys_addr, memory_size, userspace_addr))
         result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION, buf)
-        self._record_memslot(vm, slot, guest_phys_addr, memory_size)
+        self._record_memslot(vm, slot, guest_phys_addr, memory_size, userspace_addr)
         return result
 
     def set_user_memory_region2(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
@@ -410,10 +411,10 @@ class HostKernel:
             slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset,
             self._struct_fd(guest_memfd), 0, *([0] * 14)))
         result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
-        self._record_memslot(vm, slot, guest_phys_addr, memory_size)
+        self._record_memslot(vm, slot, guest_phys_addr, memory_size, userspace_addr)
         return result
 
-    def _record_memslot(self, vm: int, slot: int, gpa: int, size: int) -> None:
+    def _record_memslot(self, vm: int, slot: int, gpa: int, size: int, uaddr: int) -> None:
         """A memslot call succeeded: remember the VM's slots for guest_access."""
         info = self._vms.get(vm)
         if info is None:
@@ -421,7 +422,7 @@ class HostKernel:
         if size == 0:
             info.slots.pop(slot, None)
         else:
-            info.slots[slot] = (gpa, size)
+            info.slots[slot] = (gpa, size, uaddr)
 
     def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
                               flags: int = 0) -> int:
@@ -472,13 +473,20 @@ class HostKernel:
             info.state = VcpuState()
         vm = info.vm
         assert vm.hidden_fd is not None
+        # KVM may load or store at userspace_addr for this access (always on
+        # the emulator path): it must not be the interpreter's memory.
+        for base, size, uaddr in vm.slots.values():
+            lo, hi = max(gpa, base), min(gpa + length, base + size)
+            if lo < hi:
+                self._check_range(uaddr + lo - base, hi - lo, "guest_access")
         used = {key & 0xFFFF for key in vm.slots if key >> 16 == 0}
         slot_id = next(i for i in range(uapi.KVM_USER_MEM_SLOTS - 1, -2, -1) if i not in used)
         if slot_id < 0:
             raise UsageError("guest_access: every memslot id is taken; gmemlab needs one for "
                              "its access program")
         return runner.access(info.runner, info.state, vm.hidden_fd, slot_id,
-                             list(vm.slots.values()), gpa, length, write, data)
+                             [(base, size) for base, size, _ in vm.slots.values()], gpa, length,
+                             write, data)
 
     def __repr__(self) -> str:
         return f"HostKernel({len(self._fds)} fds)"
