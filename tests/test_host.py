@@ -205,3 +205,35 @@ def test_bad_input_never_crashes(host: HostKernel) -> None:
         with contextlib.suppress(OSError, MemorySignal, UsageError):
             call()
     assert host.read_mem(a, 4) == b"\0" * 4
+
+
+@needs_kvm
+def test_fast_copies_never_fault(host: HostKernel) -> None:
+    """Bulk copies use memmove on populated pages; every operation that could
+    make a page fault sends the next copy back through the safe path."""
+    m = host.memfd_create("fast", 0)
+    host.ftruncate(m, 8 * P)
+    a = host.mmap(m, 8 * P, 3, 1)
+    host.write_mem(a, fill=0x11, length=8 * P)  # populated now
+    assert host.read_mem(a + 8 * P - 2, 2) == b"\x11\x11"
+    host.ftruncate(m, 4 * P)  # pages 4.. are beyond EOF
+    with pytest.raises(MemorySignal) as sig:
+        host.write_mem(a, data=b"\x22" * 8 * P)
+    assert sig.value.signal_name == "SIGBUS" and sig.value.addr == a + 4 * P
+    assert host.read_mem(a + 4 * P - 1, 1) == b"\x22"  # stored up to the fault
+    host.mprotect(a, P, 1)
+    with pytest.raises(MemorySignal) as sig:
+        host.write_mem(a, fill=0, length=16)
+    assert sig.value.signal_name == "SIGSEGV"
+    assert host.read_mem(a, 4) == b"\x22" * 4
+    vm = host.create_vm(0)
+    f = host.create_guest_memfd(vm, 4 * P, 3)
+    g = host.mmap(f, 4 * P, 3, 1)
+    host.write_mem(g, fill=0x33, length=4 * P)
+    with pytest.raises(OSError):
+        host.mmap(f, P, 3, 0x12, addr=g + P)  # MAP_PRIVATE|FIXED: EINVAL, leaves a gap
+    with pytest.raises(MemorySignal) as sig:
+        host.read_mem(g, 4 * P)
+    assert sig.value.signal_name == "SIGSEGV" and sig.value.addr == g + P
+    host.fallocate(f, 3, 0, 4 * P)  # punched: refaulted as zero pages
+    assert host.read_mem(g, 8) == bytes(8)

@@ -8,16 +8,23 @@ that a case can never harm the interpreter that runs it:
   address-space operation that would touch memory it did not map (the
   interpreter's heap, libraries, stacks) is refused with UsageError instead
   of being executed.
-* Loads and stores go through process_vm_readv/writev on our own pid, which
-  copy until the first page that cannot be served and return EFAULT there
-  instead of raising a signal.  The faulting address is then classified the
-  way the kernel would signal it: no VMA or a protection violation is
-  SIGSEGV, a VMA whose fault handler refused is SIGBUS.
+* Loads and stores never fault in the interpreter.  The fast path copies
+  with memmove, but only over pages that MADV_POPULATE_READ/WRITE has
+  faulted in (which reports a fault as an error instead of a signal) since
+  the last operation that could unmap, reprotect or zap them.  Anything else
+  goes through process_vm_readv/writev on our own pid, which copy until the
+  first page that cannot be served and return EFAULT there; the faulting
+  address is then classified the way the kernel would signal it: no VMA or a
+  protection violation is SIGSEGV, a VMA whose fault handler refused is
+  SIGBUS.
+
+A HostKernel is not thread-safe: one thread at a time uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import weakref
@@ -39,6 +46,10 @@ if TYPE_CHECKING:
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 KVM_DEV = "/dev/kvm"
+VPAGES = 1 << (64 - SHIFT)
+MADV_POPULATE_READ = 22
+MADV_POPULATE_WRITE = 23
+LOADABLE, STORABLE = 1, 2  # what the fast path knows a populated page allows
 
 
 def host_unavailable() -> str | None:
@@ -140,6 +151,11 @@ class HostKernel:
         self._own = self._held.own
         self._vms: dict[int, _VmInfo] = {}
         self._vcpus: dict[int, _VcpuInfo] = {}
+        # Pages populated for loads or stores since the last operation that
+        # could unmap, reprotect or zap them (_changed() forgets them all).
+        self._populated: RangeMap[int] = RangeMap(0, VPAGES)
+        # The populated run the last fast copy used: (first, last, level).
+        self._hot = (0, 0, 0)
         self._finalizer = weakref.finalize(self, _Held.release, self._held)
 
     def __enter__(self) -> HostKernel:
@@ -184,6 +200,8 @@ class HostKernel:
             return
         end = min(addr + length, 1 << 64)
         first, last = addr >> SHIFT, (end + P - 1) >> SHIFT
+        if self._own.all_equal(first, min(last, VPAGES), True):
+            return  # ours, page by page: no other mapping can be there
         for lo, hi, _ in read_maps():
             if hi <= addr or lo >= end:
                 continue
@@ -191,6 +209,26 @@ class HostKernel:
             if not self._own.all_equal(max(a, first), min(b, last), True):
                 raise UsageError(f"{what}: [{addr:#x}, {end:#x}) touches memory this kernel "
                                  "did not map (the interpreter's own)")
+
+    def _changed(self) -> None:
+        """Mappings, protections or file pages may have changed: nothing is
+        known to be populated any more."""
+        self._populated = RangeMap(0, VPAGES)
+        self._hot = (0, 0, 0)
+
+    def _forget_holes(self, addr: int, length: int) -> None:
+        """After a failed MAP_FIXED (or MREMAP_FIXED), what it was to replace may
+        have become a gap (mm/vma.c): pages without a mapping are not ours."""
+        if length <= 0:
+            return
+        first, last = addr >> SHIFT, min((addr + length + P - 1) >> SHIFT, VPAGES)
+        mapped: RangeMap[bool] = RangeMap(False, VPAGES)
+        for lo, hi, _ in read_maps():
+            if hi > first << SHIFT and lo < last << SHIFT:
+                mapped.set(max(lo >> SHIFT, first), min(hi >> SHIFT, last), True)
+        for s, e, is_mapped in list(mapped.runs(first, last)):
+            if not is_mapped:
+                self._own.set(s, e, False)
 
     def _mark(self, addr: int, length: int, mine: bool) -> None:
         if length > 0:
@@ -298,10 +336,12 @@ class HostKernel:
     def ftruncate(self, fd: int, length: int) -> int:
         if length < 0:
             raise kernel_error(errno.EINVAL, "negative length")
+        self._changed()
         os.ftruncate(self._fd(fd), length)
         return 0
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> int:
+        self._changed()
         return libc.fallocate(self._fd(fd), mode, offset, length)
 
     # --- the address space -----------------------------------------------------------------
@@ -314,12 +354,19 @@ class HostKernel:
         elif addr:
             addr = 0  # a hint could place the mapping among the interpreter's; drop it
         raw_fd = -1 if anonymous else self._fd(fd)
-        result = libc.mmap(addr, length, prot, flags, raw_fd, offset)
+        self._changed()
+        try:
+            result = libc.mmap(addr, length, prot, flags, raw_fd, offset)
+        except OSError:
+            if flags & uapi.MAP_FIXED and not flags & uapi.MAP_FIXED_NOREPLACE:
+                self._forget_holes(addr, length)
+            raise
         self._mark(result, length, True)
         return result
 
     def munmap(self, addr: int, length: int) -> int:
         self._check_range(addr, length, "munmap")
+        self._changed()
         libc.munmap(addr, length)
         if not addr & (P - 1):
             self._mark(addr, length, False)
@@ -327,10 +374,12 @@ class HostKernel:
 
     def mprotect(self, addr: int, length: int, prot: int) -> int:
         self._check_range(addr, length, "mprotect")
+        self._changed()
         return libc.mprotect(addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> int:
         self._check_range(addr, length, "madvise")
+        self._changed()
         return libc.madvise(addr, length, advice)
 
     def mremap(self, addr: int, old_length: int, new_length: int, flags: int = 0,
@@ -340,7 +389,13 @@ class HostKernel:
         self._check_range(addr, old_length, "mremap")
         if flags & uapi.MREMAP_FIXED:
             self._check_range(new_address, new_length, "mremap")
-        result = libc.mremap(addr, old_length, new_length, flags, new_address)
+        self._changed()
+        try:
+            result = libc.mremap(addr, old_length, new_length, flags, new_address)
+        except OSError:
+            if flags & uapi.MREMAP_FIXED:
+                self._forget_holes(new_address, new_length)
+            raise
         if result != addr:
             self._mark(addr, old_length, False)
         elif new_length < old_length:
@@ -362,28 +417,65 @@ class HostKernel:
                 return MemorySignal(uapi.SIGBUS, addr, "the file refused the page fault")
         return MemorySignal(uapi.SIGSEGV, addr, "no mapping")
 
+    def _populated_for(self, addr: int, n: int, level: int, what: str) -> bool:
+        """Whether [addr, addr+n) can be copied with memmove: every page ours
+        and faulted in for loads (level LOADABLE) or stores (STORABLE) since
+        the last _changed().  Populated pages are ours: every operation that
+        gives pages up calls _changed() first."""
+        first, last = addr >> SHIFT, (addr + n + P - 1) >> SHIFT
+        if last > VPAGES:
+            return False
+        populated = self._populated
+        start, end, have = populated.run_at(first)
+        if end >= last and have >= level:
+            self._hot = (start, end, have)
+            return True
+        self._check_range(addr, n, what)
+        if not self._own.all_equal(first, last, True):
+            return False
+        advice = MADV_POPULATE_WRITE if level == STORABLE else MADV_POPULATE_READ
+        try:
+            # Faults in the pages exactly as the access would, but answers a
+            # fault the kernel would signal with an error.
+            libc.madvise(first << SHIFT, (last - first) << SHIFT, advice)
+        except OSError:
+            return False  # the slow path finds where and how it faults
+        populated.set(first, last, level)
+        self._hot = populated.run_at(first)
+        return True
+
     def read_mem(self, addr: int, length: int) -> bytes:
         if length == 0:
             return b""
-        self._check_range(addr, length, "read_mem")
-        out = bytearray(length)
-        done = libc.copy_from(addr, length, out)
-        if done < length:
-            raise self._signal_at(addr + done, write=False)
-        return bytes(out)
+        start, end, _ = self._hot
+        if not (start <= addr >> SHIFT and (addr + length + P - 1) >> SHIFT <= end) and \
+                not self._populated_for(addr, length, LOADABLE, "read_mem"):
+            out = bytearray(length)
+            done = libc.copy_from(addr, length, out)
+            if done < length:
+                raise self._signal_at(addr + done, write=False)
+            return bytes(out)
+        return ctypes.string_at(addr, length)
 
     def write_mem(self, addr: int, data: bytes = b"", fill: int | None = None,
                   length: int | None = None) -> int:
         n = length if fill is not None and length is not None else len(data)
         if n == 0:
             return 0
-        self._check_range(addr, n, "write_mem")
+        start, end, have = self._hot
+        if not (have == STORABLE and start <= addr >> SHIFT and (addr + n + P - 1) >> SHIFT <= end) \
+                and not self._populated_for(addr, n, STORABLE, "write_mem"):
+            if fill is not None:
+                done = self._fill(addr, n, fill)
+            else:
+                done = libc.copy_to(addr, data)
+            if done < n:
+                raise self._signal_at(addr + done, write=True)
+            return n
         if fill is not None:
-            done = self._fill(addr, n, fill)
+            ctypes.memset(addr, fill, n)
         else:
-            done = libc.copy_to(addr, data)
-        if done < n:
-            raise self._signal_at(addr + done, write=True)
+            ctypes.memmove(addr, data, n)
         return n
 
     def _fill(self, addr: int, n: int, byte: int) -> int:
