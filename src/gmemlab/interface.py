@@ -335,42 +335,48 @@ def _refuse(op: str, args: dict[str, Any]) -> None:
 
 
 @functools.cache
-def _op_plan(op: str) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """The parameter names of op in order, and the defaults of those that have one."""
+def _op_plan(op: str) -> tuple[tuple[str, ...], dict[str, Any],
+                                dict[str, Callable[[str, object], object]]]:
+    """op's parameter names in order, the defaults of those that have one, and their checkers."""
+    sig, checkers = _op_checkers(op)
+    defaults = {name: p.default for name, p in sig.parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return tuple(sig.parameters), defaults, checkers
+
+
+def _bind_error(op: str, args: tuple[object, ...], kwargs: dict[str, object]) -> UsageError:
     sig = op_signature(op)
-    return tuple(sig.parameters), {name: p.default for name, p in sig.parameters.items()
-                                   if p.default is not inspect.Parameter.empty}
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        return UsageError(f"{op}: {exc} (parameters: {', '.join(sig.parameters)})")
+    return UsageError(f"{op}: cannot bind {args!r} {kwargs!r}")
 
 
 def check_call(op: str, args: tuple[object, ...], kwargs: dict[str, object]) -> dict[str, Any]:
     """Bind and validate a call of op; the validated arguments by name."""
-    sig, checkers = _op_checkers(op)
-    # Binding by hand: Signature.bind costs microseconds on every bulk
-    # read_mem/write_mem.  Anything unusual goes to bind() for its message.
-    names, defaults = _op_plan(op)
-    bound: dict[str, Any] | None = None
-    if len(args) <= len(names):
-        bound = dict(zip(names, args, strict=False))
-        for name, value in kwargs.items():
-            if name in bound or name not in checkers:
-                bound = None
-                break
-            bound[name] = value
-        if bound is not None:
-            for name in names:
-                if name not in bound:
-                    if name not in defaults:
-                        bound = None
-                        break
-                    bound[name] = defaults[name]
-    if bound is None:
-        try:
-            sig.bind(*args, **kwargs)
-        except TypeError as exc:
-            params = ", ".join(sig.parameters)
-            raise UsageError(f"{op}: {exc} (parameters: {params})") from None
-        raise AssertionError("unreachable: bind accepted what the fast binder refused")
-    checked_args = {name: checkers[name](name, bound[name]) for name in names}
+    # Binding and checking in one pass: Signature.bind alone cost microseconds
+    # on every bulk read_mem/write_mem.  A call that does not bind is handed to
+    # bind() for its message.
+    names, defaults, checkers = _op_plan(op)
+    npos = len(args)
+    if npos > len(names):
+        raise _bind_error(op, args, kwargs)
+    checked_args: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        if i < npos:
+            if name in kwargs:
+                raise _bind_error(op, args, kwargs)
+            value = args[i]
+        elif name in kwargs:
+            value = kwargs[name]
+        elif name in defaults:
+            value = defaults[name]
+        else:
+            raise _bind_error(op, args, kwargs)
+        checked_args[name] = checkers[name](name, value)
+    if kwargs and not all(name in checkers for name in kwargs):
+        raise _bind_error(op, args, kwargs)
     _refuse(op, checked_args)
     return checked_args
 

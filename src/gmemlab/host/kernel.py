@@ -455,7 +455,7 @@ class HostKernel:
             if done < length:
                 raise self._signal_at(addr + done, write=False)
             return bytes(out)
-        return ctypes.string_at(addr, length)
+        return libc.load(addr, length)
 
     def write_mem(self, addr: int, data: bytes = b"", fill: int | None = None,
                   length: int | None = None) -> int:
