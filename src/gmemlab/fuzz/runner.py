@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis import seed as with_seed
 from hypothesis.errors import Flaky
 from hypothesis.stateful import run_state_machine_as_test
 
@@ -16,6 +17,13 @@ from ..interface import Kernel
 from .machine import DifferentialMachine, Divergence, KernelPair, make_machine
 
 PAIRS = ("model,host",)
+BATCH = 2000
+
+
+def _as_test(machine: type[DifferentialMachine], config: settings) -> Callable[[], None]:
+    def test() -> None:
+        run_state_machine_as_test(machine, settings=config)  # type: ignore[no-untyped-call]
+    return test
 
 
 @dataclass
@@ -81,27 +89,29 @@ def run_fuzz(examples: int, pair: str = "model,host", seed: int | None = None,
             progress(report)
 
     machine = make_machine(factories, requires or [], observe)
-    config = settings(max_examples=examples, stateful_step_count=steps, deadline=None,
-                      database=None, derandomize=seed is None, print_blob=False,
-                      report_multiple_bugs=False,
-                      verbosity=Verbosity.quiet,
-                      phases=(Phase.generate, Phase.shrink),
-                      suppress_health_check=list(HealthCheck))
-    if seed is not None:
-        from hypothesis import seed as with_seed
-        run = with_seed(seed)(lambda: run_state_machine_as_test(  # type: ignore[no-untyped-call]
-            machine, settings=config))
-    else:
-        def run() -> None:
-            run_state_machine_as_test(machine, settings=config)  # type: ignore[no-untyped-call]
-    try:
-        run()  # type: ignore[no-untyped-call]
-    except Divergence as exc:
-        from .minimize import minimize
-        exc.steps = minimize(exc.steps, factories)
-        report.divergence = exc
-    except Flaky as exc:
-        report.flaky = str(exc)
+    # Hypothesis keeps every example's choices while it runs (hundreds of MB
+    # per 10,000 examples), so a long run is a series of batches, each with
+    # its own seed: memory stays bounded and the run stays reproducible.
+    base = 0 if seed is None else seed
+    for batch in range((examples + BATCH - 1) // BATCH):
+        count = min(BATCH, examples - batch * BATCH)
+        config = settings(max_examples=count, stateful_step_count=steps, deadline=None,
+                          database=None, print_blob=False, report_multiple_bugs=False,
+                          verbosity=Verbosity.quiet, phases=(Phase.generate, Phase.shrink),
+                          suppress_health_check=list(HealthCheck))
+        # @seed works on the state machine class (run_state_machine_as_test
+        # copies it to the test it builds), not on a function around it.
+        with_seed(base * 1_000_003 + batch)(machine)
+        try:
+            _as_test(machine, config)()
+        except Divergence as exc:
+            from .minimize import minimize
+            exc.steps = minimize(exc.steps, factories)
+            report.divergence = exc
+            break
+        except Flaky as exc:
+            report.flaky = str(exc)
+            break
     report.seconds = time.monotonic() - start
     report.stats = machine.stats
     return report
