@@ -417,12 +417,15 @@ class HostKernel:
                 return MemorySignal(uapi.SIGBUS, addr, "the file refused the page fault")
         return MemorySignal(uapi.SIGSEGV, addr, "no mapping")
 
-    def _populated_for(self, addr: int, n: int, level: int, what: str) -> bool:
+    def _fast(self, addr: int, n: int, level: int, what: str) -> bool:
         """Whether [addr, addr+n) can be copied with memmove: every page ours
         and faulted in for loads (level LOADABLE) or stores (STORABLE) since
         the last _changed().  Populated pages are ours: every operation that
         gives pages up calls _changed() first."""
         first, last = addr >> SHIFT, (addr + n + P - 1) >> SHIFT
+        start, end, have = self._hot
+        if start <= first and last <= end and have >= level:
+            return True
         if last > VPAGES:
             return False
         populated = self._populated
@@ -447,35 +450,33 @@ class HostKernel:
     def read_mem(self, addr: int, length: int) -> bytes:
         if length == 0:
             return b""
-        start, end, _ = self._hot
-        if not (start <= addr >> SHIFT and (addr + length + P - 1) >> SHIFT <= end) and \
-                not self._populated_for(addr, length, LOADABLE, "read_mem"):
-            out = bytearray(length)
-            done = libc.copy_from(addr, length, out)
-            if done < length:
-                raise self._signal_at(addr + done, write=False)
-            return bytes(out)
-        return libc.load(addr, length)
+        if self._fast(addr, length, LOADABLE, "read_mem"):
+            return libc.load(addr, length)
+        self._check_range(addr, length, "read_mem")
+        out = bytearray(length)
+        done = libc.copy_from(addr, length, out)
+        if done < length:
+            raise self._signal_at(addr + done, write=False)
+        return bytes(out)
 
     def write_mem(self, addr: int, data: bytes = b"", fill: int | None = None,
                   length: int | None = None) -> int:
         n = length if fill is not None and length is not None else len(data)
         if n == 0:
             return 0
-        start, end, have = self._hot
-        if not (have == STORABLE and start <= addr >> SHIFT and (addr + n + P - 1) >> SHIFT <= end) \
-                and not self._populated_for(addr, n, STORABLE, "write_mem"):
+        if self._fast(addr, n, STORABLE, "write_mem"):
             if fill is not None:
-                done = self._fill(addr, n, fill)
+                ctypes.memset(addr, fill, n)
             else:
-                done = libc.copy_to(addr, data)
-            if done < n:
-                raise self._signal_at(addr + done, write=True)
+                ctypes.memmove(addr, data, n)
             return n
+        self._check_range(addr, n, "write_mem")
         if fill is not None:
-            ctypes.memset(addr, fill, n)
+            done = self._fill(addr, n, fill)
         else:
-            ctypes.memmove(addr, data, n)
+            done = libc.copy_to(addr, data)
+        if done < n:
+            raise self._signal_at(addr + done, write=True)
         return n
 
     def _fill(self, addr: int, n: int, byte: int) -> int:
