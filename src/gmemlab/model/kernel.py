@@ -6,6 +6,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..errors import UsageError
+from ..guestaccess import GUEST_PATHS
 from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, checked
 from .designs import DEFAULT_DESIGN, Design, make_design
 from .steps import StepOps
@@ -48,9 +50,15 @@ class ModelKernel(StepOps, VfsOps):
     # users, hypercalls); later designs add theirs.
     EXTRA_OPS: tuple[str, ...] = MODEL_ONLY_OPS
 
-    def __init__(self, design: str | Design = DEFAULT_DESIGN) -> None:
+    def __init__(self, design: str | Design = DEFAULT_DESIGN, guest_path: str = "mmu") -> None:
         super().__init__(make_design(design) if isinstance(design, str) else design)
+        if guest_path not in GUEST_PATHS:
+            raise UsageError(f"guest path must be one of {', '.join(GUEST_PATHS)}, "
+                             f"not {guest_path!r}")
+        self.guest_path = guest_path
         self.name = f"model:{self.design.name}"
+        if guest_path != "mmu":
+            self.name += f":{guest_path}"
 
     def __enter__(self) -> ModelKernel:
         return self
@@ -58,5 +66,9 @@ class ModelKernel(StepOps, VfsOps):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    def access_path(self) -> str:
+        return self.guest_path
+
     def __repr__(self) -> str:
-        return f"ModelKernel(design={self.design.name!r})"
+        extra = f", guest_path={self.guest_path!r}" if self.guest_path != "mmu" else ""
+        return f"ModelKernel(design={self.design.name!r}{extra})"

@@ -188,9 +188,20 @@ class MmOps(ModelBase):
              addr: int = 0) -> int:
         plan = self._mmap_plan(fd, length, prot, flags, offset, addr)
         if plan.file is not None:
-            self._mmap_hook(self.state.files[plan.file], plan.shared, plan.prot, plan.pgoff,
-                            plan.npages)
+            try:
+                self._mmap_hook(self.state.files[plan.file], plan.shared, plan.prot, plan.pgoff,
+                                plan.npages)
+            except OSError:
+                self._mmap_refused(plan)
+                raise
         return self._mmap_install(plan)
+
+    def _mmap_refused(self, plan: MmapPlan) -> None:
+        """__mmap_region has already unmapped (and zapped) what MAP_FIXED
+        replaces when the file's mmap fails: vms_abort_munmap_vmas cannot
+        reattach it and leaves a gap (mm/vma.c)."""
+        if plan.fixed:
+            self._unmap_range(plan.first, plan.first + plan.npages)
 
     def _mmap_plan(self, fd: int, length: int, prot: int, flags: int, offset: int,
                    addr: int) -> MmapPlan:
@@ -246,6 +257,8 @@ class MmOps(ModelBase):
                 if prot & uapi.PROT_EXEC:
                     raise kernel_error(errno.EPERM, "PROT_EXEC on a noexec mount")
                 mayexec = False
+            if self._handler_mm("mmap", f) is None:  # do_mmap: no f_op->mmap at all
+                raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
         return MmapPlan(file=f.id if f is not None else None, first=first, npages=npages,
                         fixed=fixed, shared=shared, prot=prot, pgoff=pgoff, mayexec=mayexec,
                         cache=cache)
@@ -277,11 +290,8 @@ class MmOps(ModelBase):
         return first << SHIFT
 
     def _mmap_hook(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
-        """f_op->mmap: ENODEV for files that have none."""
-        hook = self._handler_mm("mmap", f)
-        if hook is None:
-            raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
-        hook(f, shared, prot, pgoff, npages)
+        """f_op->mmap (its absence was refused by _mmap_plan)."""
+        self._handler_mm("mmap", f)(f, shared, prot, pgoff, npages)
 
     def _handler_mm(self, call: str, f: OpenFile) -> Any:
         return getattr(self, f"_{call}_{f.kind}", None)

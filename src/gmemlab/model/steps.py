@@ -193,6 +193,7 @@ class StepOps(RestrictedOps):
         if not progress.done:
             return replace(p, progress=progress)
         if progress.error:
+            self._mmap_refused(p.plan)
             return Outcome("errno", progress.error)
         return Outcome("ret", self._mmap_install(p.plan))
 
