@@ -232,11 +232,11 @@ class KvmOps(GmemOps, MmOps):
         if address & (P - 1) or size & (P - 1):
             raise kernel_error(errno.EINVAL, "address and size must be page-aligned")
         first, last = address >> SHIFT, (address + size) >> SHIFT
-        self._conversion_check(kvm, first, last)
+        self._conversion_check(kvm, first, last, attributes)
         return first, last, attributes
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
-        """A design's veto on converting [first, last); guest_memfd has none."""
+    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+        """A design's veto on converting [first, last) to attributes; guest_memfd has none."""
 
     def _set_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         if kvm.attributes.all_equal(first, last, attributes):
@@ -259,6 +259,11 @@ class KvmOps(GmemOps, MmOps):
         """Record pages that became private under a host mapping (design hook)."""
 
     # --- guest accesses -------------------------------------------------------------------------
+
+    def _gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
+        """Whether the guest may access gfn as private (True) or shared
+        (False), or neither (None: an in-place unshare still pending)."""
+        return bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
                      private: bool = False, data: bytes = b"") -> GuestAccess:
@@ -301,8 +306,8 @@ class KvmOps(GmemOps, MmOps):
                                errno=uapi.errno_name(err))
 
         if self.design.has_private_mem(kvm.type):
-            attr_private = bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
-            if attr_private != private:
+            attr_private = self._gfn_private(kvm, gfn)
+            if attr_private is None or attr_private != private:
                 return fault()
         key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
         slot = kvm.memslots.get(key) if key is not None else None

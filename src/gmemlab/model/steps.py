@@ -140,7 +140,7 @@ class StepOps(RestrictedOps):
             kvm = self._vm_or_none(p.kwargs["vm"])
             if kvm is not None and kvm.converting:
                 return "another conversion of this VM is running"
-        return None
+        return self._design_blocker(actor, p)
 
     def _file_locks_needed(self, p: Pending) -> list[int]:
         """Restricted memfds whose lock the operation's first step takes."""
