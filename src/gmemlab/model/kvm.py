@@ -197,6 +197,13 @@ class KvmOps(GmemOps, MmOps):
         kvm.gfn_slots.set(base_gfn, base_gfn + npages, key)
         return 0
 
+    def _destroy_vm(self, vm: Vm) -> None:
+        """kvm_destroy_vm frees the memslots, unbinding their private files
+        (a restricted memfd loses KVM's notifier and the binding's reference)."""
+        for slot in list(vm.memslots.values()):
+            self._unbind_private(vm, slot)
+        super()._destroy_vm(vm)
+
     def _gpa_overlaps(self, kvm: Vm, key: int, base_gfn: int, npages: int) -> bool:
         return any(k is not None and k != key
                    for _, _, k in kvm.gfn_slots.runs(base_gfn, base_gfn + npages))
