@@ -60,8 +60,9 @@ PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 # Model-only: an unshare waiting for the host's last reference (NONE_SHARED).
 NONE_SHARED = PRIVATE | 1 << 32
 ATTR_NAMES = {SHARED: "shared", PRIVATE: "private", NONE_SHARED: "none_shared"}
-# Operations that take a guest_memfd's invalidate lock (shared) for a moment.
-FILE_OPS = frozenset({"get_pfn", "put_pfn", "fallocate", "set_memory_attributes2", "page_attr"})
+# Operations that take a guest_memfd's invalidate lock (shared) for a moment;
+# dropping a reference (put_pfn, gup_unpin, munmap) takes none.
+FILE_OPS = frozenset({"get_pfn", "fallocate", "set_memory_attributes2", "page_attr"})
 RANGE_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 
 

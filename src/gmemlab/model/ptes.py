@@ -36,9 +36,10 @@ class PteOps(ModelBase):
     def _ptes_install(self, first: int, last: int, m: Mapping) -> None:
         """Virtual pages [first, last) of mapping m were faulted in."""
         ptes = self.state.ptes
+        _, end, present = ptes.run_at(first)
+        if present and end >= last:
+            return  # the common case: already faulted in
         new = [(s, e) for s, e, present in ptes.runs(first, last) if not present]
-        if not new:
-            return
         ptes.set(first, last, True)
         inode = self._mapping_inode(m)
         if inode is not None:
@@ -49,9 +50,10 @@ class PteOps(ModelBase):
         """Drop the PTEs of virtual pages [first, last), while their VMAs are
         still in place (they say which file pages lose a reference)."""
         ptes = self.state.ptes
+        _, end, any_present = ptes.run_at(first)
+        if not any_present and end >= last:
+            return  # nothing was faulted in
         present = [(s, e) for s, e, p in ptes.runs(first, last) if p]
-        if not present:
-            return
         dropped: list[tuple[Inode, int, int]] = []
         for s, e in present:
             for vs, ve, m in self.state.vmas.runs(s, e):
