@@ -252,6 +252,55 @@ class FileState:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Costs:
+    """What the operations so far cost, counted by the model (ModelKernel.costs()).
+
+    Every design counts the same events, so two designs running the same
+    workload can be compared field by field; subtracting two snapshots
+    (``after - before``) gives the cost of what ran in between.  Counts are
+    of operations, not of pages, unless the name says pages.
+    """
+
+    syscalls: int = 0  # system calls and ioctls the VMM made (set_memory_attributes2 included)
+    hypercalls: int = 0  # pKVM hypercalls handled at EL2, host- or guest-initiated
+    exits: int = 0  # guest exits to the host (accesses, hypercalls)
+    vma_splits: int = 0  # VMAs split (munmap, mprotect, madvise inside a VMA)
+    vma_merges: int = 0  # VMAs merged with a neighbour
+    vma_count: int = 0  # VMAs in the host address space now (a level, not a count of events)
+    host_pte_zaps: int = 0  # zaps of host user page tables (munmap, unmap_mapping_range, ...)
+    kvm_zaps: int = 0  # zaps of KVM's secondary MMU / a guest's stage-2
+    stage2_updates: int = 0  # pKVM changes to the host, hyp or a guest stage-2
+    tlb_flushes: int = 0  # TLB invalidations the zaps and stage-2 changes needed
+    pages_zeroed: int = 0  # pages cleared (allocation, pKVM reclaim)
+    pages_allocated: int = 0  # pages allocated by fallocate
+    pages_freed: int = 0  # pages freed (punch, release)
+    refused: int = 0  # conversions refused because a page was still referenced
+    deferred: int = 0  # conversions left waiting for the host's last reference (pkvm-inplace)
+
+    def __sub__(self, other: Costs) -> Costs:
+        """The cost between two snapshots (vma_count stays the later level)."""
+        values = {k: v - getattr(other, k) for k, v in asdict(self).items()}
+        values["vma_count"] = self.vma_count
+        return Costs(**values)
+
+    def as_table(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PkvmPage:
+    """pKVM's record of one physical page (model-only op pkvm_page)."""
+
+    host: str  # OWNED, SHARED_OWNED, SHARED_BORROWED or NOPAGE
+    hyp: str
+    pin_count: int  # hyp_page.refcount (hyp_pin_shared_mem)
+    share_guest_count: int  # host_share_guest_count (shares with non-protected guests)
+
+    def as_table(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class ModelOnly(Protocol):
     """Operations only the model has (MODEL_OPS.md): kernel-internal users and
     hypervisor calls that no system call reaches.  Cases using them say
@@ -289,6 +338,79 @@ class ModelOnly(Protocol):
     def guest_hypercall(self, vcpu: Fd, nr: ULong, args: Sequence[ULong] = ()) -> GuestHypercall:
         """A 64-bit guest's vmcall at CPL 0, answered as __kvm_emulate_hypercall does."""
         ...
+
+    def costs(self) -> Costs:
+        """What the operations so far cost (see Costs)."""
+        ...
+
+    # --- host references ---------------------------------------------------------
+
+    def gup_pin(self, addr: ULong, length: ULong) -> int:
+        """pin_user_pages(FOLL_LONGTERM) on [addr, addr+length), as O_DIRECT or
+        VFIO do: all pages or none (EFAULT); the number of pages pinned."""
+        ...
+
+    def gup_unpin(self, addr: ULong, length: ULong) -> int:
+        """Drop the oldest pin made with the same addr and length (EINVAL if none)."""
+        ...
+
+    # --- in-place designs (inplace, pkvm-inplace) -----------------------------------
+
+    def set_memory_attributes2(self, fd: Fd, offset: ULong, size: ULong, attributes: ULong,
+                               flags: ULong = 0) -> int:
+        """KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd: EAGAIN (with
+        error_offset on the exception) while a page is referenced."""
+        ...
+
+    def page_attr(self, fd: Fd, index: ULong) -> str:
+        """"shared" or "private" (pkvm-inplace also "none_shared") of a page."""
+        ...
+
+    # --- kvm-map ----------------------------------------------------------------------
+
+    def kvm_map_shared(self, vm: Fd, gpa: ULong, size: ULong,
+                       prot: Int = uapi.PROT_READ | uapi.PROT_WRITE) -> int:
+        """KVM maps shared guest memory [gpa, gpa+size) into the host at the
+        backing file's canonical address; the address of gpa."""
+        ...
+
+    # --- the pKVM hypervisor ------------------------------------------------------------
+
+    def pkvm_host_share_hyp(self, pfn: ULong) -> int: ...
+
+    def pkvm_host_unshare_hyp(self, pfn: ULong) -> int: ...
+
+    def pkvm_host_donate_hyp(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def pkvm_hyp_donate_host(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def pkvm_host_share_ffa(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def pkvm_host_unshare_ffa(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def hyp_pin_shared_mem(self, pfn: ULong) -> int: ...
+
+    def hyp_unpin_shared_mem(self, pfn: ULong) -> int: ...
+
+    def pkvm_host_share_guest(self, pfn: ULong, gfn: ULong, vm: Fd, prot: ULong) -> int: ...
+
+    def pkvm_host_unshare_guest(self, gfn: ULong, vm: Fd) -> int: ...
+
+    def pkvm_host_donate_guest(self, pfn: ULong, gfn: ULong, vm: Fd) -> int: ...
+
+    def pkvm_guest_share_host(self, vm: Fd, gfn: ULong) -> int: ...
+
+    def pkvm_guest_unshare_host(self, vm: Fd, gfn: ULong) -> int: ...
+
+    def pkvm_host_reclaim_page(self, vm: Fd, pfn: ULong) -> int: ...
+
+    def pkvm_page_state(self, pfn: ULong, component: str, vm: Fd | None = None,
+                        gfn: ULong | None = None) -> str:
+        """OWNED, SHARED_OWNED, SHARED_BORROWED or NOPAGE of pfn for host, hyp
+        or guest (the guest's leaf at gfn of vm, if it maps pfn)."""
+        ...
+
+    def pkvm_page(self, pfn: ULong) -> PkvmPage: ...
 
 
 def _ops_of(proto: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:

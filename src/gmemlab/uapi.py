@@ -392,6 +392,9 @@ MFD_NAMES: Mapping[str, int] = {
 }
 CAP_ENABLE_ARG_NAMES: Mapping[str, int] = {"MAP_GPA_RANGE": KVM_EXIT_HYPERCALL_VALID_MASK}
 
+# pKVM stage-2 permissions (enum kvm_pgtable_prot: X = bit 0, W = bit 1, R = bit 2).
+PKVM_PROT_NAMES: Mapping[str, int] = {"X": 1, "W": 2, "R": 4, "RWX": 7}
+
 # Which names a flag-valued argument accepts, keyed by (operation, argument).
 # An argument missing here takes integers only.
 FLAG_ARGUMENTS: Mapping[tuple[str, str], Mapping[str, int]] = {
@@ -405,6 +408,9 @@ FLAG_ARGUMENTS: Mapping[tuple[str, str], Mapping[str, int]] = {
     ("set_user_memory_region", "flags"): MEMSLOT_FLAG_NAMES,
     ("set_user_memory_region2", "flags"): MEMSLOT_FLAG_NAMES,
     ("set_memory_attributes", "attributes"): ATTRIBUTE_NAMES,
+    ("set_memory_attributes2", "attributes"): ATTRIBUTE_NAMES,
+    ("kvm_map_shared", "prot"): PROT_NAMES,
+    ("pkvm_host_share_guest", "prot"): PKVM_PROT_NAMES,
     ("lseek", "whence"): SEEK_NAMES,
     ("memfd_create", "flags"): MFD_NAMES,
     ("create_vm", "type"): VM_TYPES,

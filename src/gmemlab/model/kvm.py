@@ -200,6 +200,13 @@ class KvmOps(GmemOps, MmOps):
         kvm.gfn_slots.set(base_gfn, base_gfn + npages, key)
         return 0
 
+    def _destroy_vm(self, vm: Vm) -> None:
+        """kvm_destroy_vm frees the memslots, unbinding their private files
+        (a restricted memfd loses KVM's notifier and the binding's reference)."""
+        for slot in list(vm.memslots.values()):
+            self._unbind_private(vm, slot)
+        super()._destroy_vm(vm)
+
     def _gpa_overlaps(self, kvm: Vm, key: int, base_gfn: int, npages: int) -> bool:
         return any(k is not None and k != key
                    for _, _, k in kvm.gfn_slots.runs(base_gfn, base_gfn + npages))
@@ -235,11 +242,11 @@ class KvmOps(GmemOps, MmOps):
         if address & (P - 1) or size & (P - 1):
             raise kernel_error(errno.EINVAL, "address and size must be page-aligned")
         first, last = address >> SHIFT, (address + size) >> SHIFT
-        self._conversion_check(kvm, first, last)
+        self._conversion_check(kvm, first, last, attributes)
         return first, last, attributes
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
-        """A design's veto on converting [first, last); guest_memfd has none."""
+    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+        """A design's veto on converting [first, last) to attributes; guest_memfd has none."""
 
     def _set_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         if kvm.attributes.all_equal(first, last, attributes):
@@ -262,6 +269,11 @@ class KvmOps(GmemOps, MmOps):
         """Record pages that became private under a host mapping (design hook)."""
 
     # --- guest accesses -------------------------------------------------------------------------
+
+    def _gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
+        """Whether the guest may access gfn as private (True) or shared
+        (False), or neither (None: an in-place unshare still pending)."""
+        return bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
                      private: bool = False, data: bytes = b"") -> GuestAccess:
@@ -304,8 +316,8 @@ class KvmOps(GmemOps, MmOps):
                                errno=uapi.errno_name(err))
 
         if self.design.has_private_mem(kvm.type):
-            attr_private = bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
-            if attr_private != private:
+            attr_private = self._gfn_private(kvm, gfn)
+            if attr_private is None or attr_private != private:
                 return fault()
         if emulated and gfn == uapi.APIC_DEFAULT_PHYS_BASE >> SHIFT:
             # vcpu_is_mmio_gpa: "For APIC access vmexit", memslot or not.

@@ -18,6 +18,13 @@ the locks allow:
   (a conversion zapped the mapping), the fault is retried and now ends in a
   memory-fault exit.
 
+* ``set_memory_attributes2`` (designs inplace, pkvm-inplace) is three steps
+  under the guest_memfd's invalidate lock: validate and zap host PTEs, check
+  references, store.  Its handler lives with the design
+  (``inplace.py: _step_set_memory_attributes2``), and designs add their
+  waits through ``_design_blocker`` (a host fault waits for that lock, or
+  for a kvm-map conversion).
+
 Everything else is one step.  An actor's operation in progress lives in the
 model state (State.pending), so snapshots capture it and the checker can
 hash it.  `enabled(actor)` says whether the actor's next step could run now
@@ -140,7 +147,7 @@ class StepOps(RestrictedOps):
             kvm = self._vm_or_none(p.kwargs["vm"])
             if kvm is not None and kvm.converting:
                 return "another conversion of this VM is running"
-        return None
+        return self._design_blocker(actor, p)
 
     def _file_locks_needed(self, p: Pending) -> list[int]:
         """Restricted memfds whose lock the operation's first step takes."""

@@ -272,6 +272,8 @@ class VfsOps(ModelBase):
                 pages.write(store, lo, bytes(hi - lo))
 
     def _zap_file_range(self, ino: int, offset: int, length: int) -> None:
-        """unmap_mapping_range: host PTEs of the range go (the model has none
-        to remove, so only the cost is recorded)."""
+        """unmap_mapping_range: host PTEs of the pages the byte range touches go."""
         self.state.counters["host_pte_zaps"] += 1
+        first = offset >> uapi.PAGE_SHIFT
+        last = (offset + length + uapi.PAGE_SIZE - 1) >> uapi.PAGE_SHIFT
+        self._zap_file_ptes(ino, first, min(last, pages.PAGE_INDEX_LIMIT))
