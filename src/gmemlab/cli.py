@@ -108,6 +108,46 @@ def check(
     raise typer.Exit(code)
 
 
+@app.command()
+def fuzz(
+    kernel_pair: Annotated[str, typer.Option("--kernel-pair", help="The kernels to compare.")] = "model,host",
+    examples: Annotated[int, typer.Option("--examples", help="Random operation sequences to run.")] = 1000,
+    steps: Annotated[int, typer.Option("--steps", help="Operations per sequence at most.")] = 30,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: a fixed one).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Also write a divergence's case here.")] = None,
+) -> None:
+    """Differential testing: random operation sequences on the model and the host at once.
+
+    Any divergence is printed as a minimal case file (CASES.md format) that
+    `gmemlab conform` runs; the exit status is then 1.
+    """
+    from .fuzz import run_fuzz
+
+    def show(report: object) -> None:
+        typer.echo(f"fuzz: {report.summary()}", err=True)  # type: ignore[attr-defined]
+
+    try:
+        report = run_fuzz(examples, kernel_pair, seed=seed, steps=steps, progress=show)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    print(report.summary())
+    interesting = ("outcome ok", "outcome errno", "outcome signal", "guest exit none",
+                   "guest exit mmio", "guest exit memory_fault")
+    print("  " + ", ".join(f"{k}: {report.stats[k]}" for k in interesting))
+    if report.divergence is not None:
+        case = report.divergence.case()
+        print(f"\n{report.divergence.message}\n\n{case}", end="")
+        if out:
+            try:
+                Path(out).write_text(case)
+            except OSError as exc:
+                _fail_usage(f"cannot write {out}: {exc.strerror}")
+    elif report.flaky is not None:
+        print(f"\nthe run was not reproducible (Hypothesis reported flakiness):\n{report.flaky}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def main() -> None:
     try:
         app()

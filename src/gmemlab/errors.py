@@ -36,6 +36,16 @@ class UsageError(ValueError):
     """A malformed call: wrong type, out of range for its C type, unknown name."""
 
 
+class ConversionError(OSError):
+    """A conversion the kernel refused part-way (KVM_SET_MEMORY_ATTRIBUTES2's
+    EAGAIN): error_offset is the byte offset of the page that stopped it,
+    which the ioctl reports in struct kvm_memory_attributes2."""
+
+    def __init__(self, number: int, text: str, error_offset: int) -> None:
+        super().__init__(number, text)
+        self.error_offset = error_offset
+
+
 def kernel_error(number: int, why: str = "") -> OSError:
     """An OSError as the kernel would give it, with an optional explanation."""
     text = os.strerror(number)

@@ -229,6 +229,10 @@ class Kernel(Protocol):
         """Why this kernel cannot run op here, or None when it can."""
         ...
 
+    def access_path(self) -> str:
+        """Who executes guest_access here: "mmu" or "emulator" (see guestaccess.py)."""
+        ...
+
     def shutdown(self) -> None:
         """Release every resource the kernel object holds."""
         ...
@@ -272,6 +276,55 @@ class Observation:
 
 def _lists(value: Any) -> Any:
     return [_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What the operations so far cost, counted by the model (ModelKernel.costs()).
+
+    Every design counts the same events, so two designs running the same
+    workload can be compared field by field; subtracting two snapshots
+    (``after - before``) gives the cost of what ran in between.  Counts are
+    of operations, not of pages, unless the name says pages.
+    """
+
+    syscalls: int = 0  # system calls and ioctls the VMM made (set_memory_attributes2 included)
+    hypercalls: int = 0  # pKVM hypercalls handled at EL2, host- or guest-initiated
+    exits: int = 0  # guest exits to the host (accesses, hypercalls)
+    vma_splits: int = 0  # VMAs split (munmap, mprotect, madvise inside a VMA)
+    vma_merges: int = 0  # VMAs merged with a neighbour
+    vma_count: int = 0  # VMAs in the host address space now (a level, not a count of events)
+    host_pte_zaps: int = 0  # zaps of host user page tables (munmap, unmap_mapping_range, ...)
+    kvm_zaps: int = 0  # zaps of KVM's secondary MMU / a guest's stage-2
+    stage2_updates: int = 0  # pKVM changes to the host, hyp or a guest stage-2
+    tlb_flushes: int = 0  # TLB invalidations the zaps and stage-2 changes needed
+    pages_zeroed: int = 0  # pages cleared (allocation, pKVM reclaim)
+    pages_allocated: int = 0  # pages allocated by fallocate
+    pages_freed: int = 0  # pages freed (punch, release)
+    refused: int = 0  # conversions refused because a page was still referenced
+    deferred: int = 0  # conversions left waiting for the host's last reference (pkvm-inplace)
+
+    def __sub__(self, other: Costs) -> Costs:
+        """The cost between two snapshots (vma_count stays the later level)."""
+        values = {k: v - getattr(other, k) for k, v in asdict(self).items()}
+        values["vma_count"] = self.vma_count
+        return Costs(**values)
+
+    def as_table(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PkvmPage:
+    """pKVM's record of one physical page (model-only op pkvm_page)."""
+
+    host: str  # OWNED, SHARED_OWNED, SHARED_BORROWED or NOPAGE
+    hyp: str
+    pin_count: int  # hyp_page.refcount (hyp_pin_shared_mem)
+    share_guest_count: int  # host_share_guest_count (shares with non-protected guests)
+
+    def as_table(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class ModelOnly(Protocol):
@@ -331,6 +384,79 @@ class ModelOnly(Protocol):
         """The events recorded for the promises (all, or those of one kind), without the kind."""
         ...
 
+    def costs(self) -> Costs:
+        """What the operations so far cost (see Costs)."""
+        ...
+
+    # --- host references ---------------------------------------------------------
+
+    def gup_pin(self, addr: ULong, length: ULong) -> int:
+        """pin_user_pages(FOLL_LONGTERM) on [addr, addr+length), as O_DIRECT or
+        VFIO do: all pages or none (EFAULT); the number of pages pinned."""
+        ...
+
+    def gup_unpin(self, addr: ULong, length: ULong) -> int:
+        """Drop the oldest pin made with the same addr and length (EINVAL if none)."""
+        ...
+
+    # --- in-place designs (inplace, pkvm-inplace) -----------------------------------
+
+    def set_memory_attributes2(self, fd: Fd, offset: ULong, size: ULong, attributes: ULong,
+                               flags: ULong = 0) -> int:
+        """KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd: EAGAIN (with
+        error_offset on the exception) while a page is referenced."""
+        ...
+
+    def page_attr(self, fd: Fd, index: ULong) -> str:
+        """"shared" or "private" (pkvm-inplace also "none_shared") of a page."""
+        ...
+
+    # --- kvm-map ----------------------------------------------------------------------
+
+    def kvm_map_shared(self, vm: Fd, gpa: ULong, size: ULong,
+                       prot: Int = uapi.PROT_READ | uapi.PROT_WRITE) -> int:
+        """KVM maps shared guest memory [gpa, gpa+size) into the host at the
+        backing file's canonical address; the address of gpa."""
+        ...
+
+    # --- the pKVM hypervisor ------------------------------------------------------------
+
+    def pkvm_host_share_hyp(self, pfn: ULong) -> int: ...
+
+    def pkvm_host_unshare_hyp(self, pfn: ULong) -> int: ...
+
+    def pkvm_host_donate_hyp(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def pkvm_hyp_donate_host(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def pkvm_host_share_ffa(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def pkvm_host_unshare_ffa(self, pfn: ULong, nr: ULong) -> int: ...
+
+    def hyp_pin_shared_mem(self, pfn: ULong) -> int: ...
+
+    def hyp_unpin_shared_mem(self, pfn: ULong) -> int: ...
+
+    def pkvm_host_share_guest(self, pfn: ULong, gfn: ULong, vm: Fd, prot: ULong) -> int: ...
+
+    def pkvm_host_unshare_guest(self, gfn: ULong, vm: Fd) -> int: ...
+
+    def pkvm_host_donate_guest(self, pfn: ULong, gfn: ULong, vm: Fd) -> int: ...
+
+    def pkvm_guest_share_host(self, vm: Fd, gfn: ULong) -> int: ...
+
+    def pkvm_guest_unshare_host(self, vm: Fd, gfn: ULong) -> int: ...
+
+    def pkvm_host_reclaim_page(self, vm: Fd, pfn: ULong) -> int: ...
+
+    def pkvm_page_state(self, pfn: ULong, component: str, vm: Fd | None = None,
+                        gfn: ULong | None = None) -> str:
+        """OWNED, SHARED_OWNED, SHARED_BORROWED or NOPAGE of pfn for host, hyp
+        or guest (the guest's leaf at gfn of vm, if it maps pfn)."""
+        ...
+
+    def pkvm_page(self, pfn: ULong) -> PkvmPage: ...
+
 
 def _ops_of(proto: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(name for name in proto.__dict__
@@ -338,7 +464,7 @@ def _ops_of(proto: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 # The operations of the interface, in the order above: the case-file vocabulary.
-INTERFACE_OPS: tuple[str, ...] = _ops_of(Kernel, ("unsupported", "shutdown"))
+INTERFACE_OPS: tuple[str, ...] = _ops_of(Kernel, ("unsupported", "access_path", "shutdown"))
 MODEL_ONLY_OPS: tuple[str, ...] = _ops_of(ModelOnly)
 
 
@@ -406,9 +532,9 @@ def op_signature(op: str) -> inspect.Signature:
 
 @functools.cache
 def _op_checkers(op: str) -> tuple[inspect.Signature, dict[str, Callable[[str, object], object]]]:
+    sig = op_signature(op)  # first: an unknown op is a UsageError
     proto = Kernel if op in INTERFACE_OPS else ModelOnly
     hints = get_type_hints(getattr(proto, op), include_extras=True)
-    sig = op_signature(op)
     return sig, {name: _checker(op, hints[name]) for name in sig.parameters}
 
 
@@ -441,16 +567,49 @@ def _refuse(op: str, args: dict[str, Any]) -> None:
                              f"{len(args['data'])} bytes of data")
 
 
+@functools.cache
+def _op_plan(op: str) -> tuple[tuple[str, ...], dict[str, Any],
+                                dict[str, Callable[[str, object], object]]]:
+    """op's parameter names in order, the defaults of those that have one, and their checkers."""
+    sig, checkers = _op_checkers(op)
+    defaults = {name: p.default for name, p in sig.parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return tuple(sig.parameters), defaults, checkers
+
+
+def _bind_error(op: str, args: tuple[object, ...], kwargs: dict[str, object]) -> UsageError:
+    sig = op_signature(op)
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        return UsageError(f"{op}: {exc} (parameters: {', '.join(sig.parameters)})")
+    return UsageError(f"{op}: cannot bind {args!r} {kwargs!r}")
+
+
 def check_call(op: str, args: tuple[object, ...], kwargs: dict[str, object]) -> dict[str, Any]:
     """Bind and validate a call of op; the validated arguments by name."""
-    sig, checkers = _op_checkers(op)
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError as exc:
-        params = ", ".join(sig.parameters)
-        raise UsageError(f"{op}: {exc} (parameters: {params})") from None
-    bound.apply_defaults()
-    checked_args = {name: checkers[name](name, value) for name, value in bound.arguments.items()}
+    # Binding and checking in one pass: Signature.bind alone cost microseconds
+    # on every bulk read_mem/write_mem.  A call that does not bind is handed to
+    # bind() for its message.
+    names, defaults, checkers = _op_plan(op)
+    npos = len(args)
+    if npos > len(names):
+        raise _bind_error(op, args, kwargs)
+    checked_args: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        if i < npos:
+            if name in kwargs:
+                raise _bind_error(op, args, kwargs)
+            value = args[i]
+        elif name in kwargs:
+            value = kwargs[name]
+        elif name in defaults:
+            value = defaults[name]
+        else:
+            raise _bind_error(op, args, kwargs)
+        checked_args[name] = checkers[name](name, value)
+    if kwargs and not all(name in checkers for name in kwargs):
+        raise _bind_error(op, args, kwargs)
     _refuse(op, checked_args)
     return checked_args
 

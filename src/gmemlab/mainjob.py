@@ -52,6 +52,18 @@ def _cell(result: Result) -> str:
     return f"[{style}]{result.status}[/{style}]"
 
 
+def _guest_path_note() -> str:
+    from .host import HostKernel
+
+    with HostKernel() as k:
+        missing = k.unsupported("guest_access")
+        path = None if missing else k.access_path()
+    if path is None:
+        return f"[dim]guest accesses cannot run here: {missing}[/dim]"
+    return (f"guest accesses on this machine go through KVM's {path}: cases that require the "
+            "other path run on the model only (docs/CONFORMANCE.md, \"Guest access paths\")")
+
+
 def main_job(host: bool = True) -> bool:
     console = Console(highlight=False)
     rows, host_missing = compare_on_cases(host)
@@ -81,6 +93,8 @@ def main_job(host: bool = True) -> bool:
         designs.add_row(name, str(len(results)), str(passed), f"[red]{failed}[/red]" if failed else "0")
     console.print(designs)
     checked_ok = check_seed_designs(console)
+    if host_missing is None:
+        console.print(_guest_path_note())
     both = sum(r.verdict == "agree" for r in rows)
     model_only = sum(r.model.status == "PASS" and r.host.status == "SKIP" for r in rows)
     host_note = f"host skipped: {host_missing}" if host_missing else \

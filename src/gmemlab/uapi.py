@@ -88,9 +88,55 @@ KVM_RUN_HYPERCALL = struct.Struct("<Q6QQQ")  # nr, args[6], ret, flags
 KVM_RUN_INTERNAL = struct.Struct("<II")  # suberror, ndata
 KVM_RUN_FAIL_ENTRY = struct.Struct("<QI")  # hardware_entry_failure_reason, cpu
 KVM_RUN_VALID_REGS_OFFSET = 288
+KVM_RUN_IMMEDIATE_EXIT_OFFSET = 1  # u8 immediate_exit, after request_interrupt_window
+KVM_RUN_EXCEPTION = struct.Struct("<II")  # exception, error_code
+KVM_RUN_SYSTEM_EVENT = struct.Struct("<II")  # type, ndata
 assert KVM_RUN_HEADER.size == KVM_RUN_EXIT_OFFSET
 assert KVM_RUN_EXIT_OFFSET + 256 == KVM_RUN_VALID_REGS_OFFSET
 assert KVM_RUN_HYPERCALL.size == 72
+assert KVM_RUN_IO.size == 16
+assert KVM_RUN_MMIO.size == 21  # packed as in the union: len at 16, is_write at 20
+assert KVM_RUN_MEMORY_FAULT.size == 24
+
+# --- vCPU registers (asm/kvm.h) -------------------------------------------------------
+
+# struct kvm_regs: rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags
+KVM_REGS_STRUCT = struct.Struct("<18Q")
+KVM_REGS_FIELDS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+# struct kvm_segment { u64 base; u32 limit; u16 selector; u8 type, present, dpl,
+#                      db, s, l, g, avl, unusable, padding; }
+KVM_SEGMENT_STRUCT = struct.Struct("<QIH10B")
+KVM_SEGMENT_FIELDS = ("base", "limit", "selector", "type", "present", "dpl", "db", "s", "l", "g",
+                      "avl", "unusable", "padding")
+# struct kvm_dtable { u64 base; u16 limit; u16 padding[3]; }
+KVM_DTABLE_STRUCT = struct.Struct("<QH6x")
+# struct kvm_sregs: cs ds es fs gs ss tr ldt (segments), gdt idt (dtables),
+# cr0 cr2 cr3 cr4 cr8 efer apic_base, interrupt_bitmap[4]
+KVM_SREGS_SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
+KVM_SREGS_DTABLES = ("gdt", "idt")
+KVM_SREGS_CONTROL = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
+KVM_SREGS_SIZE = 312
+KVM_SREGS_DTABLE_OFFSET = 8 * KVM_SEGMENT_STRUCT.size
+KVM_SREGS_CONTROL_OFFSET = KVM_SREGS_DTABLE_OFFSET + 2 * KVM_DTABLE_STRUCT.size
+KVM_SREGS_CONTROL_STRUCT = struct.Struct("<7Q")
+assert KVM_REGS_STRUCT.size == 144
+assert KVM_SEGMENT_STRUCT.size == 24
+assert KVM_DTABLE_STRUCT.size == 16
+assert KVM_SREGS_CONTROL_OFFSET + KVM_SREGS_CONTROL_STRUCT.size + 4 * 8 == KVM_SREGS_SIZE
+
+# struct kvm_cpuid2 { u32 nent; u32 padding; struct kvm_cpuid_entry2 entries[]; }
+KVM_CPUID2_HEADER = struct.Struct("<II")
+# struct kvm_cpuid_entry2 { u32 function, index, flags, eax, ebx, ecx, edx, padding[3]; }
+KVM_CPUID_ENTRY2_STRUCT = struct.Struct("<7I12x")
+KVM_MAX_CPUID_ENTRIES = 256
+assert KVM_CPUID2_HEADER.size == 8
+assert KVM_CPUID_ENTRY2_STRUCT.size == 40
+
+# struct kvm_signal_mask { u32 len; u8 sigset[]; }: the kernel's sigset is 64 bits.
+KVM_SIGNAL_MASK_HEADER = struct.Struct("<I")
+KERNEL_SIGSET_SIZE = 8
+assert KVM_SIGNAL_MASK_HEADER.size == 4
 
 # --- ioctl numbers -------------------------------------------------------------
 
@@ -98,10 +144,17 @@ KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
 KVM_CREATE_VM = _IO(KVMIO, 0x01)
 KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)
 KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
+KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, KVM_CPUID2_HEADER.size)
 KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
 KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, KVM_USERSPACE_MEMORY_REGION_STRUCT.size)
 KVM_SET_USER_MEMORY_REGION2 = _IOW(KVMIO, 0x49, KVM_USERSPACE_MEMORY_REGION2_STRUCT.size)
 KVM_RUN = _IO(KVMIO, 0x80)
+KVM_GET_REGS = _IOR(KVMIO, 0x81, KVM_REGS_STRUCT.size)
+KVM_SET_REGS = _IOW(KVMIO, 0x82, KVM_REGS_STRUCT.size)
+KVM_GET_SREGS = _IOR(KVMIO, 0x83, KVM_SREGS_SIZE)
+KVM_SET_SREGS = _IOW(KVMIO, 0x84, KVM_SREGS_SIZE)
+KVM_SET_SIGNAL_MASK = _IOW(KVMIO, 0x8B, KVM_SIGNAL_MASK_HEADER.size)
+KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, KVM_CPUID2_HEADER.size)
 KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, KVM_ENABLE_CAP_STRUCT.size)
 KVM_SET_MEMORY_ATTRIBUTES = _IOW(KVMIO, 0xD2, KVM_MEMORY_ATTRIBUTES_STRUCT.size)
 KVM_CREATE_GUEST_MEMFD = _IOWR(KVMIO, 0xD4, KVM_CREATE_GUEST_MEMFD_STRUCT.size)
@@ -114,6 +167,13 @@ assert KVM_ENABLE_CAP == 0x4068AEA3
 assert KVM_SET_MEMORY_ATTRIBUTES == 0x4020AED2
 assert KVM_CREATE_GUEST_MEMFD == 0xC040AED4
 assert KVM_PRE_FAULT_MEMORY == 0xC040AED5
+assert KVM_GET_SUPPORTED_CPUID == 0xC008AE05
+assert KVM_GET_REGS == 0x8090AE81
+assert KVM_SET_REGS == 0x4090AE82
+assert KVM_GET_SREGS == 0x8138AE83
+assert KVM_SET_SREGS == 0x4138AE84
+assert KVM_SET_SIGNAL_MASK == 0x4004AE8B
+assert KVM_SET_CPUID2 == 0x4008AE90
 
 KVM_API_VERSION = 12
 
@@ -207,6 +267,10 @@ KVM_EXIT_MEMORY_FAULT = 39
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
+
+# The local APIC's default base (asm/apicdef.h): KVM's emulator treats this
+# guest physical page as MMIO whatever memslot covers it (vcpu_is_mmio_gpa).
+APIC_DEFAULT_PHYS_BASE = 0xFEE00000
 
 EXIT_NAMES: Mapping[int, str] = {
     KVM_EXIT_UNKNOWN: "unknown",
@@ -328,6 +392,9 @@ MFD_NAMES: Mapping[str, int] = {
 }
 CAP_ENABLE_ARG_NAMES: Mapping[str, int] = {"MAP_GPA_RANGE": KVM_EXIT_HYPERCALL_VALID_MASK}
 
+# pKVM stage-2 permissions (enum kvm_pgtable_prot: X = bit 0, W = bit 1, R = bit 2).
+PKVM_PROT_NAMES: Mapping[str, int] = {"X": 1, "W": 2, "R": 4, "RWX": 7}
+
 # Which names a flag-valued argument accepts, keyed by (operation, argument).
 # An argument missing here takes integers only.
 FLAG_ARGUMENTS: Mapping[tuple[str, str], Mapping[str, int]] = {
@@ -341,6 +408,9 @@ FLAG_ARGUMENTS: Mapping[tuple[str, str], Mapping[str, int]] = {
     ("set_user_memory_region", "flags"): MEMSLOT_FLAG_NAMES,
     ("set_user_memory_region2", "flags"): MEMSLOT_FLAG_NAMES,
     ("set_memory_attributes", "attributes"): ATTRIBUTE_NAMES,
+    ("set_memory_attributes2", "attributes"): ATTRIBUTE_NAMES,
+    ("kvm_map_shared", "prot"): PROT_NAMES,
+    ("pkvm_host_share_guest", "prot"): PKVM_PROT_NAMES,
     ("lseek", "whence"): SEEK_NAMES,
     ("memfd_create", "flags"): MFD_NAMES,
     ("create_vm", "type"): VM_TYPES,

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from . import check, promises
 from .explore import Options, Progress, Verdict
+from .reduce import ReductionError
 from .report import Replay, ReplayError, case_text, replay_counterexample, trace_rows, write_cases
 from .scenario import Scenario, load, validate
 
@@ -74,6 +75,9 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
     start = time.perf_counter()
     try:
         verdict = check(sc, options=options, factory=factory, progress=display)
+    except ReductionError as exc:
+        out.print(f"[bold red]internal error[/bold red]: {exc}")
+        return 3
     finally:
         display.stop()
     elapsed = time.perf_counter() - start

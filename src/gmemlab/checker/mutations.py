@@ -89,7 +89,7 @@ class KvmMapsPrivate(ModelKernel):
 class ConvertWhileStarting(ModelKernel):
     """Conversions ignore a mapping that is being set up (KVM's mmap_pending)."""
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
+    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         for slot in self._restricted_slots(kvm, first, last):
             assert slot.private_file is not None
             r = self.state.inodes[self.state.files[slot.private_file].inode].restricted
@@ -100,7 +100,7 @@ class ConvertWhileStarting(ModelKernel):
 class ConvertWhileMapped(ModelKernel):
     """Conversions ignore has_mapping: only a mapping being set up refuses them."""
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
+    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         for slot in self._restricted_slots(kvm, first, last):
             if slot.key in kvm.mmap_pending:
                 raise kernel_error(errno.EBUSY, "mapping in progress")

@@ -58,16 +58,21 @@ def klass(key: Key) -> str:
 ALL = frozenset({"*"})
 # What every step may read: its arguments' fds and files, and the locks.
 COMMON = frozenset({"fds", "fds#keys", "files", "files#keys", "files.inode", "files.kind", "files.id",
-                    "files.vm", "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "mm_lock",
-                    "file_locks", "file_locks#keys", "vms", "vms#keys", "vms.id"})
-_PAGES = frozenset({"inodes.pages", "inodes.pfns", "inodes.refs", "next_pfn"})
+                    "files.vm", "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "inodes.vm",
+                    "inodes.attributes", "mm_lock", "file_locks", "file_locks#keys", "vms", "vms#keys",
+                    "vms.id", "pkvm"})
+_PAGES = frozenset({"inodes.pages", "inodes.pfns", "inodes.refs", "next_pfn", "frames"})
+# Host page tables and what holds pages: PTEs per virtual page, and per file page
+# the PTEs and VMAs mapping it and the GUP pins on it.
+_PTES = frozenset({"ptes", "inodes.host_ptes", "inodes.vma_cover", "inodes.pins"})
 _RESTRICTED = frozenset({"inodes.restricted", "inodes.restricted.destroyed",
                          "inodes.restricted.has_mapping", "inodes.size", "files.mapped_pages"})
 _KVM = frozenset({"vms.attributes", "vms.gfn_slots", "vms.memslots", "vms.type", "vms.converting",
                   "vms.mmap_pending"})
 _HOST = frozenset({"vmas", "overlays", "overlays#keys", "overlay_pages", "files.bindings", "inodes.size",
                    "inodes.flags", "inodes.mode", "inodes.restricted", "inodes.restricted.destroyed",
-                   "vms.attributes", "vms.memslots", "vms.gfn_slots"})
+                   "vms.attributes", "vms.memslots", "vms.gfn_slots", "vms.converting"}) | _PTES
+_FAULT = frozenset({"inodes.pages", "overlays", "ptes", "inodes.host_ptes"})
 # op -> (classes it may read, classes it may write).  Operations not listed
 # (and the ones whose effects reach far: mmap, munmap, close, memslots, ...)
 # are taken to touch everything: no step is ever postponed across them.
@@ -75,23 +80,29 @@ FOOTPRINTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "get_pfn": (COMMON | _RESTRICTED, _PAGES),
     "put_pfn": (COMMON | _RESTRICTED, frozenset({"inodes.refs"})),
     "wait_unreferenced": (COMMON | _RESTRICTED | _PAGES, frozenset()),
-    "set_memory_attributes": (COMMON | _RESTRICTED | _KVM, frozenset({"vms.attributes", "vms.converting"})),
+    # (page-granular designs check VMAs, pins and references, kvm-map zaps PTEs)
+    "set_memory_attributes": (COMMON | _RESTRICTED | _KVM | _PTES | frozenset({"inodes.refs", "vmas"}),
+                              frozenset({"vms.attributes", "vms.converting", "ptes", "inodes.host_ptes"})),
     "guest_access": (COMMON | _RESTRICTED | _KVM | _HOST | _PAGES,
                      _PAGES | frozenset({"overlays", "overlays#keys", "overlay_pages"})),
-    "read_mem": (COMMON | _HOST | _PAGES, frozenset({"inodes.pages", "overlays"})),
-    "write_mem": (COMMON | _HOST | _PAGES, frozenset({"inodes.pages", "overlays"})),
+    # (a fault allocates the page and installs a PTE)
+    "read_mem": (COMMON | _HOST | _PAGES, _FAULT),
+    "write_mem": (COMMON | _HOST | _PAGES, _FAULT),
     "file_state": (COMMON | _RESTRICTED | _PAGES | _HOST, frozenset()),
     "notifier_log": (COMMON | _RESTRICTED | {"inodes.restricted.log"}, frozenset()),
 }
 # mmap and munmap of a file that stays open: the host address space, the
 # file's mapping state and its notifier protocol (KVM's notifiers included).
-_MAP_READS = COMMON | _RESTRICTED | _KVM | frozenset({
+_MAP_READS = COMMON | _RESTRICTED | _KVM | _PTES | frozenset({
+    "inodes.restricted.canonical", "inodes.restricted.mmap_range", "inodes.restricted.has_mapping",
     "inodes.mode", "inodes.flags", "inodes.refs", "inodes.restricted.notifiers", "inodes.restricted.log",
     "vmas", "map_count", "max_map_count", "free_area", "cached_hole", "next_id", "files.bindings",
     "files.fds", "files.holders", "files.released", "overlays", "overlays#keys", "overlay_pages",
     "overlay_pages#keys"})
-_MAP_WRITES = frozenset({
-    "mm_lock", "file_locks", "file_locks#keys", "vmas", "map_count", "free_area", "cached_hole",
+_MAP_WRITES = _PTES | frozenset({
+    "inodes.attributes",  # pkvm-inplace: the host's last reference gone, a deferred unshare completes
+    "inodes.restricted.canonical", "inodes.restricted.mmap_range", "mm_lock", "file_locks",
+    "file_locks#keys", "vmas", "map_count", "free_area", "cached_hole",
     "files.mapped_pages", "inodes.restricted.has_mapping", "inodes.restricted.destroyed",
     "vms.mmap_pending", "monitor", "overlays", "overlays#keys", "overlay_pages", "overlay_pages#keys",
     "next_id"})
@@ -119,8 +130,10 @@ COMMUTATIVE = frozenset({"pending#keys"})
 # What the state promises' hooks read (model/observe.py): a step writing one
 # of these may change a promise's truth and is never explored alone.
 VISIBLE = frozenset({"vms", "vms#keys", "vms.attributes", "vms.memslots", "vms.id", "vms.mmap_pending",
-                     "files", "files#keys", "files.inode", "files.kind", "files.mapped_pages", "vmas",
-                     "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "file_locks", "file_locks#keys"})
+                     "files", "files#keys", "files.inode", "files.kind", "files.mapped_pages",
+                     "files.bindings", "vmas", "inodes", "inodes#keys", "inodes.ino", "inodes.kind",
+                     "inodes.vm", "inodes.attributes", "inodes.vma_cover", "inodes.host_ptes", "inodes.pins",
+                     "file_locks", "file_locks#keys", "pkvm"})
 # P6 is judged only where every actor has finished, and partial-order reduction
 # keeps every such state: its hook's reads need not be visible.
 TERMINAL_ONLY = frozenset({"outstanding_references"})
@@ -251,7 +264,11 @@ INVARIANT = frozenset({
     "vms", "vms#keys", "vms.id", "vms.type", "vms.refs", "vms.alive", "vms.memslots", "vms.gfn_slots",
     "vms.vcpus", "vms.exit_hypercall", "vms.mmap_pending", "vms.launched", "vms.converting",
     "map_count", "max_map_count", "free_area", "cached_hole", "anon_ino", "next_id", "next_pfn",
-    "overlays#keys", "overlay_pages#keys", "file_locks#keys", "monitor"})
+    "overlays#keys", "overlay_pages#keys", "file_locks#keys", "monitor", "gup_pins#keys",
+    "inodes.restricted.canonical"})
+# Per-page facts of a file, indexed by file page: they move with the pages.
+PAGE_INDEXED = frozenset({"inodes.pages", "inodes.refs", "inodes.pfns", "inodes.pins", "inodes.host_ptes",
+                          "inodes.vma_cover", "inodes.attributes"})
 
 
 class Symmetries:
@@ -275,7 +292,9 @@ class Symmetries:
         n = len(engine.prog.names)
         self.perms: list[tuple[int, ...]] = [tuple(range(n))]
         self.pages: list[dict[int, int]] = [{}]
-        self._memo: dict[tuple[int, int, int], tuple[int, int]] = {}
+        self._memo: dict[tuple[int, int, int, int], tuple[int, int]] = {}
+        self._vmas_slot = engine.t.slot(("s", "vmas"))
+        self._ptes_slot = engine.t.slot(("s", "ptes"))
         self._moving: list[int] = []
         self._seen = 0
         sc = engine.scenario
@@ -432,15 +451,23 @@ class Symmetries:
         n = len(s)
         out = list(s)
         placed = []
+        vmas = s[self._vmas_slot] if self._vmas_slot < n else 0
         for slot in affected:
             vid = s[slot] if slot < n else 0
             if not vid:
                 continue
-            k = (gi, slot, vid)
+            # Host PTEs are indexed by virtual page: where the pages are mapped
+            # (the VMAs) is part of how they move.
+            k = (gi, slot, vid, vmas) if slot == self._ptes_slot else (gi, slot, vid, 0)
             r = self._memo.get(k)
             if r is None:
-                key, value = self._permute(t.keys[slot], t.values[vid], gi)
-                r = self._memo[k] = (t.slot(key), t.intern(value))
+                if slot == self._ptes_slot:
+                    value = self._permute_ptes(t.values[vid], t.values[vmas], gi)
+                    r = (slot, t.intern(value))
+                else:
+                    key, value = self._permute(t.keys[slot], t.values[vid], gi)
+                    r = (t.slot(key), t.intern(value))
+                self._memo[k] = r
             placed.append(r)
         for slot in affected:
             if slot < n:
@@ -474,8 +501,9 @@ class Symmetries:
             return key, tuple(sorted(sigma.get(a, a) for a in value))
         if c in ("mm_lock", "file_locks"):
             return key, sigma.get(value, value) if isinstance(value, str) else value
-        if key[0] == "o" and key[1] == "inodes" and key[2] == self.ino and c in (
-                "inodes.pages", "inodes.refs", "inodes.pfns"):
+        if value is None:
+            return key, value  # an absent record or map holds no page
+        if key[0] == "o" and key[1] == "inodes" and key[2] == self.ino and c in PAGE_INDEXED:
             rm = unpack(value)
             old = {p: rm[p] for p in page}
             for p, q in page.items():
@@ -484,6 +512,23 @@ class Symmetries:
                     v = v + p - q  # the pfn stays with the page's contents
                 rm.set(q, q + 1, v)
             return key, pack(rm)
+        if c == "frames":
+            # pfn -> (inode, page - pfn): a frame keeps its contents, which moved.
+            rm = unpack(value)
+            for first, last, v in list(rm.runs()):
+                if v is None or v[0] != self.ino:
+                    continue
+                for pfn in range(first, last):
+                    index = pfn + v[1]
+                    if index in page:
+                        rm.set(pfn, pfn + 1, (self.ino, page[index] - pfn))
+            return key, pack(rm)
+        if c == "inodes.restricted.mmap_range":
+            lo, hi = value[1] if isinstance(value, tuple) and value[0] == "T" else value
+            covered = {p for p in page if lo <= p < hi}
+            if covered and len(covered) != len(page):
+                raise NotSymmetric("an mmap in progress covers some of the interchangeable pages only")
+            return key, value
         if c == "vms.attributes":
             gfns = self.gfn_of.get(key[2], {})
             rm = unpack(value)
@@ -504,9 +549,22 @@ class Symmetries:
             raise NotSymmetric("a private mapping holds copies of pages")
         if c in INVARIANT or key[0] == "m":
             return key, value
-        if c in ("inodes.pages", "inodes.refs", "inodes.pfns", "files.bindings", "vms.attributes"):
+        if c in PAGE_INDEXED or c in ("files.bindings", "vms.attributes"):
             return key, value  # another file's pages
         raise NotSymmetric(f"no rule to permute {c}")
+
+    def _permute_ptes(self, ptes: Any, vmas: Any, gi: int) -> Any:
+        from .codec import pack, unpack
+
+        rm, page = unpack(ptes), self.pages[gi]
+        for s, e, m in unpack(vmas).runs():
+            if m is None or m.file != self.fid:
+                continue
+            old = {p: rm[p - m.delta] for p in page if s <= p - m.delta < e}
+            for p, v in old.items():
+                q = page[p] - m.delta
+                rm.set(q, q + 1, v)
+        return pack(rm)
 
     def _check_vmas(self, vmas: Any, page: dict[int, int]) -> None:
         for s, e, m in vmas.runs():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..interface import Kernel
-from .cases import Case, CaseFile, collect
+from .cases import Case, CaseFile, collect, guest_path_of
 from .runner import Result, Summary, run_files
 
 __all__ = ["Case", "CaseFile", "Result", "Summary", "bundled_cases", "collect", "conform",
@@ -34,7 +34,8 @@ def kernel_factory(kind: str, design: str | None = None) -> tuple[Callable[[Case
             make_design(design)  # an unknown name is a usage error, before any case runs
 
         def make_model(case: Case) -> Kernel:
-            return ModelKernel(design or case.design)
+            # The model takes whichever guest path a case is written for.
+            return ModelKernel(design or case.design, guest_path=guest_path_of(case) or "mmu")
 
         return make_model, None
     if kind == "host":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import uapi
+from ..guestaccess import GUEST_PATHS
 
 KERNELS = ("any", "model", "host")
 EXPECT_KEYS = ("errno", "signal", "ret", "all_bytes", "bytes_hex")
@@ -194,14 +195,21 @@ def _parse_step(index: int, raw: Any) -> Step:
 class Requirement:
     text: str
     cap: str
-    cmp: str  # "nonzero", "&", "=", ">="
+    cmp: str  # "nonzero", "&", "=", ">=", or "guest" (then cap holds the guest path)
     value: int
 
 
 def parse_requirement(text: str) -> Requirement:
-    """cap:NAME, cap:NAME&MASK, cap:NAME=VALUE or cap:NAME>=VALUE."""
+    """cap:NAME, cap:NAME&MASK, cap:NAME=VALUE, cap:NAME>=VALUE, or guest:PATH."""
+    if text.startswith("guest:"):
+        path = text[6:].strip()
+        if path not in GUEST_PATHS:
+            raise CaseError(f"requirement {text!r}: the guest path is one of "
+                            f"{', '.join(GUEST_PATHS)}")
+        return Requirement(text=text, cap=path, cmp="guest", value=0)
     if not text.startswith("cap:"):
-        raise CaseError(f"unknown requirement {text!r} (known form: cap:NAME[&MASK|=N|>=N])")
+        raise CaseError(f"unknown requirement {text!r} (known forms: cap:NAME[&MASK|=N|>=N], "
+                        f"guest:{'|'.join(GUEST_PATHS)})")
     body = text[4:]
     for cmp in (">=", "&", "="):
         if cmp in body:
@@ -215,3 +223,12 @@ def parse_requirement(text: str) -> Requirement:
     except ValueError as exc:
         raise CaseError(f"requirement {text!r}: {exc}") from None
     return Requirement(text=text, cap=cap.strip(), cmp=cmp, value=number)
+
+
+def guest_path_of(case: Case) -> str | None:
+    """The guest path a case requires, if it names one."""
+    for text in case.requires:
+        req = parse_requirement(text)
+        if req.cmp == "guest":
+            return req.cap
+    return None

@@ -127,6 +127,12 @@ def _run_on(case: Case, kernel: Kernel, kernel_kind: str) -> Result:
 
 
 def _unmet(kernel: Kernel, req: Requirement) -> str | None:
+    if req.cmp == "guest":
+        missing = kernel.unsupported("guest_access")
+        if missing:
+            return missing
+        path = kernel.access_path()
+        return None if path == req.cap else f"guest accesses here go through the {path}"
     cap = uapi.parse_flags(req.cap, uapi.CAPS, "capability")
     try:
         value = kernel.check_extension(cap)

@@ -8,30 +8,48 @@ that a case can never harm the interpreter that runs it:
   address-space operation that would touch memory it did not map (the
   interpreter's heap, libraries, stacks) is refused with UsageError instead
   of being executed.
-* Loads and stores go through process_vm_readv/writev on our own pid, which
-  copy until the first page that cannot be served and return EFAULT there
-  instead of raising a signal.  The faulting address is then classified the
-  way the kernel would signal it: no VMA or a protection violation is
-  SIGSEGV, a VMA whose fault handler refused is SIGBUS.
+* Loads and stores never fault in the interpreter.  The fast path copies
+  with memmove, but only over pages that MADV_POPULATE_READ/WRITE has
+  faulted in (which reports a fault as an error instead of a signal) since
+  the last operation that could unmap, reprotect or zap them.  Anything else
+  goes through process_vm_readv/writev on our own pid, which copy until the
+  first page that cannot be served and return EFAULT there; the faulting
+  address is then classified the way the kernel would signal it: no VMA or a
+  protection violation is SIGSEGV, a VMA whose fault handler refused is
+  SIGBUS.
+
+A HostKernel is not thread-safe: one thread at a time uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
+from ..guestaccess import check_call
 from ..interface import GuestAccess, Stat, checked
 from ..model.ranges import RangeMap
 from . import libc
 
+if TYPE_CHECKING:
+    from ..vmm.vcpu import Vcpu
+    from .guest import GuestRunner, VcpuState
+
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 KVM_DEV = "/dev/kvm"
+VPAGES = 1 << (64 - SHIFT)
+MADV_POPULATE_READ = 22
+MADV_POPULATE_WRITE = 23
+LOADABLE, STORABLE = 1, 2  # what the fast path knows a populated page allows
 
 
 def host_unavailable() -> str | None:
@@ -60,17 +78,63 @@ def read_maps() -> list[tuple[int, int, str]]:
     return out
 
 
-def _release(fds: set[int], own: RangeMap[bool]) -> None:
-    """Unmap what we mapped and close what we opened (also run by the finalizer)."""
-    for s, e, mine in list(own.runs()):
-        if mine:
+@dataclass
+class _VmInfo:
+    """A VM the case created, whichever of its fds (dups) the case uses."""
+
+    type: int
+    # Memslots the case has, by slot (as_id << 16 | id):
+    # (guest_phys_addr, memory_size, userspace_addr).
+    slots: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # gmemlab's own dup of the VM fd, held while the VM has vCPU fds, so that
+    # guest_access can add its runner's memslot after the case closed its VM
+    # fds (a vCPU keeps the VM alive anyway, so the dup changes no lifetime).
+    hidden_fd: int | None = None
+    vcpus: int = 0
+
+
+@dataclass
+class _VcpuInfo:
+    vm: _VmInfo
+    fds: set[int] = field(default_factory=set)
+    runner: Vcpu | None = None  # kvm_run mapped on one of fds
+    state: VcpuState | None = None
+
+
+@dataclass
+class _Held:
+    """Everything a HostKernel must release; the finalizer holds this, not the kernel."""
+
+    kvm: int
+    fds: set[int] = field(default_factory=set)  # the case's fds
+    hidden: set[int] = field(default_factory=set)  # gmemlab's own dups of VM fds
+    # Virtual pages this kernel object mapped and has not unmapped.
+    own: RangeMap[bool] = field(default_factory=lambda: RangeMap(False, 1 << (64 - SHIFT)))
+    vcpus: list[Vcpu] = field(default_factory=list)
+    runner: list[GuestRunner] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Unmap what we mapped and close what we opened (also run by the finalizer)."""
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus.clear()
+        for runner in self.runner:
+            runner.close()
+        self.runner.clear()
+        for s, e, mine in list(self.own.runs()):
+            if mine:
+                with contextlib.suppress(OSError):
+                    libc.munmap(s << SHIFT, (e - s) << SHIFT)
+        self.own.set(0, self.own.limit, False)
+        for fd in sorted(self.fds | self.hidden):
             with contextlib.suppress(OSError):
-                libc.munmap(s << SHIFT, (e - s) << SHIFT)
-    own.set(0, own.limit, False)
-    for fd in sorted(fds):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    fds.clear()
+                os.close(fd)
+        self.fds.clear()
+        self.hidden.clear()
+        if self.kvm >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.kvm)
+            self.kvm = -1
 
 
 @checked
@@ -82,16 +146,17 @@ class HostKernel:
 
     def __init__(self) -> None:
         self._kvm = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
-        self._fds: set[int] = set()
-        # Virtual pages this kernel object mapped and has not unmapped.
-        self._own: RangeMap[bool] = RangeMap(False, 1 << (64 - SHIFT))
-        self._finalizer = weakref.finalize(self, HostKernel._final, self._kvm, self._fds, self._own)
-
-    @staticmethod
-    def _final(kvm: int, fds: set[int], own: RangeMap[bool]) -> None:
-        _release(fds, own)
-        with contextlib.suppress(OSError):
-            os.close(kvm)
+        self._held = _Held(self._kvm)
+        self._fds = self._held.fds
+        self._own = self._held.own
+        self._vms: dict[int, _VmInfo] = {}
+        self._vcpus: dict[int, _VcpuInfo] = {}
+        # Pages populated for loads or stores since the last operation that
+        # could unmap, reprotect or zap them (_changed() forgets them all).
+        self._populated: RangeMap[int] = RangeMap(0, VPAGES)
+        # The populated run the last fast copy used: (first, last, level).
+        self._hot = (0, 0, 0)
+        self._finalizer = weakref.finalize(self, _Held.release, self._held)
 
     def __enter__(self) -> HostKernel:
         return self
@@ -104,8 +169,14 @@ class HostKernel:
 
     def unsupported(self, op: str) -> str | None:
         if op == "guest_access":
-            return "guest_access on the host needs the vCPU runner, not part of this build yet"
+            from ..vmm import asm
+            return asm.missing_reason()
         return None
+
+    def access_path(self) -> str:
+        """Probed once per process (guest.probe_access_path)."""
+        from .guest import probe_access_path
+        return probe_access_path()
 
     # --- resources seen by the case ------------------------------------------------
 
@@ -129,6 +200,8 @@ class HostKernel:
             return
         end = min(addr + length, 1 << 64)
         first, last = addr >> SHIFT, (end + P - 1) >> SHIFT
+        if self._own.all_equal(first, min(last, VPAGES), True):
+            return  # ours, page by page: no other mapping can be there
         for lo, hi, _ in read_maps():
             if hi <= addr or lo >= end:
                 continue
@@ -136,6 +209,26 @@ class HostKernel:
             if not self._own.all_equal(max(a, first), min(b, last), True):
                 raise UsageError(f"{what}: [{addr:#x}, {end:#x}) touches memory this kernel "
                                  "did not map (the interpreter's own)")
+
+    def _changed(self) -> None:
+        """Mappings, protections or file pages may have changed: nothing is
+        known to be populated any more."""
+        self._populated = RangeMap(0, VPAGES)
+        self._hot = (0, 0, 0)
+
+    def _forget_holes(self, addr: int, length: int) -> None:
+        """After a failed MAP_FIXED (or MREMAP_FIXED), what it was to replace may
+        have become a gap (mm/vma.c): pages without a mapping are not ours."""
+        if length <= 0:
+            return
+        first, last = addr >> SHIFT, min((addr + length + P - 1) >> SHIFT, VPAGES)
+        mapped: RangeMap[bool] = RangeMap(False, VPAGES)
+        for lo, hi, _ in read_maps():
+            if hi > first << SHIFT and lo < last << SHIFT:
+                mapped.set(max(lo >> SHIFT, first), min(hi >> SHIFT, last), True)
+        for s, e, is_mapped in list(mapped.runs(first, last)):
+            if not is_mapped:
+                self._own.set(s, e, False)
 
     def _mark(self, addr: int, length: int, mine: bool) -> None:
         if length > 0:
@@ -148,7 +241,9 @@ class HostKernel:
         return self._adopt(os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC))
 
     def create_vm(self, type: int = 0) -> int:
-        return self._adopt(libc.ioctl_int(self._kvm, uapi.KVM_CREATE_VM, type))
+        fd = self._adopt(libc.ioctl_int(self._kvm, uapi.KVM_CREATE_VM, type))
+        self._vms[fd] = _VmInfo(type)
+        return fd
 
     def check_extension(self, cap: int, vm: int | None = None) -> int:
         fd = self._kvm if vm is None else self._fd(vm)
@@ -172,12 +267,38 @@ class HostKernel:
         raise kernel_error(errno.ENOSYS, "memfd_restricted was never merged into Linux")
 
     def close(self, fd: int) -> int:
-        os.close(self._fd(fd))
+        self._fd(fd)
+        vcpu = self._vcpus.pop(fd, None)
+        if vcpu is not None:
+            self._forget_vcpu_fd(vcpu, fd)
+        self._vms.pop(fd, None)
+        os.close(fd)
         self._fds.discard(fd)
         return 0
 
+    def _forget_vcpu_fd(self, info: _VcpuInfo, fd: int) -> None:
+        """The case closes a vCPU fd: drop our kvm_run mapping on it, and our VM dup
+        once the VM has no vCPU fd left (then the mapping no longer pins the vCPU)."""
+        info.fds.discard(fd)
+        if info.runner is not None and info.runner.fd == fd:
+            info.runner.close()
+            self._held.vcpus.remove(info.runner)
+            info.runner = None
+        if not info.fds:
+            info.vm.vcpus -= 1
+            if info.vm.vcpus == 0 and info.vm.hidden_fd is not None:
+                self._held.hidden.discard(info.vm.hidden_fd)
+                os.close(info.vm.hidden_fd)
+                info.vm.hidden_fd = None
+
     def dup(self, fd: int) -> int:
-        return self._adopt(os.dup(self._fd(fd)))
+        new = self._adopt(os.dup(self._fd(fd)))
+        if fd in self._vms:
+            self._vms[new] = self._vms[fd]
+        if fd in self._vcpus:
+            self._vcpus[new] = self._vcpus[fd]
+            self._vcpus[new].fds.add(new)
+        return new
 
     def fstat(self, fd: int) -> Stat:
         st = os.fstat(self._fd(fd))
@@ -219,10 +340,12 @@ class HostKernel:
     def ftruncate(self, fd: int, length: int) -> int:
         if length < 0:
             raise kernel_error(errno.EINVAL, "negative length")
+        self._changed()
         os.ftruncate(self._fd(fd), length)
         return 0
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> int:
+        self._changed()
         return libc.fallocate(self._fd(fd), mode, offset, length)
 
     # --- the address space -----------------------------------------------------------------
@@ -235,12 +358,19 @@ class HostKernel:
         elif addr:
             addr = 0  # a hint could place the mapping among the interpreter's; drop it
         raw_fd = -1 if anonymous else self._fd(fd)
-        result = libc.mmap(addr, length, prot, flags, raw_fd, offset)
+        self._changed()
+        try:
+            result = libc.mmap(addr, length, prot, flags, raw_fd, offset)
+        except OSError:
+            if flags & uapi.MAP_FIXED and not flags & uapi.MAP_FIXED_NOREPLACE:
+                self._forget_holes(addr, length)
+            raise
         self._mark(result, length, True)
         return result
 
     def munmap(self, addr: int, length: int) -> int:
         self._check_range(addr, length, "munmap")
+        self._changed()
         libc.munmap(addr, length)
         if not addr & (P - 1):
             self._mark(addr, length, False)
@@ -248,10 +378,12 @@ class HostKernel:
 
     def mprotect(self, addr: int, length: int, prot: int) -> int:
         self._check_range(addr, length, "mprotect")
+        self._changed()
         return libc.mprotect(addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> int:
         self._check_range(addr, length, "madvise")
+        self._changed()
         return libc.madvise(addr, length, advice)
 
     def mremap(self, addr: int, old_length: int, new_length: int, flags: int = 0,
@@ -261,7 +393,13 @@ class HostKernel:
         self._check_range(addr, old_length, "mremap")
         if flags & uapi.MREMAP_FIXED:
             self._check_range(new_address, new_length, "mremap")
-        result = libc.mremap(addr, old_length, new_length, flags, new_address)
+        self._changed()
+        try:
+            result = libc.mremap(addr, old_length, new_length, flags, new_address)
+        except OSError:
+            if flags & uapi.MREMAP_FIXED:
+                self._forget_holes(new_address, new_length)
+            raise
         if result != addr:
             self._mark(addr, old_length, False)
         elif new_length < old_length:
@@ -283,9 +421,41 @@ class HostKernel:
                 return MemorySignal(uapi.SIGBUS, addr, "the file refused the page fault")
         return MemorySignal(uapi.SIGSEGV, addr, "no mapping")
 
+    def _fast(self, addr: int, n: int, level: int, what: str) -> bool:
+        """Whether [addr, addr+n) can be copied with memmove: every page ours
+        and faulted in for loads (level LOADABLE) or stores (STORABLE) since
+        the last _changed().  Populated pages are ours: every operation that
+        gives pages up calls _changed() first."""
+        first, last = addr >> SHIFT, (addr + n + P - 1) >> SHIFT
+        start, end, have = self._hot
+        if start <= first and last <= end and have >= level:
+            return True
+        if last > VPAGES:
+            return False
+        populated = self._populated
+        start, end, have = populated.run_at(first)
+        if end >= last and have >= level:
+            self._hot = (start, end, have)
+            return True
+        self._check_range(addr, n, what)
+        if not self._own.all_equal(first, last, True):
+            return False
+        advice = MADV_POPULATE_WRITE if level == STORABLE else MADV_POPULATE_READ
+        try:
+            # Faults in the pages exactly as the access would, but answers a
+            # fault the kernel would signal with an error.
+            libc.madvise(first << SHIFT, (last - first) << SHIFT, advice)
+        except OSError:
+            return False  # the slow path finds where and how it faults
+        populated.set(first, last, level)
+        self._hot = populated.run_at(first)
+        return True
+
     def read_mem(self, addr: int, length: int) -> bytes:
         if length == 0:
             return b""
+        if self._fast(addr, length, LOADABLE, "read_mem"):
+            return libc.load(addr, length)
         self._check_range(addr, length, "read_mem")
         out = bytearray(length)
         done = libc.copy_from(addr, length, out)
@@ -298,6 +468,12 @@ class HostKernel:
         n = length if fill is not None and length is not None else len(data)
         if n == 0:
             return 0
+        if self._fast(addr, n, STORABLE, "write_mem"):
+            if fill is not None:
+                ctypes.memset(addr, fill, n)
+            else:
+                ctypes.memmove(addr, data, n)
+            return n
         self._check_range(addr, n, "write_mem")
         if fill is not None:
             done = self._fill(addr, n, fill)
@@ -321,7 +497,9 @@ class HostKernel:
                                memory_size: int, userspace_addr: int = 0) -> int:
         buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION_STRUCT.pack(
             slot, flags, guest_phys_addr, memory_size, userspace_addr))
-        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION, buf)
+        result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION, buf)
+        self._record_memslot(vm, slot, guest_phys_addr, memory_size, userspace_addr)
+        return result
 
     def set_user_memory_region2(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
                                 memory_size: int, userspace_addr: int = 0,
@@ -329,7 +507,19 @@ class HostKernel:
         buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION2_STRUCT.pack(
             slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset,
             self._struct_fd(guest_memfd), 0, *([0] * 14)))
-        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
+        result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
+        self._record_memslot(vm, slot, guest_phys_addr, memory_size, userspace_addr)
+        return result
+
+    def _record_memslot(self, vm: int, slot: int, gpa: int, size: int, uaddr: int) -> None:
+        """A memslot call succeeded: remember the VM's slots for guest_access."""
+        info = self._vms.get(vm)
+        if info is None:
+            return
+        if size == 0:
+            info.slots.pop(slot, None)
+        else:
+            info.slots[slot] = (gpa, size, uaddr)
 
     def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
                               flags: int = 0) -> int:
@@ -344,12 +534,56 @@ class HostKernel:
         return libc.ioctl_buf(self._fd(vm), uapi.KVM_ENABLE_CAP, buf)
 
     def create_vcpu(self, vm: int, id: int = 0) -> int:
-        return self._adopt(libc.ioctl_int(self._fd(vm), uapi.KVM_CREATE_VCPU, id))
+        fd = self._adopt(libc.ioctl_int(self._fd(vm), uapi.KVM_CREATE_VCPU, id))
+        info = self._vms.get(vm)
+        if info is None:  # KVM_CREATE_VCPU succeeds on VM fds only
+            return fd
+        self._vcpus[fd] = _VcpuInfo(info, {fd})
+        info.vcpus += 1
+        if info.hidden_fd is None:
+            info.hidden_fd = os.dup(vm)
+            self._held.hidden.add(info.hidden_fd)
+        return fd
 
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
                      private: bool = False, data: bytes = b"") -> GuestAccess:
-        reason = self.unsupported("guest_access")
-        raise UsageError(f"guest_access: {reason}")
+        info = self._vcpus.get(self._fd(vcpu))
+        if info is None:
+            # Not a vCPU: KVM_RUN gives that fd's answer (ENOTTY, or EINVAL on /dev/kvm).
+            libc.ioctl_int(vcpu, uapi.KVM_RUN, 0)
+            raise kernel_error(errno.ENOTTY, f"fd {vcpu} is not a vCPU")
+        check_call(info.vm.type != uapi.KVM_X86_DEFAULT_VM, info.vm.type, gpa, length, write,
+                   private, data)
+        if private:
+            raise UsageError("guest_access: private accesses are not implemented on the host "
+                             "(this machine has no VM type with private memory)")
+        from ..vmm.vcpu import Vcpu
+        from .guest import GuestRunner, VcpuState
+
+        if not self._held.runner:
+            self._held.runner.append(GuestRunner(self._kvm))
+        runner = self._held.runner[0]
+        if info.runner is None:
+            info.runner = Vcpu(min(info.fds), runner.mmap_size)
+            self._held.vcpus.append(info.runner)
+        if info.state is None:
+            info.state = VcpuState()
+        vm = info.vm
+        assert vm.hidden_fd is not None
+        # KVM may load or store at userspace_addr for this access (always on
+        # the emulator path): it must not be the interpreter's memory.
+        for base, size, uaddr in vm.slots.values():
+            lo, hi = max(gpa, base), min(gpa + length, base + size)
+            if lo < hi:
+                self._check_range(uaddr + lo - base, hi - lo, "guest_access")
+        used = {key & 0xFFFF for key in vm.slots if key >> 16 == 0}
+        slot_id = next(i for i in range(uapi.KVM_USER_MEM_SLOTS - 1, -2, -1) if i not in used)
+        if slot_id < 0:
+            raise UsageError("guest_access: every memslot id is taken; gmemlab needs one for "
+                             "its access program")
+        return runner.access(info.runner, info.state, vm.hidden_fd, slot_id,
+                             [(base, size) for base, size, _ in vm.slots.values()], gpa, length,
+                             write, data)
 
     def __repr__(self) -> str:
         return f"HostKernel({len(self._fds)} fds)"

@@ -164,3 +164,32 @@ def copy_to(addr: int, data: bytes | bytearray | memoryview, repeat: int = 1) ->
         if n < count * len(src):
             return done
     return done
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.argtypes = [_c_void_p, ctypes.c_ssize_t]
+_new_bytes.restype = ctypes.py_object
+_bytes_data = ctypes.pythonapi.PyBytes_AsString
+_bytes_data.argtypes = [ctypes.py_object]
+_bytes_data.restype = _c_void_p
+HUGE = 1 << 21
+MADV_HUGEPAGE = 14
+
+
+def load(addr: int, length: int) -> bytes:
+    """A new bytes object holding [addr, addr+length), which must be safe to read.
+
+    A large result is fresh memory that the copy faults in page by page; it
+    asks for transparent huge pages first (this machine's THP mode is
+    madvise), which makes the first touch several times cheaper.
+    """
+    if length < 2 * HUGE:
+        return ctypes.string_at(addr, length)
+    out = _new_bytes(None, length)  # uninitialised, and ours until returned
+    data = _bytes_data(out)
+    lo, hi = (data + HUGE - 1) & ~(HUGE - 1), (data + length) & ~(HUGE - 1)
+    if hi > lo:
+        _madvise(lo, hi - lo, MADV_HUGEPAGE)  # a hint: failure changes nothing
+    ctypes.memmove(data, addr, length)
+    result: bytes = out
+    return result

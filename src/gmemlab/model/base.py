@@ -16,6 +16,7 @@ behaviours are lifetime behaviours:
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from ..errors import kernel_error
 from .designs import Design
@@ -120,6 +121,40 @@ class ModelBase:
     def _destroy_vm(self, vm: Vm) -> None:
         """Free memslots of a VM nobody references any more."""
         vm.memslots.clear()
+
+    # --- physical frames --------------------------------------------------------
+
+    def _assign_pfn(self, inode: Inode, index: int) -> int:
+        """The pfn of page index, handing out a new frame if it has none.
+        Frames are never reused, so a pfn names one page for the model's life."""
+        delta = inode.pfns[index]
+        if delta is None:
+            delta = self.state.next_pfn - index
+            self.state.next_pfn += 1
+            inode.pfns.set(index, index + 1, delta)
+            pfn = index + delta
+            self.state.frames.set(pfn, pfn + 1, (inode.ino, -delta))
+        return index + delta
+
+    def _free_pfns(self, inode: Inode, first: int, last: int) -> None:
+        """Pages [first, last) left the file: their frames hold nothing any more."""
+        last = min(last, inode.pfns.limit)
+        for s, e, delta in list(inode.pfns.runs(first, last)):
+            if delta is not None:
+                self.state.frames.set(s + delta, e + delta, None)
+        inode.pfns.set(first, last, None)
+
+    # --- hooks the designs fill in ----------------------------------------------
+
+    def _zap_file_ptes(self, ino: int, first: int, last: int) -> None:
+        """unmap_mapping_range: drop every host PTE of file pages [first, last)."""
+
+    def _host_refs_dropped(self, inode: Inode, first: int, last: int) -> None:
+        """References on pages [first, last) went away (PTE, pin or get_pfn)."""
+
+    def _design_blocker(self, actor: str, pending: Any) -> str | None:
+        """Why a design keeps actor's next step waiting (model/steps.py), or None."""
+        return None
 
     # --- housekeeping -----------------------------------------------------------
 

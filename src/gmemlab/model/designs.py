@@ -4,7 +4,9 @@ A design answers the questions on which the kernels and proposals differ
 (which guest_memfd flags exist, whether the file can be mapped, which VM
 types have private memory, ...).  The model core asks; it never branches on a
 design's name.  Later designs (the 2022 restricted memfd, page-granular
-mapping, in-place conversion) add their own answers and operations here.
+mapping, in-place conversion) add their own answers here; the operations
+that only some designs have live in their own modules (restricted.py,
+pagemap.py, inplace.py) and ask the design whether they apply.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ class Design:
     name: ClassVar[str] = "gmem-6.18"
     summary: ClassVar[str] = "guest_memfd with MMAP and INIT_SHARED (Linux 6.18; this machine's kernel)"
     # VM types the model can create; the default VM plus the software-protected
-    # VM that this machine's kernel lacks but the model implements.
+    # VM that this machine's kernel lacks but the model implements, and an
+    # arm64 protected VM under pKVM (guest_memfd's host mmap was written for it).
     vm_types: ClassVar[frozenset[int]] = frozenset({uapi.KVM_X86_DEFAULT_VM,
-                                                    uapi.KVM_X86_SW_PROTECTED_VM})
+                                                    uapi.KVM_X86_SW_PROTECTED_VM,
+                                                    uapi.MODEL_PKVM_VM})
 
     def has_private_mem(self, vm_type: int) -> bool:
         """kvm_arch_has_private_mem: every VM type but the default one."""
@@ -82,6 +86,46 @@ class Design:
         """Whether mmap_end goes to every notifier (intent) or only to the one
         the mmap_start loop ended on (the sketch as written)."""
         return True
+
+    # --- page-granular sharing (page-mmap, kvm-map, inplace, pkvm-inplace) ------
+
+    def restricted_mmap(self) -> str:
+        """How host userspace maps a restricted memfd: "whole-file" (seed: one
+        mapping of all of it), "pages" (page-mmap: any page range, at the
+        file's canonical address) or "kvm" (kvm-map: only KVM maps it)."""
+        return "whole-file"
+
+    def restricted_destroys_at_unmap(self) -> bool:
+        """Whether unmapping with get_pfn references out destroys the file (seed)."""
+        return True
+
+    def shared_access_in_place(self) -> bool:
+        """Whether a guest's shared access to a gfn bound to a restricted memfd
+        reaches the file's own page (pKVM shares in place) rather than the
+        memory at the memslot's userspace_addr."""
+        return False
+
+    def host_faults_check_private(self) -> bool:
+        """Whether a host fault on a restricted memfd asks KVM whether the page
+        is shared (kvm-map: KVM owns the mapping and SIGBUSes private pages)."""
+        return False
+
+    def inplace_attributes(self) -> bool:
+        """Whether a guest_memfd keeps shared/private per page itself
+        (KVM_SET_MEMORY_ATTRIBUTES2 on the file) instead of per VM."""
+        return False
+
+    def defers_unshare(self) -> bool:
+        """In-place designs: whether a conversion to private of a page the
+        host still references waits for the last reference (pkvm-inplace)
+        instead of failing with EAGAIN (inplace)."""
+        return False
+
+    def host_mapping_promise(self) -> str | None:
+        """What the design promises about host mappings of private pages:
+        "vma" (no VMA covers one), "pte" (no host page-table entry maps one),
+        or None (no promise: seed-as-written breaks it)."""
+        return "pte"
 
     # --- what the checker holds the design to ------------------------------------
 
@@ -145,6 +189,9 @@ class Seed(Design):
     def gmem_only_slots(self) -> bool:
         return False
 
+    def host_mapping_promise(self) -> str | None:
+        return "vma"
+
     def promises(self) -> frozenset[str]:
         # seed-as-written is held to the same text: its defects break these.
         return super().promises() | {"P2", "P3"}
@@ -163,6 +210,82 @@ class SeedAsWritten(Seed):
     def restricted_mmap_end_to_all(self) -> bool:
         return False
 
+    def host_mapping_promise(self) -> str | None:
+        return None  # defect 1 lets a page turn private under the host's mapping
+
+
+class PageMmap(Seed):
+    """Page-granular mmap/munmap of the restricted memfd (design_history.md 2.B)."""
+
+    name = "page-mmap"
+    summary = ("the restricted memfd mapped page by page at its canonical address; a page "
+               "turns private only when no VMA covers it and nothing references it")
+
+    def restricted_mmap(self) -> str:
+        return "pages"
+
+    def restricted_sets_has_mapping(self) -> bool:
+        return False  # any number of mappings; nothing is "the" mapping
+
+    def restricted_destroys_at_unmap(self) -> bool:
+        return False
+
+    def shared_access_in_place(self) -> bool:
+        return True
+
+    def promises(self) -> frozenset[str]:
+        # Page-granular sharing gives up the whole-file rules (P2, P3) on purpose.
+        return Design.promises(self)
+
+
+class KvmMap(PageMmap):
+    """KVM maps shared pages for the host (design_history.md 2.C)."""
+
+    name = "kvm-map"
+    summary = ("only KVM maps the restricted memfd (kvm_map_shared), refusing private pages; "
+               "a conversion to private zaps the host's page tables and keeps the VMA")
+
+    def restricted_mmap(self) -> str:
+        return "kvm"
+
+    def host_faults_check_private(self) -> bool:
+        return True
+
+    def host_mapping_promise(self) -> str | None:
+        return "pte"
+
+
+class Inplace(Design):
+    """In-place conversion under review upstream (design_history.md 2.F, mainline track)."""
+
+    name = "inplace"
+    summary = ("guest_memfd with per-page shared/private state on the file; conversion to "
+               "private zaps host page tables and fails with EAGAIN while pages are referenced")
+    vm_types = frozenset({uapi.KVM_X86_DEFAULT_VM, uapi.KVM_X86_SW_PROTECTED_VM,
+                          uapi.KVM_X86_SNP_VM, uapi.KVM_X86_TDX_VM, uapi.MODEL_PKVM_VM})
+
+    def gmem_supported_flags(self, vm_type: int | None) -> int:
+        # Conversion exists, so a file may start shared whatever the VM.
+        return uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED
+
+    def supports_attributes(self, vm_type: int) -> bool:
+        # vm_memory_attributes=false: PRIVATE lives in the file, not the VM.
+        return False
+
+    def inplace_attributes(self) -> bool:
+        return True
+
+
+class PkvmInplace(Inplace):
+    """pKVM's in-place sharing (design_history.md 2.F, pKVM lineage)."""
+
+    name = "pkvm-inplace"
+    summary = ("the pKVM variant of in-place sharing: all-shared / guest-shared / none-shared "
+               "per page, an unshare completing when the host's last reference drops")
+
+    def defers_unshare(self) -> bool:
+        return True
+
 
 DESIGNS: dict[str, Callable[[], Design]] = {}
 
@@ -176,6 +299,10 @@ register(Design)
 register(Gmem68)
 register(Seed)
 register(SeedAsWritten)
+register(PageMmap)
+register(KvmMap)
+register(Inplace)
+register(PkvmInplace)
 
 DEFAULT_DESIGN = Design.name
 

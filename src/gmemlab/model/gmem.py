@@ -16,7 +16,7 @@ from ..errors import kernel_error
 from . import pages
 from .base import ModelBase
 from .ranges import RangeMap
-from .state import GFN_LIMIT, Mapping, Memslot, OpenFile, Vm
+from .state import GFN_LIMIT, Inode, Mapping, Memslot, OpenFile, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -39,6 +39,7 @@ class GmemOps(ModelBase):
         inode = self._new_inode("gmem", uapi.S_IFREG | 0o600, size=size)
         inode.flags = flags
         inode.vm = kvm.id
+        self._gmem_inode_created(inode)
         f = self._new_file("gmem", inode, vm=kvm)
         f.bindings = RangeMap(None, GFN_LIMIT)
         return self._install(f)
@@ -58,11 +59,16 @@ class GmemOps(ModelBase):
             # No size check: punching at or beyond EOF succeeds.
             self._gmem_invalidate(f, first, last)
             self.state.counters["host_pte_zaps"] += 1
+            self._zap_file_ptes(inode.ino, first, last)
             self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
+            self._free_pfns(inode, first, last)
             return
         if offset + length > inode.size:
             raise kernel_error(errno.EINVAL, "allocation beyond the file size")
         self.state.counters["pages_allocated"] += pages.allocate(inode.pages, first, last)
+
+    def _gmem_inode_created(self, inode: Inode) -> None:
+        """A design's per-inode state for a new guest_memfd (in-place attributes)."""
 
     def _gmem_invalidate(self, f: OpenFile, first: int, last: int) -> None:
         """kvm_gmem_invalidate_begin/end: zap KVM mappings of bound slots."""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .. import uapi
 from ..errors import UsageError, kernel_error
+from ..guestaccess import check_call, step_width
 from ..interface import GuestAccess, GuestHypercall
 from . import pages
 from .gmem import GmemOps
@@ -30,7 +31,6 @@ KVM_MAX_VCPU_IDS = 4096
 KVM_MAX_VCPUS = 4096
 NR_ADDRESS_SPACES = 1  # KVM_CAP_MULTI_ADDRESS_SPACE reports 0: no SMM
 V1_FLAGS = uapi.KVM_MEM_LOG_DIRTY_PAGES | uapi.KVM_MEM_READONLY
-GUEST_ACCESS_LIMIT = 1 << 20
 
 # Capabilities whose value does not depend on the VM or the design: this
 # machine's values (../shared/reference/guest_memfd.md section 0).
@@ -47,6 +47,9 @@ FIXED_CAPS = {
 
 
 class KvmOps(GmemOps, MmOps):
+    # Who executes a guest access: "mmu" or "emulator" (guestaccess.py).
+    guest_path = "mmu"
+
     # --- VMs and capabilities ----------------------------------------------------------
 
     def _anon_inode(self) -> int:
@@ -197,6 +200,13 @@ class KvmOps(GmemOps, MmOps):
         kvm.gfn_slots.set(base_gfn, base_gfn + npages, key)
         return 0
 
+    def _destroy_vm(self, vm: Vm) -> None:
+        """kvm_destroy_vm frees the memslots, unbinding their private files
+        (a restricted memfd loses KVM's notifier and the binding's reference)."""
+        for slot in list(vm.memslots.values()):
+            self._unbind_private(vm, slot)
+        super()._destroy_vm(vm)
+
     def _gpa_overlaps(self, kvm: Vm, key: int, base_gfn: int, npages: int) -> bool:
         return any(k is not None and k != key
                    for _, _, k in kvm.gfn_slots.runs(base_gfn, base_gfn + npages))
@@ -232,11 +242,11 @@ class KvmOps(GmemOps, MmOps):
         if address & (P - 1) or size & (P - 1):
             raise kernel_error(errno.EINVAL, "address and size must be page-aligned")
         first, last = address >> SHIFT, (address + size) >> SHIFT
-        self._conversion_check(kvm, first, last)
+        self._conversion_check(kvm, first, last, attributes)
         return first, last, attributes
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
-        """A design's veto on converting [first, last); guest_memfd has none."""
+    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+        """A design's veto on converting [first, last) to attributes; guest_memfd has none."""
 
     def _set_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         if kvm.attributes.all_equal(first, last, attributes):
@@ -260,22 +270,21 @@ class KvmOps(GmemOps, MmOps):
 
     # --- guest accesses -------------------------------------------------------------------------
 
+    def _gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
+        """Whether the guest may access gfn as private (True) or shared
+        (False), or neither (None: an in-place unshare still pending)."""
+        return bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
                      private: bool = False, data: bytes = b"") -> GuestAccess:
         f = self._ioctl_file(vcpu, "vcpu")
         assert f.vm is not None
         kvm = self.state.vms[f.vm]
-        if not 1 <= length <= GUEST_ACCESS_LIMIT:
-            raise UsageError(f"guest_access: length must be 1..{GUEST_ACCESS_LIMIT}")
-        if gpa + length > 1 << 64:
-            raise UsageError("guest_access: gpa + length wraps")
-        if write and len(data) != length:
-            raise UsageError(f"guest_access: a write of {length} bytes needs {length} bytes of data")
-        if not write and data:
-            raise UsageError("guest_access: data is only for writes")
-        if private and not self.design.has_private_mem(kvm.type):
-            raise UsageError(f"guest_access: a VM of type {kvm.type} has no private memory, "
-                             "so no private access")
+        check_call(self.design.has_private_mem(kvm.type), kvm.type, gpa, length, write, private,
+                   data)
+        if self.guest_path == "emulator" and self.design.has_private_mem(kvm.type):
+            raise UsageError("guest_access: the emulator guest path is modelled for VMs without "
+                             "private memory only")
         self.state.counters["exits"] += 1
         out = bytearray()
         pos = gpa
@@ -285,6 +294,11 @@ class KvmOps(GmemOps, MmOps):
             chunk = data[pos - gpa:stop - gpa] if write else None
             result = self._guest_page(kvm, pos, stop - pos, write, private, chunk)
             if isinstance(result, GuestAccess):
+                if result.exit == "mmio":
+                    # A real guest's MMIO exit names one step of the access
+                    # protocol (guestaccess.py), not the rest of the page.
+                    result = GuestAccess(exit="mmio", gpa=pos, size=step_width(pos, end - pos),
+                                         write=write)
                 return result
             out += result
             pos = stop
@@ -293,6 +307,7 @@ class KvmOps(GmemOps, MmOps):
     def _guest_page(self, kvm: Vm, gpa: int, n: int, write: bool, private: bool,
                     data: bytes | None) -> bytes | GuestAccess:
         """One access within a page: its bytes, or the exit it causes."""
+        emulated = self.guest_path == "emulator"
         gfn = gpa >> SHIFT
 
         def fault(err: int = errno.EFAULT) -> GuestAccess:
@@ -301,16 +316,21 @@ class KvmOps(GmemOps, MmOps):
                                errno=uapi.errno_name(err))
 
         if self.design.has_private_mem(kvm.type):
-            attr_private = bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
-            if attr_private != private:
+            attr_private = self._gfn_private(kvm, gfn)
+            if attr_private is None or attr_private != private:
                 return fault()
+        if emulated and gfn == uapi.APIC_DEFAULT_PHYS_BASE >> SHIFT:
+            # vcpu_is_mmio_gpa: "For APIC access vmexit", memslot or not.
+            return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
         key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
         slot = kvm.memslots.get(key) if key is not None else None
         if slot is None:
             if private:
                 return fault()
             return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
-        if private or slot.gmem_only:
+        # The emulator reaches guest memory through userspace_addr only
+        # (kvm_vcpu_read_guest), guest_memfd-only slot or not.
+        if private or (slot.gmem_only and not emulated):
             if not slot.private_bound:
                 return fault()
             backing = self._private_backing(kvm, slot, gfn)
@@ -328,6 +348,8 @@ class KvmOps(GmemOps, MmOps):
         hva = slot.userspace_addr + (gpa - (slot.base_gfn << SHIFT))
         segments, host_fault = self._resolve(hva, n, write)
         if host_fault is not None:
+            if emulated:  # the emulator's copy failed: emulated MMIO
+                return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
             return fault()  # hva_to_pfn failed: KVM_PFN_ERR_FAULT
         out = bytearray()
         for store, offset, count, m in segments:

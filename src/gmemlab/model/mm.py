@@ -24,8 +24,8 @@ from typing import Any
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
 from . import pages
-from .base import ModelBase
-from .state import TASK_SIZE, Mapping, OpenFile
+from .ptes import PteOps
+from .state import TASK_SIZE, Inode, Mapping, OpenFile
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -91,7 +91,7 @@ class MmapPlan:
 Segment = tuple[pages.PageStore, int, int, Mapping]
 
 
-class MmOps(ModelBase):
+class MmOps(PteOps):
     # --- VMA bookkeeping ----------------------------------------------------------
 
     def _count_vmas(self, first: int, last: int) -> int:
@@ -106,6 +106,7 @@ class MmOps(ModelBase):
         for s, e, m in vmas.runs(first, last):
             if m is not None and m.file is not None:
                 self.state.files[m.file].mapped_pages -= e - s
+                self._cover(m, s, e, -1)
             if m is not None and m.overlay is not None:
                 self.state.overlay_pages[m.overlay] -= e - s
         splits = sum(1 for point in (first, last)
@@ -113,6 +114,7 @@ class MmOps(ModelBase):
         vmas.set(first, last, value)
         if value is not None and value.file is not None:
             self.state.files[value.file].mapped_pages += last - first
+            self._cover(value, first, last, 1)
         if value is not None and value.overlay is not None:
             self.state.overlay_pages[value.overlay] = \
                 self.state.overlay_pages.get(value.overlay, 0) + last - first
@@ -125,6 +127,12 @@ class MmOps(ModelBase):
         if value is not None:
             s, e, _ = vmas.run_at(first)
             counters["vma_merges"] += (s < first) + (e > last)
+
+    def _cover(self, m: Mapping, first: int, last: int, change: int) -> None:
+        """Count VMAs covering the file pages behind virtual pages [first, last)."""
+        assert m.file is not None
+        inode = self.state.inodes[self.state.files[m.file].inode]
+        inode.vma_cover.update(first + m.delta, last + m.delta, lambda n: n + change)
 
     def _mapping_runs(self, first: int, last: int) -> list[tuple[int, int, Mapping]]:
         return [(s, e, m) for s, e, m in self.state.vmas.runs(first, last) if m is not None]
@@ -188,9 +196,20 @@ class MmOps(ModelBase):
              addr: int = 0) -> int:
         plan = self._mmap_plan(fd, length, prot, flags, offset, addr)
         if plan.file is not None:
-            self._mmap_hook(self.state.files[plan.file], plan.shared, plan.prot, plan.pgoff,
-                            plan.npages)
+            try:
+                self._mmap_hook(self.state.files[plan.file], plan.shared, plan.prot, plan.pgoff,
+                                plan.npages)
+            except OSError:
+                self._mmap_refused(plan)
+                raise
         return self._mmap_install(plan)
+
+    def _mmap_refused(self, plan: MmapPlan) -> None:
+        """__mmap_region has already unmapped (and zapped) what MAP_FIXED
+        replaces when the file's mmap fails: vms_abort_munmap_vmas cannot
+        reattach it and leaves a gap (mm/vma.c)."""
+        if plan.fixed:
+            self._unmap_range(plan.first, plan.first + plan.npages)
 
     def _mmap_plan(self, fd: int, length: int, prot: int, flags: int, offset: int,
                    addr: int) -> MmapPlan:
@@ -211,6 +230,8 @@ class MmOps(ModelBase):
         if self.state.map_count > self.state.max_map_count:
             raise kernel_error(errno.ENOMEM, "vm.max_map_count exceeded")
         fixed = bool(flags & (uapi.MAP_FIXED | uapi.MAP_FIXED_NOREPLACE))
+        if f is not None:
+            addr = self._mmap_hint(f, pgoff, npages, addr, fixed)
         cache = None
         if fixed:
             if addr & (P - 1):
@@ -246,9 +267,15 @@ class MmOps(ModelBase):
                 if prot & uapi.PROT_EXEC:
                     raise kernel_error(errno.EPERM, "PROT_EXEC on a noexec mount")
                 mayexec = False
+            if self._handler_mm("mmap", f) is None:  # do_mmap: no f_op->mmap at all
+                raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
         return MmapPlan(file=f.id if f is not None else None, first=first, npages=npages,
                         fixed=fixed, shared=shared, prot=prot, pgoff=pgoff, mayexec=mayexec,
                         cache=cache)
+
+    def _mmap_hint(self, f: OpenFile, pgoff: int, npages: int, addr: int, fixed: bool) -> int:
+        """Where a design wants a mapping of f placed (a hint unless fixed)."""
+        return addr
 
     def _mmap_install(self, plan: MmapPlan) -> int:
         """The part of mmap_region after the file's mmap said yes: the new VMA."""
@@ -277,11 +304,8 @@ class MmOps(ModelBase):
         return first << SHIFT
 
     def _mmap_hook(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
-        """f_op->mmap: ENODEV for files that have none."""
-        hook = self._handler_mm("mmap", f)
-        if hook is None:
-            raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
-        hook(f, shared, prot, pgoff, npages)
+        """f_op->mmap (its absence was refused by _mmap_plan)."""
+        self._handler_mm("mmap", f)(f, shared, prot, pgoff, npages)
 
     def _handler_mm(self, call: str, f: OpenFile) -> Any:
         return getattr(self, f"_{call}_{f.kind}", None)
@@ -321,6 +345,7 @@ class MmOps(ModelBase):
         runs = self._mapping_runs(first, last)
         if not runs:
             return
+        self._ptes_clear(first, last)
         self._assign(first, last, None)
         self.state.counters["host_pte_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
@@ -440,6 +465,7 @@ class MmOps(ModelBase):
             if new_advice != m.advice:
                 self._modify(s, e, first, last, replace(m, advice=new_advice, tag=0))
         elif advice == uapi.MADV_DONTNEED:
+            self._ptes_clear(first, last)
             self._drop_private(m, first, last)
             self.state.counters["host_pte_zaps"] += 1
         elif advice == uapi.MADV_FREE:
@@ -541,6 +567,7 @@ class MmOps(ModelBase):
         if last < e:
             self._may_split(m, last)
         moved = replace(m, delta=m.delta + first - target, tag=0)
+        self._ptes_move(first, last, target)
         self._assign(first, last, None)
         self._assign(target, target + npages, moved)
         self.state.counters["host_pte_zaps"] += 1
@@ -573,6 +600,7 @@ class MmOps(ModelBase):
             store, served = self._fault_range(m, first_pg, last_pg, write)
             ok_end = min(stop, (served - m.delta) << SHIFT)
             if ok_end > pos:
+                self._ptes_install(vpage, ((ok_end - 1) >> SHIFT) + 1, m)
                 segments.append((store, ((vpage + m.delta) << SHIFT) + (pos & (P - 1)),
                                  ok_end - pos, m))
             if ok_end < stop:
@@ -593,9 +621,15 @@ class MmOps(ModelBase):
             return self.state.inodes[f.inode].pages, first
         served: int = handler(f, first, last, write)
         inode = self.state.inodes[f.inode]
+        served = self._host_stage2_limit(inode, first, served)
         if served > first:
             self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, first, served)
         return inode.pages, served
+
+    def _host_stage2_limit(self, inode: Inode, first: int, served: int) -> int:
+        """The first page of [first, served) a hypervisor would not let the
+        host touch (pKVM, model/pkvm.py); served when there is none."""
+        return served
 
     def _why_sigbus(self, m: Mapping, addr: int) -> str:
         return "the file cannot serve this page"

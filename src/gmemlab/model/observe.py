@@ -22,6 +22,7 @@ from typing import Any
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import Observation
+from .invariants import ownership_violations, private_page_runs
 from .steps import StepOps
 
 SHIFT = uapi.PAGE_SHIFT
@@ -120,41 +121,38 @@ class ObserveOps(StepOps):
     # --- promise hooks (designs with other state override these) ------------------------
 
     def private_pages(self) -> Runs:
-        """File pages a VM treats as private: gfns whose attribute is PRIVATE, in
-        memslots bound to a file (guest_memfd or restricted memfd)."""
+        """File pages the design considers private: the VM's attribute for the
+        gfns bound to a restricted memfd or a guest_memfd, the file's own
+        attribute in the in-place designs (invariants.private_page_runs)."""
         pages: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for kvm in self.state.vms.values():
-            for slot in kvm.memslots.values():
-                f = self.state.files.get(slot.private_file) if slot.private_file is not None else None
-                if f is None:
-                    continue
-                for s, e, a in kvm.attributes.runs(slot.base_gfn, slot.base_gfn + slot.npages):
-                    if a & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
-                        off = slot.private_pgoff - slot.base_gfn
-                        pages[f.inode].append((s + off, e + off))
+        for inode in self.state.inodes.values():
+            pages[inode.ino].extend(private_page_runs(self.state, inode))
         return _merge(pages)
 
     def host_references(self) -> CountedRuns:
-        """Host references per file page: every host mapping (VMA) of the page
-        counts, as its page tables may reach the page at any time.  (A design
-        whose mappings fault private pages away, like in-place conversion,
-        counts present PTEs and pins instead.)"""
+        """Host references per file page: what the design's host-mapping promise
+        counts (Design.host_mapping_promise: a VMA covering the page for the
+        whole-file and page-mmap designs, whose VMAs may fault it in at any time;
+        a host page-table entry for the others), plus long-term GUP pins."""
+        by_vma = (self.design.host_mapping_promise() or "vma") == "vma"
         pieces: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-        for s, e, m in self.state.vmas.runs():
-            if m is None or m.file is None or not m.shared:
-                continue
-            f = self.state.files.get(m.file)
-            if f is not None:
-                pieces[f.inode].append((s + m.delta, e + m.delta, 1))
+        for inode in self.state.inodes.values():
+            held = inode.vma_cover if by_vma else inode.host_ptes
+            for table in (held, inode.pins):
+                for s, e, n in table.runs():
+                    if n:
+                        pieces[inode.ino].append((s, e, n))
         return _count(pieces)
 
     def outstanding_references(self) -> CountedRuns:
-        """References taken beyond the page cache's own (get_pfn; pins in designs that have them)."""
+        """References taken beyond the page cache's own: get_pfn references and
+        long-term GUP pins."""
         pieces: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
         for inode in self.state.inodes.values():
-            for s, e, n in inode.refs.runs():
-                if n:
-                    pieces[inode.ino].append((s, e, n))
+            for table in (inode.refs, inode.pins):
+                for s, e, n in table.runs():
+                    if n:
+                        pieces[inode.ino].append((s, e, n))
         return _count(pieces)
 
     def mapping_counts(self) -> tuple[tuple[int, int], ...]:
@@ -197,11 +195,11 @@ class ObserveOps(StepOps):
         return tuple(e for e in self.kvm_mmap_pending() if e[2] not in locked)
 
     def pkvm_problems(self) -> tuple[str, ...]:
-        """Violations of pKVM's page-ownership rules (each page owned by exactly
-        one component, or shared by an owner/borrower pair).  The model keeps no
-        hypervisor ownership state yet, so there is nothing to violate; the
-        pKVM model overrides this."""
-        return ()
+        """Violations of pKVM's page-ownership rules (invariants.ownership_violations:
+        each page owned by exactly one component, or shared by an owner and one
+        kind of borrower, guest leaves and the host's records telling the same
+        story).  None while no pKVM hypercall has run."""
+        return tuple(ownership_violations(self.state))
 
     # --- model-only operations -------------------------------------------------------------
 

@@ -116,8 +116,9 @@ class RestrictedOps(KvmOps):
             for n in list(r.notifiers):
                 self._notify(inode, n, "invalidate_start", first, last)
             self.state.counters["host_pte_zaps"] += 1
+            self._zap_file_ptes(inode.ino, first, last)
             self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
-            inode.pfns.set(first, min(last, inode.pfns.limit), None)
+            self._free_pfns(inode, first, last)
             for n in list(r.notifiers):
                 self._notify(inode, n, "invalidate_end", first, last)
             return
@@ -315,19 +316,16 @@ class RestrictedOps(KvmOps):
     def _take_page(self, inode: Inode, index: int) -> int:
         """One reference on page index, allocating it (zeroed) if needed; its pfn."""
         self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
-        delta = inode.pfns[index]
-        if delta is None:
-            delta = self.state.next_pfn - index
-            self.state.next_pfn += 1
-            inode.pfns.set(index, index + 1, delta)
+        pfn = self._assign_pfn(inode, index)
         inode.refs.set(index, index + 1, inode.refs[index] + 1)
-        return index + delta
+        return pfn
 
     def put_pfn(self, fd: int, index: int) -> int:
         _, inode, _ = self._restricted(fd)
         if index >= inode.refs.limit or inode.refs[index] == 0:
             raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
         inode.refs.set(index, index + 1, inode.refs[index] - 1)
+        self._host_refs_dropped(inode, index, index + 1)
         return 0
 
     def wait_unreferenced(self, fd: int, timeout: int = 0) -> int:
@@ -382,7 +380,7 @@ class RestrictedOps(KvmOps):
         f.holders -= 1
         self._maybe_release(f)
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int) -> None:
+    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         """Conversions and mapping are mutually exclusive (KVM's rule 2)."""
         for slot in self._restricted_slots(kvm, first, last):
             assert slot.private_file is not None

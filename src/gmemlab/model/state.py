@@ -23,6 +23,8 @@ from .pages import PAGE_INDEX_LIMIT, PageStore, new_store
 from .ranges import RangeMap
 
 GFN_LIMIT = 1 << (64 - PAGE_SHIFT)
+# Physical frame numbers of a 64-bit physical address.
+PFN_LIMIT = 1 << (64 - PAGE_SHIFT)
 # x86-64 user space ends at TASK_SIZE_MAX = 2^47 - 4096.
 TASK_SIZE = (1 << 47) - (1 << PAGE_SHIFT)
 VPAGE_LIMIT = 1 << (47 - PAGE_SHIFT)
@@ -47,6 +49,12 @@ class RestrictedState:
     destroyed: bool = False
     notifiers: list[Notifier] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    # Designs that map the file piecewise (page-mmap, kvm-map): the virtual
+    # page where file page 0 belongs, fixed by the first mapping, so that
+    # every later mapping of page i lands at canonical + i and merges.
+    canonical: int | None = None
+    # The file pages an mmap in progress covers (KVM's notifier checks them).
+    mmap_range: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -68,6 +76,15 @@ class Inode:
     # contiguous allocations share one delta and so one run.
     pfns: RangeMap[int | None] = field(default_factory=lambda: RangeMap(None, PAGE_INDEX_LIMIT))
     restricted: RestrictedState | None = None
+    # Long-term GUP pins (gup_pin) per page: references beyond the page cache.
+    pins: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    # Host page-table entries mapping each page, over all shared mappings.
+    host_ptes: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    # VMAs covering each page (a VMA that covers a page can fault it in).
+    vma_cover: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    # In-place designs: the file's own shared/private state per page
+    # (model/inplace.py); None where attributes live in the VM.
+    attributes: RangeMap[int] | None = None
 
 
 @dataclass
@@ -142,6 +159,48 @@ class Mapping:
     tag: int = 0  # distinguishes VMAs the kernel left unmerged
 
 
+@dataclass(frozen=True)
+class HypPage:
+    """pKVM's record of one physical page (struct hyp_page and the host
+    stage-2 state, model/pkvm.py).  Equal records on adjacent pfns are one run."""
+
+    host: int = 0  # PKVM_PAGE_OWNED: the host owns all memory it has not given away
+    hyp: int = 3  # PKVM_NOPAGE
+    pins: int = 0  # hyp_page.refcount: hyp_pin_shared_mem
+    guest_shares: int = 0  # host_share_guest_count: shares with non-protected guests
+    ffa: bool = False  # lent to the secure world by the FF-A proxy
+    # The protected guest the page was donated to: (VM id, gfn - pfn), the
+    # annotation pKVM keeps in the host stage-2 entry.
+    guest: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class GuestPte:
+    """A leaf of a guest's stage-2 as pKVM keeps it: the page state in the
+    software bits, the frame (as pfn - gfn, so contiguous leaves merge) and
+    the permissions."""
+
+    state: int
+    delta: int
+    prot: int
+
+
+@dataclass
+class PkvmState:
+    """The pKVM hypervisor's memory state: per physical page, and per guest
+    stage-2 page table (VM id -> gfn -> leaf)."""
+
+    pages: RangeMap[HypPage] = field(default_factory=lambda: RangeMap(HypPage(), PFN_LIMIT))
+    guests: dict[int, RangeMap[GuestPte | None]] = field(default_factory=dict)
+
+
+@dataclass
+class GupPin:
+    """One gup_pin call: the file pages it pinned, as (inode, first, last) runs."""
+
+    runs: tuple[tuple[int, int, int], ...]
+
+
 @dataclass
 class State:
     fds: dict[int, int] = field(default_factory=dict)  # fd -> OpenFile id
@@ -161,6 +220,14 @@ class State:
     anon_ino: int | None = None
     next_id: int = 1
     next_pfn: int = 0x100000  # physical frames handed out so far (from 4 GiB up)
+    # Which file page each handed-out frame holds: (inode, index - pfn).
+    frames: RangeMap[tuple[int, int] | None] = field(
+        default_factory=lambda: RangeMap(None, PFN_LIMIT))
+    # Host page-table entries present, per virtual page.
+    ptes: RangeMap[bool] = field(default_factory=lambda: RangeMap(False, VPAGE_LIMIT))
+    # Long-term pins by (addr, length) of the gup_pin call, oldest first.
+    gup_pins: dict[tuple[int, int], list[GupPin]] = field(default_factory=dict)
+    pkvm: PkvmState | None = None  # created by the first pKVM hypercall
     counters: Counter[str] = field(default_factory=Counter)
     # Stepwise execution (model/steps.py): each actor's operation in progress,
     # and who holds the mm's mmap_lock and each restricted memfd's lock.

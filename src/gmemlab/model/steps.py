@@ -18,6 +18,13 @@ the locks allow:
   (a conversion zapped the mapping), the fault is retried and now ends in a
   memory-fault exit.
 
+* ``set_memory_attributes2`` (designs inplace, pkvm-inplace) is three steps
+  under the guest_memfd's invalidate lock: validate and zap host PTEs, check
+  references, store.  Its handler lives with the design
+  (``inplace.py: _step_set_memory_attributes2``), and designs add their
+  waits through ``_design_blocker`` (a host fault waits for that lock, or
+  for a kvm-map conversion).
+
 Everything else is one step.  An actor's operation in progress lives in the
 model state (State.pending), so snapshots capture it and the checker can
 hash it.  `enabled(actor)` says whether the actor's next step could run now
@@ -129,8 +136,10 @@ class StepOps(RestrictedOps):
 
     MM_OPS = frozenset({"mmap", "munmap", "mprotect", "madvise", "mremap", "read_mem", "write_mem"})
     # The operations that take locks (mmap: the mmap_lock and the file lock across
-    # its notifier calls; the others a file lock for their one step).
-    LOCKING_OPS = frozenset({"mmap", "munmap", "set_user_memory_region2"})
+    # its notifier calls; set_memory_attributes2: the guest_memfd's invalidate
+    # lock across its steps; the others a file lock for their one step).
+    # Another operation taking a lock must be added here, or _finish keeps it.
+    LOCKING_OPS = frozenset({"mmap", "munmap", "set_user_memory_region2", "set_memory_attributes2"})
 
     def _blocker(self, actor: str, p: Pending) -> str | None:
         st = self.state
@@ -153,7 +162,7 @@ class StepOps(RestrictedOps):
             if inode is not None and inode.restricted is not None and \
                     not inode.restricted.destroyed and total_refs(inode):
                 return "references are outstanding"
-        return None
+        return self._design_blocker(actor, p)
 
     def _file_locks_needed(self, p: Pending) -> list[int]:
         """Restricted memfds whose lock the operation's first step takes."""
@@ -206,6 +215,7 @@ class StepOps(RestrictedOps):
         if not progress.done:
             return replace(p, progress=progress)
         if progress.error:
+            self._mmap_refused(p.plan)
             return Outcome("errno", progress.error)
         return Outcome("ret", self._mmap_install(p.plan))
 

@@ -206,8 +206,13 @@ class VfsOps(ModelBase):
 
     def _ftruncate_memfd(self, f: OpenFile, length: int) -> None:
         inode = self.state.inodes[f.inode]
-        if length < inode.size:
-            self._shmem_zero_range(inode.pages, length, inode.size - length)
+        if length <= inode.size:
+            # shmem_setattr truncates whenever the size does not grow, to the
+            # end of the file's page space (shmem_truncate_range(inode,
+            # newsize, -1)): pages beyond the size (fallocated with KEEP_SIZE)
+            # go too, even when the size stays the same.
+            end = pages.PAGE_INDEX_LIMIT << uapi.PAGE_SHIFT
+            self._shmem_zero_range(inode.pages, length, end - length)
             self._zap_file_range(f.inode, length, inode.size - length)
         inode.size = length
 
@@ -267,6 +272,8 @@ class VfsOps(ModelBase):
                 pages.write(store, lo, bytes(hi - lo))
 
     def _zap_file_range(self, ino: int, offset: int, length: int) -> None:
-        """unmap_mapping_range: host PTEs of the range go (the model has none
-        to remove, so only the cost is recorded)."""
+        """unmap_mapping_range: host PTEs of the pages the byte range touches go."""
         self.state.counters["host_pte_zaps"] += 1
+        first = offset >> uapi.PAGE_SHIFT
+        last = (offset + length + uapi.PAGE_SIZE - 1) >> uapi.PAGE_SHIFT
+        self._zap_file_ptes(ino, first, min(last, pages.PAGE_INDEX_LIMIT))

@@ -1,0 +1,88 @@
+"""Make a divergence minimal by replaying it without steps.
+
+Hypothesis shrinks the random choices, which removes many steps but leaves
+some that only feed its choices (a VM created and closed, an fstat).  This
+pass replays the recorded steps on fresh kernels, dropping one step at a
+time and keeping the drop when the same divergence (same operation, same
+kinds of outcome) still happens.  A step whose handle's creating step was
+dropped (or failed in the replay) is dropped with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .machine import SIDES, KernelPair
+from .steps import Handle, Outcome, Ref, Region, Step, run_side
+
+
+def replay(steps: list[Step], factories: KernelPair) -> list[Step]:
+    """Run steps on fresh kernels; the steps that ran, up to the first divergence."""
+    kernels = {"model": factories[0](), "host": factories[1]()}
+    bound: dict[str, Handle | Region] = {}
+    done: list[Step] = []
+    try:
+        for old in steps:
+            if not _refs_bound(old.args, bound):
+                continue
+            step = Step(old.op, {k: _rebind(v, bound) for k, v in old.args.items()}, old.bind)
+            fresh = step.bind is not None
+            for side in SIDES:
+                resolved = step.resolve(side)
+                outcome = run_side(kernels[side], step.op, resolved, fresh)
+                if step.op == "mmap" and "addr" in step.args and outcome.kind == "ok":
+                    outcome = Outcome("ok", outcome.raw == resolved["addr"], outcome.raw)
+                step.outcomes[side] = outcome
+            done.append(step)
+            if not step.agreed:
+                break
+            if step.bind and step.outcomes["host"].kind == "ok":
+                bound[step.bind] = _new_target(old, step)
+    finally:
+        for kernel in kernels.values():
+            kernel.shutdown()
+    return done
+
+
+def _refs_bound(args: dict[str, Any], bound: dict[str, Handle | Region]) -> bool:
+    return all(v.target.name in bound for v in args.values() if isinstance(v, Ref))
+
+
+def _rebind(value: Any, bound: dict[str, Handle | Region]) -> Any:
+    if isinstance(value, Ref):
+        return Ref(bound[value.target.name], value.offset)
+    return value
+
+
+def _new_target(old: Step, step: Step) -> Handle | Region:
+    assert step.bind is not None
+    model, host = step.outcomes["model"].raw, step.outcomes["host"].raw
+    if old.op == "mmap":
+        return Region(step.bind, model, host, max(1, step.args.get("length", 0) >> 12))
+    return Handle(step.bind, "fd", model, host)
+
+
+def _signature(steps: list[Step]) -> tuple[str, str, str] | None:
+    if not steps or steps[-1].agreed:
+        return None
+    last = steps[-1]
+    return (last.op, last.outcomes["model"].kind, last.outcomes["host"].kind)
+
+
+def minimize(steps: list[Step], factories: KernelPair, budget: int = 400) -> list[Step]:
+    """The shortest replay (greedily) that still ends in the same divergence."""
+    target = _signature(steps)
+    best = replay(steps, factories)
+    if target is None or _signature(best) != target:
+        return steps  # not reproducible by replay: keep what Hypothesis found
+    changed = True
+    while changed and budget > 0:
+        changed = False
+        i = len(best) - 2
+        while i >= 0 and budget > 0:
+            budget -= 1
+            candidate = replay(best[:i] + best[i + 1:], factories)
+            if _signature(candidate) == target and len(candidate) < len(best):
+                best, changed = candidate, True
+            i -= 1
+    return best

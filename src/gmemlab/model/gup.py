@@ -1,0 +1,65 @@
+"""Long-term GUP pins: the host references that block a conversion.
+
+pin_user_pages(FOLL_LONGTERM), as O_DIRECT, vmsplice, io_uring fixed
+buffers or VFIO take them, faults the pages of a host range in and holds a
+reference on each until unpin_user_pages.  The reference is on the page, not
+the address: unmapping the range later does not drop it.  So gup_pin records
+which file pages it pinned, and gup_unpin drops the pin made by the oldest
+call with the same addr and length.
+
+The designs read the pins (Inode.pins) when they decide whether a page may
+become private: page-mmap and kvm-map refuse with EBUSY, inplace with EAGAIN,
+and pkvm-inplace waits for the last reference (design_history.md 2.B, 2.C, 2.F).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from .. import uapi
+from ..errors import kernel_error
+from .pkvm import PkvmOps
+from .state import TASK_SIZE, GupPin
+
+P = uapi.PAGE_SIZE
+SHIFT = uapi.PAGE_SHIFT
+
+
+class GupOps(PkvmOps):
+    def gup_pin(self, addr: int, length: int) -> int:
+        if length == 0:
+            return 0
+        if addr >= TASK_SIZE or length > TASK_SIZE - addr:
+            raise kernel_error(errno.EFAULT, "the range is not in user space")
+        first, last = addr >> SHIFT, (addr + length + P - 1) >> SHIFT
+        segments, fault = self._resolve(first << SHIFT, (last - first) << SHIFT, write=False)
+        if fault is not None:
+            # GUP turns VM_FAULT_SIGBUS and a missing VMA alike into -EFAULT;
+            # a long-term pin is all or nothing.
+            raise kernel_error(errno.EFAULT, f"page at {fault.addr:#x} cannot be pinned: {fault.why}")
+        runs: list[tuple[int, int, int]] = []
+        for _store, offset, n, m in segments:
+            inode = self._mapping_inode(m)
+            if inode is None:
+                continue  # anonymous or private memory: no file page to hold
+            lo, hi = offset >> SHIFT, ((offset + n - 1) >> SHIFT) + 1
+            inode.pins.update(lo, hi, lambda c: c + 1)
+            runs.append((inode.ino, lo, hi))
+        self.state.gup_pins.setdefault((addr, length), []).append(GupPin(tuple(runs)))
+        return last - first
+
+    def gup_unpin(self, addr: int, length: int) -> int:
+        pins = self.state.gup_pins.get((addr, length))
+        if not pins:
+            raise kernel_error(errno.EINVAL, f"no pin of {length:#x} bytes at {addr:#x}")
+        pin = pins.pop(0)
+        if not pins:
+            del self.state.gup_pins[(addr, length)]
+        for ino, lo, hi in pin.runs:
+            inode = self.state.inodes.get(ino)
+            if inode is None:
+                continue
+            inode.pins.update(lo, hi, lambda c: c - 1)
+            self._host_refs_dropped(inode, lo, hi)
+        return 0
+

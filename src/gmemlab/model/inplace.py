@@ -1,0 +1,262 @@
+"""In-place conversion on guest_memfd: designs inplace and pkvm-inplace.
+
+inplace follows the mainline track (design_history.md 2.F, v8 2026-06-18):
+the guest_memfd inode keeps a shared/private attribute for every page
+(``Inode.attributes``, a RangeMap as the patches' maple tree is), PRIVATE
+from creation or SHARED with GUEST_MEMFD_FLAG_INIT_SHARED.  Every page may be
+mmap()ed; a host fault on a private page raises SIGBUS, so a private page
+never gets a host page-table entry.  KVM_SET_MEMORY_ATTRIBUTES2 on the file
+(model-only op set_memory_attributes2) converts a range:
+
+1. validation, EINVAL: flags, unsupported attribute bits, size 0 or wrapping,
+   unaligned offset or size, range beyond i_size;
+2. the invalidate lock, exclusive; nothing to do if the range already has
+   the value;
+3. to private only: unmap_mapping_pages (every host PTE of the range goes),
+   then the refcount check: a page referenced beyond the page cache (a GUP
+   pin, a get_pfn reference) fails the call with EAGAIN, error_offset the
+   byte offset of that page, nothing changed;
+4. KVM's mappings of bound memslots are zapped and the new value stored.
+
+Contents are preserved both ways; a hole punch frees pages but leaves their
+attributes; per-VM attributes are not available (vm_memory_attributes=0:
+KVM_SET_MEMORY_ATTRIBUTES is ENOTTY), the guest's private/shared view of a
+guest_memfd page is the file's.
+
+pkvm-inplace follows the pKVM lineage (2.F, Fuad Tabba's v7): per page
+ALL_SHARED ("shared"), GUEST_SHARED ("private") or NONE_SHARED
+("none_shared": the guest unshared while the host still held references).
+A conversion to private zaps nothing: pages nobody references become
+private at once, the others NONE_SHARED, which neither host nor guest may
+fault; when the host drops the last reference (munmap or MADV_DONTNEED of
+its PTE, gup_unpin, put_pfn) the page becomes private, as the final
+folio_put callback does.  Converting back to shared cancels a pending
+unshare.
+
+Stepwise (model/steps.py), set_memory_attributes2 is three steps under the
+file's invalidate lock: validate and zap, check references, store; host
+faults, GUP and get_pfn on the file wait while another actor holds the lock.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+from typing import Any
+
+from .. import uapi
+from ..errors import ConversionError, kernel_error
+from .pagemap import PageMapOps
+from .pages import PAGE_INDEX_LIMIT
+from .ranges import RangeMap
+from .state import Inode, Mapping, OpenFile, Vm
+from .steps import Outcome, Pending
+
+P = uapi.PAGE_SIZE
+SHIFT = uapi.PAGE_SHIFT
+U64 = (1 << 64) - 1
+SHARED = 0
+PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+# Model-only: an unshare waiting for the host's last reference (NONE_SHARED).
+NONE_SHARED = PRIVATE | 1 << 32
+ATTR_NAMES = {SHARED: "shared", PRIVATE: "private", NONE_SHARED: "none_shared"}
+# Operations that take a guest_memfd's invalidate lock (shared) for a moment;
+# dropping a reference (put_pfn, gup_unpin, munmap) takes none.
+FILE_OPS = frozenset({"get_pfn", "fallocate", "set_memory_attributes2", "page_attr"})
+RANGE_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
+
+
+class InplaceOps(PageMapOps):
+    def _gmem_inode_created(self, inode: Inode) -> None:
+        if self.design.inplace_attributes():
+            start = SHARED if inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
+            inode.attributes = RangeMap(start, PAGE_INDEX_LIMIT)
+        super()._gmem_inode_created(inode)
+
+    # --- host and guest faults ---------------------------------------------------------
+
+    def _fault_gmem(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        inode = self.state.inodes[f.inode]
+        if inode.attributes is None:
+            return super()._fault_gmem(f, first, last, write)
+        last = max(first, min(last, inode.size >> SHIFT))
+        hit = inode.attributes.find(first, last, lambda a: a != SHARED)
+        return last if hit is None else hit
+
+    def _why_sigbus(self, m: Mapping, addr: int) -> str:
+        f = self.state.files.get(m.file) if m.file is not None else None
+        if f is not None and f.kind == "gmem":
+            inode = self.state.inodes[f.inode]
+            index = (addr >> SHIFT) + m.delta
+            if inode.attributes is not None and index < inode.size >> SHIFT \
+                    and inode.attributes[index] != SHARED:
+                return (f"guest_memfd page {index} is {ATTR_NAMES[inode.attributes[index]]}: "
+                        "host faults on it raise SIGBUS")
+        return super()._why_sigbus(m, addr)
+
+    def _gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
+        key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
+        slot = kvm.memslots.get(key) if key is not None else None
+        f = self.state.files.get(slot.private_file) \
+            if slot is not None and slot.private_file is not None else None
+        inode = self.state.inodes[f.inode] if f is not None else None
+        if slot is None or inode is None or inode.attributes is None:
+            return super()._gfn_private(kvm, gfn)
+        attr = inode.attributes[slot.private_pgoff + gfn - slot.base_gfn]
+        return None if attr == NONE_SHARED else attr == PRIVATE
+
+    # --- KVM_SET_MEMORY_ATTRIBUTES2 -----------------------------------------------------
+
+    def _attributes2_checks(self, fd: int, offset: int, size: int, attributes: int,
+                            flags: int) -> tuple[OpenFile, Inode, int, int]:
+        f = self._file(fd)
+        inode = self.state.inodes[f.inode]
+        if f.kind != "gmem" or inode.attributes is None:
+            raise kernel_error(errno.ENOTTY, f"KVM_SET_MEMORY_ATTRIBUTES2 needs a guest_memfd of "
+                               f"an in-place design (fd {fd} is a {f.kind} fd in {self.design.name})")
+        kvm = self.state.vms.get(inode.vm) if inode.vm is not None else None
+        supported = PRIVATE if kvm is not None and self.design.has_private_mem(kvm.type) else 0
+        if flags:
+            raise kernel_error(errno.EINVAL, "flags must be 0")
+        if attributes & ~supported:
+            raise kernel_error(errno.EINVAL, f"attributes {attributes:#x} outside {supported:#x}")
+        if size == 0 or offset + size > U64:
+            raise kernel_error(errno.EINVAL, "size 0 or range wraps")
+        if offset & (P - 1) or size & (P - 1):
+            raise kernel_error(errno.EINVAL, "offset and size must be page-aligned")
+        if offset + size > inode.size:
+            raise kernel_error(errno.EINVAL, "range beyond the file size")
+        return f, inode, offset >> SHIFT, (offset + size) >> SHIFT
+
+    def set_memory_attributes2(self, fd: int, offset: int, size: int, attributes: int,
+                               flags: int = 0) -> int:
+        f, inode, first, last = self._attributes2_checks(fd, offset, size, attributes, flags)
+        if self._attributes2_noop(inode, first, last, attributes):
+            return 0
+        if self._attributes2_zaps(attributes):
+            self._attributes2_zap(inode, first, last)
+            self._attributes2_refcheck(inode, first, last)
+        self._attributes2_store(f, inode, first, last, attributes)
+        return 0
+
+    def _attributes2_noop(self, inode: Inode, first: int, last: int, attributes: int) -> bool:
+        assert inode.attributes is not None
+        if attributes & PRIVATE:
+            return inode.attributes.find(first, last, lambda a: a == SHARED) is None
+        return inode.attributes.all_equal(first, last, SHARED)
+
+    def _attributes2_zaps(self, attributes: int) -> bool:
+        return bool(attributes & PRIVATE) and not self.design.defers_unshare()
+
+    def _attributes2_zap(self, inode: Inode, first: int, last: int) -> None:
+        """unmap_mapping_pages: no host PTE of the range survives."""
+        self.state.counters["host_pte_zaps"] += 1
+        self.state.counters["tlb_flushes"] += 1
+        self._zap_file_ptes(inode.ino, first, last)
+
+    def _attributes2_refcheck(self, inode: Inode, first: int, last: int) -> None:
+        held = self._first_referenced(inode, first, last, with_ptes=False)
+        if held is not None:
+            self.state.counters["refused"] += 1
+            offset = max(held, first) << SHIFT
+            raise ConversionError(errno.EAGAIN, f"page {held} is referenced beyond the page cache "
+                                  f"(error_offset {offset:#x})", offset)
+
+    def _attributes2_store(self, f: OpenFile, inode: Inode, first: int, last: int,
+                           attributes: int) -> None:
+        assert inode.attributes is not None
+        self._gmem_invalidate(f, first, last)
+        if not attributes & PRIVATE:
+            inode.attributes.set(first, last, SHARED)
+            return
+        if not self.design.defers_unshare():
+            inode.attributes.set(first, last, PRIVATE)
+        else:
+            # clear_shared: free pages are private now, held ones wait.
+            changing = [(s, e) for s, e, a in inode.attributes.runs(first, last) if a == SHARED]
+            for s, e in changing:
+                inode.attributes.set(s, e, NONE_SHARED)
+                for lo, hi in self._unreferenced(inode, s, e, with_ptes=True):
+                    inode.attributes.set(lo, hi, PRIVATE)
+            if inode.attributes.find(first, last, lambda a: a == NONE_SHARED) is not None:
+                self.state.counters["deferred"] += 1
+        mapped = inode.host_ptes.find(first, last, bool)
+        if mapped is not None and inode.attributes[mapped] == PRIVATE:
+            self.state.audit.append(("private_while_mapped", inode.ino, mapped))
+
+    def _host_refs_dropped(self, inode: Inode, first: int, last: int) -> None:
+        """The final folio_put of pkvm-inplace: a pending unshare completes."""
+        if inode.attributes is not None and self.design.defers_unshare():
+            pending = [(s, e) for s, e, a in inode.attributes.runs(first, last) if a == NONE_SHARED]
+            for s, e in pending:
+                for lo, hi in self._unreferenced(inode, s, e, with_ptes=True):
+                    inode.attributes.set(lo, hi, PRIVATE)
+        super()._host_refs_dropped(inode, first, last)
+
+    def page_attr(self, fd: int, index: int) -> str:
+        f = self._file(fd)
+        inode = self.state.inodes[f.inode]
+        if f.kind != "gmem" or inode.attributes is None:
+            raise kernel_error(errno.EINVAL, f"fd {fd} has no per-page attributes in design "
+                               f"{self.design.name}")
+        if index >= inode.size >> SHIFT:
+            raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
+        return ATTR_NAMES[inode.attributes[index]]
+
+    # --- stepwise: validate and zap, check, store, under the invalidate lock --------------------
+
+    def _step_set_memory_attributes2(self, actor: str, p: Pending) -> Outcome | Pending:
+        if p.phase == "begin":
+            args = p.kwargs
+            f, inode, first, last = self._attributes2_checks(**args)
+            attributes = args["attributes"]
+            if self._attributes2_noop(inode, first, last, attributes):
+                return Outcome("ret", 0)
+            self.state.file_locks[inode.ino] = actor  # released when the operation ends
+            plan = (f.id, inode.ino, first, last, attributes)
+            if self._attributes2_zaps(attributes):
+                self._attributes2_zap(inode, first, last)
+                return replace(p, phase="check", plan=plan)
+            return replace(p, phase="store", plan=plan)
+        fid, ino, first, last, attributes = p.plan
+        inode = self.state.inodes[ino]
+        if p.phase == "check":
+            self._attributes2_refcheck(inode, first, last)
+            return replace(p, phase="store")
+        self._attributes2_store(self.state.files[fid], inode, first, last, attributes)
+        return Outcome("ret", 0)
+
+    def _design_blocker(self, actor: str, pending: Any) -> str | None:
+        locked = {ino: a for ino, a in self.state.file_locks.items() if a != actor
+                  and ino in self.state.inodes and self.state.inodes[ino].attributes is not None}
+        if locked:
+            for ino in self._gmem_inodes_touched(pending):
+                if ino in locked:
+                    return f"the guest_memfd's invalidate lock is held by {locked[ino]}"
+        return super()._design_blocker(actor, pending)
+
+    def _gmem_inodes_touched(self, pending: Any) -> set[int]:
+        args = pending.kwargs
+        if pending.op in FILE_OPS:
+            fid = self.state.fds.get(args["fd"])
+            return {self.state.files[fid].inode} if fid is not None else set()
+        if pending.op in RANGE_OPS:
+            length = args.get("length")
+            if length is None:
+                length = len(args.get("data", b""))
+            first = args["addr"] >> SHIFT
+            last = min(first + ((length + P - 1) >> SHIFT) + 1, self.state.vmas.limit)
+            return {self.state.files[m.file].inode for _, _, m in self._mapping_runs(first, last)
+                    if m.file is not None}
+        if pending.op == "guest_access":
+            fid = self.state.fds.get(args["vcpu"])
+            vm_id = self.state.files[fid].vm if fid is not None else None
+            kvm = self.state.vms.get(vm_id) if vm_id is not None else None
+            if kvm is None:
+                return set()
+            gfn = args["gpa"] >> SHIFT
+            key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
+            slot = kvm.memslots.get(key) if key is not None else None
+            if slot is not None and slot.private_file in self.state.files:
+                return {self.state.files[slot.private_file].inode}
+        return set()
