@@ -368,7 +368,7 @@ class Symmetries:
                                        f"actor {image.name}'s ({self._show(gi)})")
 
     def _norm_action(self, act: Any, gi: int) -> Any:
-        from .scenario import REF, resolve
+        from ..spelling import REF, resolve
 
         args = {}
         env = self.e.prog.env

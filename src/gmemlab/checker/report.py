@@ -21,9 +21,10 @@ from .. import uapi
 from ..interface import GuestAccess
 from ..model import ModelKernel
 from ..model.steps import Outcome
+from ..spelling import REF
 from . import promises as pr
 from .explore import Counterexample, Verdict
-from .scenario import REF, Action, Scenario, fixed_names
+from .scenario import Action, Scenario, fixed_names
 from .system import ActorState, KernelFactory, Program, StepInfo, new_kernel, run_transition
 
 STUCK_STEPS = 100

@@ -15,7 +15,6 @@ step of the same actor.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -26,11 +25,10 @@ from .. import uapi
 from ..errors import UsageError
 from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, op_signature
 from ..model.designs import make_design
-from ..model.observe import call_arguments
+from ..spelling import REF, call_arguments
 
 P = uapi.PAGE_SIZE
 GPA_BASE = 0x100000  # guest physical address of the file's first page
-REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(0[xX][0-9a-fA-F]+|\d+))?$")
 # Operations an actor may not run: they drive or inspect the interleaving itself.
 NOT_FOR_ACTORS = frozenset({"actor_begin", "actor_step", "observe", "audit_log"})
 ACTION_KEYS = frozenset({"op", "as", "retry", "needs", "note"})
@@ -361,30 +359,6 @@ def _check_action(a: Action, where: str, known: set[str]) -> None:
 
 
 # --- values at run time -----------------------------------------------------------------------
-
-
-class Unbound(Exception):
-    """A reference to a name whose operation failed: the step is skipped."""
-
-
-def resolve(value: Any, env: dict[str, Any]) -> Any:
-    if isinstance(value, str) and value.startswith("$"):
-        m = REF.match(value.strip())
-        if m is None:
-            raise ScenarioError(f"bad reference {value!r} (use $name or $name+N)")
-        name, sign, offset = m.groups()
-        base = env.get(name)
-        if base is None:
-            raise Unbound(name)
-        if offset is None:
-            return base
-        delta = int(offset, 0)
-        return base + delta if sign == "+" else base - delta
-    if isinstance(value, list):
-        return [resolve(v, env) for v in value]
-    if isinstance(value, dict):
-        return {k: resolve(v, env) for k, v in value.items()}
-    return value
 
 
 def _strings(value: Any) -> list[str]:

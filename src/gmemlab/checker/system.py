@@ -22,9 +22,9 @@ from typing import Any
 
 from ..errors import MemorySignal, UsageError
 from ..model import ModelKernel
-from ..model.observe import call_arguments
 from ..model.steps import Outcome
-from .scenario import Action, Scenario, ScenarioError, Unbound, fixed_names, resolve
+from ..spelling import Unbound, call_arguments, resolve
+from .scenario import Action, Scenario, ScenarioError, fixed_names
 
 KernelFactory = Callable[[str], ModelKernel]
 

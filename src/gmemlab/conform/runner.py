@@ -9,18 +9,15 @@ stop the run: every exception is turned into a FAIL with its reason.
 from __future__ import annotations
 
 import contextlib
-import re
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import uapi
+from .. import spelling, uapi
 from ..errors import MemorySignal, UsageError
 from ..interface import INTERFACE_OPS, GuestAccess, Kernel
 from .cases import Case, CaseFile, Requirement, Step, parse_requirement
-
-_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(0[xX][0-9a-fA-F]+|\d+))?$")
 
 
 @dataclass
@@ -166,51 +163,21 @@ def _op_problem(kernel: Kernel, op: str) -> tuple[str, str] | None:
 
 def resolve(value: Any, env: dict[str, Any]) -> Any:
     """Replace "$name" and "$name+N" by bound values, recursively."""
-    if isinstance(value, str):
-        m = _REF.match(value.strip())
-        if m is None:
-            if value.startswith("$"):
-                raise StepFailure(f"bad reference {value!r} (use $name or $name+N)")
-            return value
-        name, sign, offset = m.groups()
-        if name not in env:
-            raise StepFailure(f"${name} is not bound by an earlier step")
-        base = env[name]
-        if offset is None:
-            return base
-        if not isinstance(base, int):
-            raise StepFailure(f"${name} is not a number, cannot add an offset")
-        delta = int(offset, 0)
-        return base + delta if sign == "+" else base - delta
-    if isinstance(value, list):
-        return [resolve(v, env) for v in value]
-    if isinstance(value, dict):
-        return {k: resolve(v, env) for k, v in value.items()}
-    return value
+    try:
+        return spelling.resolve(value, env)
+    except spelling.Unbound as missing:
+        raise StepFailure(f"${missing.name} is not bound by an earlier step") from None
+    except UsageError as exc:
+        raise StepFailure(str(exc)) from None
 
 
 def step_arguments(step: Step, env: dict[str, Any]) -> dict[str, Any]:
     """The call's keyword arguments: references resolved, flag names parsed,
     data_hex decoded."""
-    args: dict[str, Any] = {}
-    for key, raw in step.args.items():
-        value = resolve(raw, env)
-        if key == "data_hex":
-            if not isinstance(value, str):
-                raise StepFailure("data_hex must be a hex string")
-            try:
-                args["data"] = bytes.fromhex(value)
-            except ValueError:
-                raise StepFailure("data_hex is not hex") from None
-            continue
-        names = uapi.FLAG_ARGUMENTS.get((step.op, key))
-        if names is not None and isinstance(value, str):
-            try:
-                value = uapi.parse_flags(value, names, f"{step.op}.{key}")
-            except ValueError as exc:
-                raise StepFailure(str(exc)) from None
-        args[key] = value
-    return args
+    try:
+        return spelling.call_arguments(step.op, resolve(step.args, env))
+    except UsageError as exc:
+        raise StepFailure(str(exc).removeprefix(f"{step.op}: ")) from None
 
 
 def run_step(kernel: Kernel, step: Step, env: dict[str, Any]) -> None:

@@ -22,34 +22,13 @@ from typing import Any
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import Observation
+from ..spelling import call_arguments
 from .invariants import ownership_violations, private_page_runs
 from .steps import StepOps
 
 SHIFT = uapi.PAGE_SHIFT
 Runs = tuple[tuple[int, int, int], ...]
 CountedRuns = tuple[tuple[int, int, int, int], ...]
-
-
-def call_arguments(call: str, args: dict[str, Any]) -> dict[str, Any]:
-    """A case step's spelling of arguments (flag names, data_hex) as the call takes them."""
-    out: dict[str, Any] = {}
-    for key, value in args.items():
-        if key == "data_hex":
-            if not isinstance(value, str):
-                raise UsageError(f"{call}: data_hex must be a hex string")
-            try:
-                out["data"] = bytes.fromhex(value)
-            except ValueError:
-                raise UsageError(f"{call}: data_hex is not hex") from None
-            continue
-        names = uapi.FLAG_ARGUMENTS.get((call, key))
-        if names is not None and isinstance(value, str):
-            try:
-                value = uapi.parse_flags(value, names, f"{call}.{key}")
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        out[key] = value
-    return out
 
 
 def _merge(pages: dict[int, list[tuple[int, int]]]) -> Runs:
