@@ -9,7 +9,8 @@ deleting the memslot.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import uapi
 from ..errors import kernel_error
@@ -47,21 +48,31 @@ class GmemOps(ModelBase):
     # --- fallocate ----------------------------------------------------------------
 
     def _fallocate_gmem(self, f: OpenFile, mode: int, offset: int, length: int) -> None:
+        self._private_fallocate(f, mode, offset, length, self._gmem_invalidate)
+
+    def _private_fallocate(self, f: OpenFile, mode: int, offset: int, length: int,
+                           invalidate: Callable[[OpenFile, int, int], Any],
+                           invalidated: Callable[[OpenFile, int, int], Any] | None = None) -> None:
+        """kvm_gmem_fallocate, which the 2022 restricted memfd shares: KEEP_SIZE
+        only, page-aligned, allocation within the size, punching anywhere.
+        A punch calls invalidate before the pages go and invalidated after."""
         if not mode & uapi.FALLOC_FL_KEEP_SIZE:
-            raise kernel_error(errno.EOPNOTSUPP, "guest_memfd needs FALLOC_FL_KEEP_SIZE")
+            raise kernel_error(errno.EOPNOTSUPP, "needs FALLOC_FL_KEEP_SIZE")
         if mode & ~(uapi.FALLOC_FL_KEEP_SIZE | uapi.FALLOC_FL_PUNCH_HOLE):
-            raise kernel_error(errno.EOPNOTSUPP, "guest_memfd supports only KEEP_SIZE|PUNCH_HOLE")
+            raise kernel_error(errno.EOPNOTSUPP, "only KEEP_SIZE|PUNCH_HOLE")
         if offset & (P - 1) or length & (P - 1):
             raise kernel_error(errno.EINVAL, "offset and length must be page-aligned")
         inode = self.state.inodes[f.inode]
         first, last = offset >> SHIFT, (offset + length) >> SHIFT
         if mode & uapi.FALLOC_FL_PUNCH_HOLE:
             # No size check: punching at or beyond EOF succeeds.
-            self._gmem_invalidate(f, first, last)
+            invalidate(f, first, last)
             self.state.counters["host_pte_zaps"] += 1
             self._zap_file_ptes(inode.ino, first, last)
             self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
             self._free_pfns(inode, first, last)
+            if invalidated is not None:
+                invalidated(f, first, last)
             return
         if offset + length > inode.size:
             raise kernel_error(errno.EINVAL, "allocation beyond the file size")

@@ -31,7 +31,7 @@ from .. import uapi
 from .designs import Design
 from .pkvm import NOPAGE, OWNED, SHARED_BORROWED, SHARED_OWNED, STATE_NAMES
 from .ranges import RangeMap
-from .state import PFN_LIMIT, HypPage, Inode, State
+from .state import PFN_LIMIT, HypPage, Inode, OpenFile, State
 
 PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 # (guest leaves OWNED, SHARED_OWNED, SHARED_BORROWED, owners as (vm, gfn - pfn))
@@ -106,20 +106,32 @@ def _private_pages(state: State, inode: Inode) -> Iterator[tuple[int, int]]:
                 yield s, e
         return
     for f in state.files.values():
-        if f.inode != inode.ino or f.bindings is None:
+        if f.inode == inode.ino:
+            yield from bound_private_runs(state, inode, f)
+
+
+def bound_private_runs(state: State, inode: Inode, f: OpenFile, first: int = 0,
+                       last: int | None = None) -> Iterator[tuple[int, int]]:
+    """Runs of f's pages in [first, last) that a memslot binds to a private gfn.
+
+    A guest_memfd's bindings name the memslot of the file's own VM; a
+    restricted memfd belongs to no VM, so its bindings name VM and memslot.
+    """
+    if f.bindings is None:
+        return
+    end = f.bindings.limit if last is None else min(last, f.bindings.limit)
+    for s, e, code in f.bindings.runs(first, end):
+        if code is None:
             continue
-        for s, e, code in f.bindings.runs():
-            if code is None:
-                continue
-            vm_id, key = (code >> 32, code & 0xFFFFFFFF) if inode.kind == "restricted" else (inode.vm, code)
-            kvm = state.vms.get(vm_id) if vm_id is not None else None
-            slot = kvm.memslots.get(key) if kvm is not None else None
-            if kvm is None or slot is None:
-                continue
-            shift = slot.base_gfn - slot.private_pgoff
-            for gs, ge, a in kvm.attributes.runs(s + shift, e + shift):
-                if a & PRIVATE:
-                    yield gs - shift, ge - shift
+        vm_id, key = (code >> 32, code & 0xFFFFFFFF) if inode.kind == "restricted" else (inode.vm, code)
+        kvm = state.vms.get(vm_id) if vm_id is not None else None
+        slot = kvm.memslots.get(key) if kvm is not None else None
+        if kvm is None or slot is None:
+            continue
+        shift = slot.base_gfn - slot.private_pgoff
+        for gs, ge, a in kvm.attributes.runs(s + shift, e + shift):
+            if a & PRIVATE:
+                yield gs - shift, ge - shift
 
 
 def private_page_runs(state: State, inode: Inode) -> Iterator[tuple[int, int]]:

@@ -39,6 +39,7 @@ from typing import Any
 from .. import uapi
 from ..errors import kernel_error
 from .gup import GupOps
+from .invariants import bound_private_runs
 from .restricted import NO_NONZERO_AFTER_LAUNCH
 from .state import Inode, Mapping, Memslot, Notifier, OpenFile, Vm
 
@@ -60,19 +61,7 @@ class PageMapOps(GupOps):
 
     def _private_pages(self, f: OpenFile, first: int, last: int) -> Iterator[tuple[int, int]]:
         """Runs of file pages in [first, last) bound to a private gfn."""
-        if f.bindings is None:
-            return
-        for s, e, code in f.bindings.runs(first, min(last, f.bindings.limit)):
-            if code is None:
-                continue
-            kvm = self.state.vms.get(code >> 32)
-            slot = kvm.memslots.get(code & 0xFFFFFFFF) if kvm is not None else None
-            if kvm is None or slot is None:
-                continue
-            shift = slot.base_gfn - slot.private_pgoff
-            for gs, ge, a in kvm.attributes.runs(s + shift, e + shift):
-                if a & PRIVATE:
-                    yield gs - shift, ge - shift
+        return bound_private_runs(self.state, self.state.inodes[f.inode], f, first, last)
 
     # --- mapping: where, and what KVM's notifier says ---------------------------------------------
 

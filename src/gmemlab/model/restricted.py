@@ -28,7 +28,7 @@ notifier.  Nothing else branches on the design.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -103,28 +103,18 @@ class RestrictedOps(KvmOps):
         r = inode.restricted
         assert r is not None
         self._alive(r)
-        if not mode & uapi.FALLOC_FL_KEEP_SIZE:
-            raise kernel_error(errno.EOPNOTSUPP, "needs FALLOC_FL_KEEP_SIZE")
-        if mode & ~(uapi.FALLOC_FL_KEEP_SIZE | uapi.FALLOC_FL_PUNCH_HOLE):
-            raise kernel_error(errno.EOPNOTSUPP, "only KEEP_SIZE|PUNCH_HOLE")
-        if offset & (P - 1) or length & (P - 1):
-            raise kernel_error(errno.EINVAL, "offset and length must be page-aligned")
-        first, last = offset >> SHIFT, (offset + length) >> SHIFT
-        if mode & uapi.FALLOC_FL_PUNCH_HOLE:
-            # invalidate_start, zap and free, invalidate_end (v9/v10 order: no
-            # window in which KVM could still map a freed page).
-            for n in list(r.notifiers):
-                self._notify(inode, n, "invalidate_start", first, last)
-            self.state.counters["host_pte_zaps"] += 1
-            self._zap_file_ptes(inode.ino, first, last)
-            self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
-            self._free_pfns(inode, first, last)
-            for n in list(r.notifiers):
-                self._notify(inode, n, "invalidate_end", first, last)
-            return
-        if offset + length > inode.size:
-            raise kernel_error(errno.EINVAL, "allocation beyond the file size")
-        self.state.counters["pages_allocated"] += pages.allocate(inode.pages, first, last)
+
+        # invalidate_start, zap and free, invalidate_end (v9/v10 order: no
+        # window in which KVM could still map a freed page); allocation
+        # notifies nobody.
+        def tell(event: str) -> Callable[[OpenFile, int, int], None]:
+            def call(_: OpenFile, first: int, last: int) -> None:
+                for n in list(r.notifiers):
+                    self._notify(inode, n, event, first, last)
+            return call
+
+        self._private_fallocate(f, mode, offset, length, tell("invalidate_start"),
+                                tell("invalidate_end"))
 
     # --- notifiers -------------------------------------------------------------------------
 
