@@ -80,3 +80,15 @@ def test_distinct_inodes_same_device(kernel: Any) -> None:
     b = kernel.fstat(kernel.create_guest_memfd(vm, 8192, 0))
     assert a.ino != b.ino and a.dev == b.dev
     assert (a.size, b.size) == (4096, 8192)
+
+
+def test_flag_names_from_python(model: Any) -> None:
+    """Python callers may spell flags by name, as case files do."""
+    vm = model.create_vm("default")
+    f = model.create_guest_memfd(vm, 4096, "MMAP|INIT_SHARED")
+    addr = model.mmap(f, 4096, "READ|WRITE", "MAP_SHARED")
+    model.write_mem(addr, fill=7, length=4096)
+    model.fallocate(f, "KEEP_SIZE|PUNCH_HOLE", 0, 4096)
+    assert model.read_mem(addr, 2) == b"\0\0"
+    with pytest.raises(UsageError, match="unknown name 'SHAREDD'"):
+        model.mmap(f, 4096, "READ", "SHAREDD")

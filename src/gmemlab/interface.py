@@ -607,6 +607,12 @@ def check_call(op: str, args: tuple[object, ...], kwargs: dict[str, object]) -> 
             value = defaults[name]
         else:
             raise _bind_error(op, args, kwargs)
+        if isinstance(value, str) and (op, name) in uapi.FLAG_ARGUMENTS:
+            # From Python as in case files: flags by name ("READ|WRITE", "pkvm").
+            try:
+                value = uapi.parse_flags(value, uapi.FLAG_ARGUMENTS[op, name], f"{op}: {name}")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         checked_args[name] = checkers[name](name, value)
     if kwargs and not all(name in checkers for name in kwargs):
         raise _bind_error(op, args, kwargs)
