@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--design", default="seed")
     ap.add_argument("--quick", action="store_true", help="skip the runs that go up to the memslot limit")
     args = ap.parse_args()
-    console = Console(highlight=False)
+    # Piped output (a log, CI) gets room for the wide tables; a terminal keeps its width.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
     slot_pages, pool_first, pool_pages = 1024, 256, 64
     one = share_pool_in_one_slot(args.design, slot_pages, pool_first, pool_pages)
