@@ -291,38 +291,71 @@ class Explorer:
     # --- P8: every actor can always still finish ---------------------------------------------
 
     def _liveness(self) -> None:
-        n = len(self.e.prog.names)
-        nstates = len(self.parent)
-        perms = [self.sym.actor_perm(p) for p in range(len(self.sym.perms))] if self.sym \
-            else [tuple(range(n))]
-        # Backward edges on (state, actor) pairs: the successor's frame renames actors.
-        back: list[list[int]] = [[] for _ in range(nstates * n)]
-        for src, dst, p in zip(self.src, self.dst, self.edge_perm, strict=True):
-            g = perms[p]
-            for a in range(n):
-                back[dst * n + g[a]].append(src * n + a)
-        can = bytearray(nstates * n)
-        queue: deque[int] = deque()
-        for st in range(nstates):
-            mask = self.done[st]
-            for a in range(n):
-                if mask >> a & 1:
-                    can[st * n + a] = 1
-                    queue.append(st * n + a)
-        while queue:
-            x = queue.popleft()
-            for y in back[x]:
-                if not can[y]:
-                    can[y] = 1
-                    queue.append(y)
-        best: tuple[int, int, int] | None = None
-        for st in range(nstates):
-            for a in range(n):
-                if not can[st * n + a] and (best is None or self.depth[st] < best[0]):
-                    best = (self.depth[st], st, a)
+        can, best = self._can_finish()
         if best is None:
             return
         _, st, a = best
+        self._report_stuck(st, a, can)
+
+    def _can_finish(self) -> tuple[list[int], tuple[int, int, int] | None]:
+        """Per state, the bitmask of the actors that can still finish from it (a
+        backward fixpoint from the states where they have finished), and the
+        shallowest (depth, state, actor) with an actor that cannot (the first
+        state in discovery order, the lowest actor, among the shallowest)."""
+        n = len(self.e.prog.names)
+        nstates = len(self.parent)
+        full = (1 << n) - 1
+        perms = [self.sym.actor_perm(p) for p in range(len(self.sym.perms))] if self.sym \
+            else [tuple(range(n))]
+        # The successor's frame renames actors: actor a of the source is actor
+        # g[a] of the stored successor.  A mask is carried back through g.
+        rename: list[dict[int, int] | None] = [None if g == tuple(range(n)) else {} for g in perms]
+
+        def back_mask(mask: int, p: int) -> int:
+            table = rename[p]
+            if table is None:
+                return mask
+            out = table.get(mask)
+            if out is None:
+                g = perms[p]
+                out = table[mask] = sum(1 << a for a in range(n) if mask >> g[a] & 1)
+            return out
+
+        can = list(self.done)
+        queue: deque[int] = deque(st for st in range(nstates) if can[st])
+        if all(r is None for r in rename):
+            # (the common case, no symmetry: plain ints, no renaming)
+            plain: list[list[int]] = [[] for _ in range(nstates)]
+            for src, dst in zip(self.src, self.dst, strict=True):
+                plain[dst].append(src)
+            while queue:
+                x = queue.popleft()
+                mask = can[x]
+                for y in plain[x]:
+                    if mask & ~can[y]:
+                        can[y] |= mask
+                        queue.append(y)
+        else:
+            preds: list[list[tuple[int, int]]] = [[] for _ in range(nstates)]
+            for src, dst, p in zip(self.src, self.dst, self.edge_perm, strict=True):
+                preds[dst].append((src, p))
+            while queue:
+                x = queue.popleft()
+                mask = can[x]
+                for y, p in preds[x]:
+                    m = back_mask(mask, p)
+                    if m & ~can[y]:
+                        can[y] |= m
+                        queue.append(y)
+        best: tuple[int, int, int] | None = None
+        for st in range(nstates):
+            if can[st] != full and (best is None or self.depth[st] < best[0]):
+                missing = full & ~can[st]
+                best = (self.depth[st], st, (missing & -missing).bit_length() - 1)
+        return can, best
+
+    def _report_stuck(self, st: int, a: int, can: list[int]) -> None:
+        n = len(self.e.prog.names)
         h = self._frame(st)
         inverse = {v: x for x, v in enumerate(h)}
         actor = self.e.prog.names[inverse[a]]
@@ -334,7 +367,7 @@ class Explorer:
     def _deadlocked(self, st: int) -> bool:
         return not any(s == st for s in self.src)
 
-    def _continuation(self, st: int, a: int, can: bytearray, n: int) -> list[str]:
+    def _continuation(self, st: int, a: int, can: list[int], n: int) -> list[str]:
         """From st, a shortest path on which every actor that can still finish
         does (the report then lets the stuck actor try once more in vain)."""
         out_edges: dict[int, list[int]] = {}
@@ -342,7 +375,7 @@ class Explorer:
             out_edges.setdefault(src, []).append(k)
 
         def settled(x: int) -> bool:
-            return all(self.done[x] >> b & 1 or not can[x * n + b] for b in range(n))
+            return all(self.done[x] >> b & 1 or not can[x] >> b & 1 for b in range(n))
 
         prev: dict[int, int] = {st: -1}  # state -> edge that reached it
         queue = deque([st])
