@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,10 @@ class Options:
     all_promises: bool = False  # go on after the first violation: the shortest one per promise
     jobs: int = 1
     max_states: int = 0  # 0: no limit
+    # "auto": the compiled core (compiled.py) when it can run the search (a C
+    # compiler, one process, the memo on), else the Python engine; "c": the
+    # compiled core or an error; "python": the Python engine.
+    engine: str = "auto"
 
     def describe(self) -> str:
         on = [n for n, v in (("fingerprints", self.fingerprints), ("symmetry", self.symmetry),
@@ -84,6 +88,8 @@ class Verdict:
     seconds: float = 0.0
     complete: bool = True  # the whole state space was explored
     model_runs: int = 0
+    engine: str = "python"  # which engine explored: "python" or "c" (the compiled core)
+    note: str = ""  # why the compiled core was not used, when it was asked for and could not be
 
     @property
     def holds(self) -> bool:
@@ -99,7 +105,9 @@ class Verdict:
 
 class Explorer:
     """One breadth-first exploration of one scenario (single process; parallel.py
-    runs several of these cooperatively)."""
+    runs several of these cooperatively, compiled.py the same search in C)."""
+
+    engine_name = "python"
 
     def __init__(self, engine: Engine, options: Options,
                  progress: Callable[[Progress], None] | None = None) -> None:
@@ -169,6 +177,11 @@ class Explorer:
             frontier = nxt
             depth += 1
         complete = not frontier and not (o.max_states and len(self.parent) >= o.max_states)
+        return self._verdict(start, complete)
+
+    def _verdict(self, start: float, complete: bool) -> Verdict:
+        """P8 on the graph (when it is whole and still to be judged), and the verdict."""
+        e, o = self.e, self.o
         if complete and "P8" in e.active and (o.all_promises or not self.found):
             self._liveness()
         order = sorted(self.found.values(), key=lambda c: (len(c.trace), pr.ORDER.index(c.promise)))
@@ -177,7 +190,8 @@ class Explorer:
         return Verdict(scenario=e.scenario.name, design=e.scenario.design, promises=e.active,
                        options=o, counterexamples=order, states=len(self.parent),
                        transitions=self.transitions, depth=max(self.depth) if self.depth else 0,
-                       seconds=time.perf_counter() - start, complete=complete, model_runs=e.runs)
+                       seconds=time.perf_counter() - start, complete=complete, model_runs=e.runs,
+                       engine=self.engine_name)
 
     def _level(self, frontier: list[tuple[int, tuple[int, ...], int]], depth: int,
                nxt: list[tuple[int, tuple[int, ...], int]]) -> None:
@@ -297,7 +311,7 @@ class Explorer:
         _, st, a = best
         self._report_stuck(st, a, can)
 
-    def _can_finish(self) -> tuple[list[int], tuple[int, int, int] | None]:
+    def _can_finish(self) -> tuple[Sequence[int], tuple[int, int, int] | None]:
         """Per state, the bitmask of the actors that can still finish from it (a
         backward fixpoint from the states where they have finished), and the
         shallowest (depth, state, actor) with an actor that cannot (the first
@@ -354,7 +368,7 @@ class Explorer:
                 best = (self.depth[st], st, (missing & -missing).bit_length() - 1)
         return can, best
 
-    def _report_stuck(self, st: int, a: int, can: list[int]) -> None:
+    def _report_stuck(self, st: int, a: int, can: Sequence[int]) -> None:
         n = len(self.e.prog.names)
         h = self._frame(st)
         inverse = {v: x for x, v in enumerate(h)}
@@ -367,7 +381,7 @@ class Explorer:
     def _deadlocked(self, st: int) -> bool:
         return not any(s == st for s in self.src)
 
-    def _continuation(self, st: int, a: int, can: list[int], n: int) -> list[str]:
+    def _continuation(self, st: int, a: int, can: Sequence[int], n: int) -> list[str]:
         """From st, a shortest path on which every actor that can still finish
         does (the report then lets the stuck actor try once more in vain)."""
         out_edges: dict[int, list[int]] = {}
