@@ -23,7 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 from . import promises as pr
-from .codec import Key, Recorder, Tables, apply, decompose, is_model_key, materialize
+from .codec import Key, Recorder, Tables, apply, decompose, decompose_touched, is_model_key, materialize
 from .scenario import Scenario
 from .system import ActorState, KernelFactory, Program, StepInfo, new_kernel, run_transition
 
@@ -155,8 +155,10 @@ class Engine:
                 return r
         return None
 
-    def _store(self, key: Any, s: tuple[int, ...], reads: dict[Key, None], result: Any) -> None:
-        spec = tuple(sorted({self.t.slot(k) for k in reads}))
+    def _store(self, key: Any, s: tuple[int, ...], reads: dict[Key, None], result: Any,
+               spec: tuple[int, ...] | None = None) -> None:
+        if spec is None:
+            spec = tuple(sorted({self.t.slot(k) for k in reads}))
         self._spec = spec
         if not self.use_memo:
             return
@@ -171,7 +173,7 @@ class Engine:
         entries.append((spec, getter, {vals: result}))
 
     def _materialize(self, s: tuple[int, ...]) -> dict[Key, Any]:
-        comps = self.t.components(s, is_model_key)
+        comps = self.t.model_components(s)
         self.kernel.state = materialize(comps, recording=True)
         return comps
 
@@ -187,9 +189,11 @@ class Engine:
             return DISABLED
         new_a, info = res
         events = tuple(k.drain_events())
-        post = decompose(k.state)
+        post, gone = decompose_touched(k.state, comps, rec)
         t = self.t
         reads = rec.reads
+        assigned = rec.assigned
+        wrote = rec.written()
         writes, keys = [], []
         for key, v in post.items():
             old = comps.get(key, _MISSING)
@@ -198,24 +202,25 @@ class Engine:
                 # entries, not because the step read it: it is written as a change
                 # (keys added, keys removed) to whatever key set the state has.  An
                 # assigned entry is added, even if this state already had it.
+                if old == v and not assigned:
+                    continue  # (the common case: nothing added or removed)
                 before = set(old) if old is not _MISSING else set()
-                added = (set(v) - before) | {k for k in v if rec.wrote(("e", key[1], k))}
+                added = (set(v) - before) | {k for k in v if wrote(("e", key[1], k))}
                 removed = before - set(v)
                 if added or removed:
                     keys.append((t.slot(key), tuple(sorted(added)), tuple(sorted(removed))))
-            elif old != v or rec.wrote(key):
+            elif old != v or wrote(key):
                 writes.append((t.slot(key), t.intern(v)))
-        for key in comps:
-            if key not in post:
-                # Which components a deleted record had depends on its nested
-                # records: the deletion is valid only where they are the same.
-                reads[key] = None
-                writes.append((t.slot(key), 0))
+        for key in gone:
+            # Which components a deleted record had depends on its nested
+            # records: the deletion is valid only where they are the same.
+            reads[key] = None
+            writes.append((t.slot(key), 0))
         writes.append((self.actor_slots[i], t.intern(new_a)))
-        result = Result(tuple(sorted(writes)), tuple(keys), events, info,
-                        tuple(sorted({t.slot(key) for key in reads})),
+        spec = tuple(sorted({t.slot(key) for key in reads}))
+        result = Result(tuple(sorted(writes)), tuple(keys), events, info, spec,
                         frozenset([j for j, _ in writes] + [j for j, _, _ in keys]))
-        self._store((i, s[self.actor_slots[i]]), s, reads, result)
+        self._store((i, s[self.actor_slots[i]]), s, reads, result, spec)
         return result
 
     # --- observers (the model's promise hooks) -----------------------------------------------------
