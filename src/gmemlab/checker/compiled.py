@@ -24,6 +24,7 @@ import ctypes
 import time
 from array import array
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import promises as pr
@@ -41,6 +42,17 @@ NOTSYM = -1
 BUDGET = 2048  # states expanded between returns to Python (progress, --max-states)
 MAX_ACTORS = 30
 PROTOCOL_EVENTS = ("notify", "mmap_done")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One actor's transition from a state, as the compiled core takes it."""
+
+    target: tuple[int, ...]
+    perm: int
+    promises: tuple[str, ...]  # broken by the step (its events, the notifier protocol, P4)
+    state_promises: tuple[str, ...]  # broken by the successor itself
+    finished: int  # mask of the actors finished in the successor
 
 
 class NativeError(RuntimeError):
@@ -90,8 +102,9 @@ class NativeExplorer(Explorer):
         self.terms = self.fps or Fingerprints(e.t)
         self.synced = 0
         a = e.active
-        self.state_obs = [o for o, on in (("mapping_counts", "P2" in a or "P3" in a), ("private_pages", "P2" in a),
-                                          ("stray_mmap_pending", "P5" in a), ("pkvm_problems", "P7" in a)) if on]
+        wanted = (("mapping_counts", "P2" in a or "P3" in a), ("private_pages", "P2" in a),
+                  ("stray_mmap_pending", "P5" in a), ("pkvm_problems", "P7" in a))
+        self.state_obs = [o for o, on in wanted if on]
         self.ctx: Any = None
 
     # --- the tables the core reads -------------------------------------------------------------------
@@ -183,7 +196,8 @@ class NativeExplorer(Explorer):
         writes = [x for w in r.writes for x in w]
         touched = sorted(r.touched)
         self._sync_slots()
-        self._check(self.lib.gm_add_result(self.ctx, rid, len(r.writes), _u32(writes), len(r.keys), _u32(keys),
+        self._check(self.lib.gm_add_result(self.ctx, rid, len(r.writes), _u32(writes), len(r.keys),
+                                           _u32(keys),
                                            ev, len(mslots), _u32(mslots), len(touched), _u32(touched)))
         return rid
 
@@ -345,6 +359,50 @@ class NativeExplorer(Explorer):
         finally:
             lib.gm_free(self.ctx)
             self.ctx = None
+
+    # --- one state at a time (the agreement tests) -------------------------------------------------------
+
+    def open(self) -> None:
+        """Set the core up without searching (probe() then asks it about states)."""
+        cfg = self._config()
+        self.ctx = self.lib.gm_new((ctypes.c_int64 * len(cfg))(*cfg))
+        if not self.ctx:
+            raise NativeError("the compiled core cannot hold this scenario")
+        self._sync_slots()
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self.lib.gm_free(self.ctx)
+            self.ctx = None
+
+    def probe(self, s: tuple[int, ...]) -> list[Probe | None]:
+        """Every actor's transition from s as the core takes it (None: the actor
+        cannot move): the representative successor, its permutation, the
+        promises the step and the successor break, and the finished actors."""
+        maxv = int(self.lib.gm_maxv())
+        while True:
+            self._sync_slots()
+            w = int(self.lib.gm_width(self.ctx))
+            state = (ctypes.c_uint32 * w)(*s, *([0] * (w - len(s))))
+            info = (ctypes.c_int64 * (self.n * (maxv + 4)))()
+            targets = (ctypes.c_uint32 * (self.n * w))()
+            rc = self.lib.gm_probe(self.ctx, state, info, targets)
+            if rc == 0:
+                break
+            self._answer(rc)
+        out: list[Probe | None] = []
+        for i in range(self.n):
+            row = info[i * (maxv + 4):(i + 1) * (maxv + 4)]
+            if not row[0]:
+                out.append(None)
+                continue
+            t = list(targets[i * w:(i + 1) * w])
+            while t and not t[-1]:
+                t.pop()
+            promises = tuple(v.promise for vl in row[1:maxv + 1] if vl for v in self.vlists[vl])
+            state_promises = tuple(v.promise for v in self.vlists[row[maxv + 3]])
+            out.append(Probe(tuple(t), row[maxv + 1], promises, state_promises, row[maxv + 2]))
+        return out
 
     def _report(self) -> None:
         if self.progress is None or time.perf_counter() - self._last_report <= 0.2:

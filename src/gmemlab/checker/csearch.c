@@ -61,6 +61,7 @@ enum { VK_P4 = 1, VK_STATE = 2 };
 #define MAXA 30      /* actors (masks are 32-bit, state ids of actors fit in keys) */
 #define MAXV 4       /* violation lists per edge: events, protocol, P4; and the state's */
 #define NOTSYM (-1)
+#define MAXK (MAXA + 34)  /* group kinds: the actors, then the promise hooks' observers */
 
 /* --- growable arrays --------------------------------------------------------------------------- */
 
@@ -104,6 +105,25 @@ static u64 hwords(const u32 *w, u64 n) {
     h *= 0xc4ceb9fe1a85ec53ull;
     h ^= h >> 33;
     return h | 1; /* 0 marks an empty slot */
+}
+
+/* A state's hash is the sum of one mixed term per non-zero component, so a
+ * transition updates it from the few components it writes instead of hashing
+ * the whole state again, and widening states (new slots are zero) keeps it. */
+static inline u64 slotmix(u64 j, u32 v) {
+    if (!v)
+        return 0;
+    u64 z = (j << 32 | v) + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static u64 hstate(const u32 *s, u64 W) {
+    u64 h = 0;
+    for (u64 j = 0; j < W; j++)
+        h += slotmix(j, s[j]);
+    return h;
 }
 
 /* A table from variable-length keys of u32 to i64. */
@@ -177,6 +197,8 @@ static void ht_free(htab *t) {
 
 enum { IO_SIZE = 64 };
 
+typedef struct { u64 h; i64 x; } vslot;
+
 typedef struct {
     i64 io[IO_SIZE]; /* the query of the last NEED (and gm_stats' answers) */
     int n;           /* actors */
@@ -193,7 +215,8 @@ typedef struct {
     i64 ample_state;         /* the state whose partial-order decision is being made, */
     int ample_dirty;         /* and whether it must check the hooks' reads first */
 
-    htab groups, rules, keysets, protos, verdicts, safe, symt, terms;
+    vi64 gd[MAXK];   /* groups: per kind, indexed by the actor state id: the group + 1, or 0 */
+    htab rules, keysets, protos, verdicts, safe, symt, terms;
     vi64 g_done, g_first, g_last;               /* per group */
     vi64 e_off, e_len, e_next, e_boff, e_bn;   /* per entry: spec, next entry, spec bitset */
     vu32 specs;
@@ -209,8 +232,8 @@ typedef struct {
     u32 *states;
     u64 nstates, scap;
     u64 *shash;
-    i64 *vis;
-    u64 vcap;
+    vslot *vis;      /* the visited set: open addressing, each slot (hash, state or -1) so that */
+    u64 vcap;        /* a probe touches one cache line before the state itself */
     vi64 parent, depth, done;
     vi16 via, sperm;
     vu128 fp;
@@ -286,16 +309,17 @@ u32 *gm_query(ctx *c) { return c->Q; }
 i64 gm_width(ctx *c) { return (i64)c->W; }
 
 static int rehash_visited(ctx *c, u64 cap) {
-    i64 *vis = malloc(cap * sizeof(i64));
+    vslot *vis = malloc(cap * sizeof(vslot));
     if (!vis)
         return -1;
     for (u64 i = 0; i < cap; i++)
-        vis[i] = -1;
+        vis[i].x = -1;
     for (u64 x = 0; x < c->nstates; x++) {
         u64 m = cap - 1, p = c->shash[x] & m;
-        while (vis[p] >= 0)
+        while (vis[p].x >= 0)
             p = (p + 1) & m;
-        vis[p] = (i64)x;
+        vis[p].h = c->shash[x];
+        vis[p].x = (i64)x;
     }
     free(c->vis);
     c->vis = vis;
@@ -335,11 +359,7 @@ int gm_set_slots(ctx *c, i64 nslots, const u8 *flags) {
         c->sflags = sf;
         free(c->states);
         c->states = states;
-        c->W = W;
-        for (u64 x = 0; x < c->nstates; x++)
-            c->shash[x] = hwords(state_at(c, (i64)x), W);
-        if (c->nstates && rehash_visited(c, c->vcap))
-            return RC_NOMEM;
+        c->W = W;  /* (the states' hashes stay: the new components are zero) */
     }
     memcpy(c->sflags, flags, (size_t)nslots);
     return 0;
@@ -350,24 +370,42 @@ void gm_set_initial(ctx *c, const u32 *s, i64 n) {
     memcpy(c->init, s, (size_t)n * sizeof(u32));
 }
 
+static int set_at(vi64 *v, i64 i, i64 x) {
+    if (RESERVE(*v, (u64)i + 1))
+        return -1;
+    while (v->n <= (u64)i)
+        v->a[v->n++] = 0;
+    v->a[i] = x;
+    return 0;
+}
+
+/* The group of (kind, aid): a direct index, as actor state ids are small and dense. */
+static inline int group(ctx *c, u32 kind, u32 aid, i64 *g) {
+    if (kind >= MAXK || aid >= c->gd[kind].n || !c->gd[kind].a[aid])
+        return 0;
+    *g = c->gd[kind].a[aid] - 1;
+    return 1;
+}
+
 int gm_add_group(ctx *c, i64 kind, i64 aid, i64 done) {
-    u32 key[2] = {(u32)kind, (u32)aid};
     i64 g;
-    if (ht_get(&c->groups, key, 2, &g))
+    if (kind < 0 || kind >= MAXK || aid < 0)
+        return RC_BAD;
+    if (group(c, (u32)kind, (u32)aid, &g))
         return 0;
     g = (i64)c->g_done.n;
     if (PUSH(c->g_done, done) || PUSH(c->g_first, -1) || PUSH(c->g_last, -1))
         return RC_NOMEM;
-    return ht_put(&c->groups, key, 2, g) ? RC_NOMEM : 0;
+    return set_at(&c->gd[kind], aid, g + 1) ? RC_NOMEM : 0;
 }
 
 int gm_add_rule(ctx *c, i64 kind, i64 aid, i64 nspec, const u32 *spec, const u32 *vals, i64 value) {
-    u32 gkey[2] = {(u32)kind, (u32)aid};
     i64 g = 0;
-    if (!ht_get(&c->groups, gkey, 2, &g)) {
-        if (gm_add_group(c, kind, aid, 0))
-            return RC_NOMEM;
-        ht_get(&c->groups, gkey, 2, &g);
+    if (!group(c, (u32)kind, (u32)aid, &g)) {
+        int rc = gm_add_group(c, kind, aid, 0);
+        if (rc)
+            return rc;
+        group(c, (u32)kind, (u32)aid, &g);
     }
     i64 e = c->g_first.a[g];
     for (; e >= 0; e = c->e_next.a[e])
@@ -401,15 +439,6 @@ int gm_add_rule(ctx *c, i64 kind, i64 aid, i64 nspec, const u32 *spec, const u32
     c->K[0] = (u32)e;
     memcpy(c->K + 1, vals, (size_t)nspec * sizeof(u32));
     return ht_put(&c->rules, c->K, (u64)nspec + 1, value) ? RC_NOMEM : 0;
-}
-
-static int set_at(vi64 *v, i64 i, i64 x) {
-    if (RESERVE(*v, (u64)i + 1))
-        return -1;
-    while (v->n <= (u64)i)
-        v->a[v->n++] = 0;
-    v->a[i] = x;
-    return 0;
 }
 
 static i64 put_data(vu32 *d, const u32 *p, i64 n) {
@@ -508,9 +537,8 @@ static int match(ctx *c, i64 g, const u32 *s, i64 *value, i64 *entry) {
 
 /* Actor i's step from s: 0 and *rid (0: cannot move), or a NEED code. */
 static int step_of(ctx *c, const u32 *s, int i, i64 *rid) {
-    u32 key[2] = {(u32)i, s[c->aslot[i]]};
     i64 g;
-    if (ht_get(&c->groups, key, 2, &g)) {
+    if (group(c, (u32)i, s[c->aslot[i]], &g)) {
         if (c->g_done.a[g]) {
             *rid = 0;
             return 0;
@@ -524,9 +552,8 @@ static int step_of(ctx *c, const u32 *s, int i, i64 *rid) {
 }
 
 static int observe(ctx *c, const u32 *s, int o, i64 *value, i64 *entry) {
-    u32 key[2] = {(u32)(c->n + o), 0};
     i64 g;
-    if (ht_get(&c->groups, key, 2, &g) && match(c, g, s, value, entry))
+    if (group(c, (u32)(c->n + o), 0, &g) && match(c, g, s, value, entry))
         return 0;
     c->io[0] = o;
     query_state(c, s);
@@ -536,11 +563,10 @@ static int observe(ctx *c, const u32 *s, int o, i64 *value, i64 *entry) {
 static int finished_mask(ctx *c, const u32 *s, i64 *mask) {
     i64 m = 0;
     for (int i = 0; i < c->n; i++) {
-        u32 key[2] = {(u32)i, s[c->aslot[i]]};
         i64 g;
-        if (!ht_get(&c->groups, key, 2, &g)) {
+        if (!group(c, (u32)i, s[c->aslot[i]], &g)) {
             c->io[0] = i;
-            c->io[1] = key[1];
+            c->io[1] = s[c->aslot[i]];
             return RC_NEED_GROUP;
         }
         if (c->g_done.a[g])
@@ -607,7 +633,8 @@ static int fp_update(ctx *c, const u32 *s, const u32 *t, u128 fp, u128 *out) {
 /* Symmetry: the representative of T's orbit into c->B (Symmetries.canonical). */
 static int canonical(ctx *c, const u32 *T, u128 fp, u128 *bfp, int *bg) {
     u64 W = c->W;
-    memcpy(c->B, T, W * sizeof(u32));
+    if (T != c->B)
+        memcpy(c->B, T, W * sizeof(u32));
     *bfp = fp;
     *bg = 0;
     if (c->np == 1)
@@ -665,10 +692,10 @@ static i64 visited_find(ctx *c, const u32 *s, u64 h) {
         return -1;
     u64 m = c->vcap - 1;
     for (u64 p = h & m;; p = (p + 1) & m) {
-        i64 x = c->vis[p];
+        i64 x = c->vis[p].x;
         if (x < 0)
             return -1;
-        if (c->shash[x] == h && !memcmp(state_at(c, x), s, c->W * sizeof(u32)))
+        if (c->vis[p].h == h && !memcmp(state_at(c, x), s, c->W * sizeof(u32)))
             return x;
     }
 }
@@ -725,15 +752,17 @@ static int touches(ctx *c, i64 rid, i64 entry) {
 
 /* An actor's transition rid from s (fingerprint sfp): the successor, canonical, into c->B,
  * and what committing it needs (Engine.step, Explorer._canonical, the visited set). */
-static int transition(ctx *c, const u32 *s, u128 sfp, i64 rid, const ppinfo *pp, int assume_new,
+static int transition(ctx *c, const u32 *s, u64 sh, u128 sfp, i64 rid, const ppinfo *pp, int assume_new,
                       trans *tr) {
     u64 W = c->W;
-    u32 *T = c->T;
+    u32 *T = c->np > 1 ? c->T : c->B;  /* without symmetry the successor is its own representative */
     int rc;
+    u64 th = sh;  /* T's hash, kept up to date with every write (hstate) */
+#define SET(j, v) do { u32 j_ = (j), v_ = (v); th += slotmix(j_, v_) - slotmix(j_, T[j_]); T[j_] = v_; } while (0)
     memcpy(T, s, W * sizeof(u32));
     const u32 *w = c->rdata.a + c->r_woff.a[rid];
     for (i64 q = 0; q < c->r_wn.a[rid]; q++)
-        T[w[2 * q]] = w[2 * q + 1];
+        SET(w[2 * q], w[2 * q + 1]);
     const u32 *k = c->rdata.a + c->r_koff.a[rid];
     for (i64 q = 0; q < c->r_kn.a[rid]; q++) {
         u32 slot = k[2 * q], key[2] = {s[slot], k[2 * q + 1]};
@@ -744,7 +773,7 @@ static int transition(ctx *c, const u32 *s, u128 sfp, i64 rid, const ppinfo *pp,
             c->io[2] = key[1];
             return RC_NEED_KEYSET;
         }
-        T[slot] = (u32)v;
+        SET(slot, (u32)v);
     }
     tr->nv = 0;
     if (c->r_ev.a[rid])
@@ -763,7 +792,7 @@ static int transition(ctx *c, const u32 *s, u128 sfp, i64 rid, const ppinfo *pp,
         }
         const u32 *ow = c->rdata.a + c->o_woff.a[o];
         for (i64 q = 0; q < c->o_wn.a[o]; q++)
-            T[ow[2 * q]] = ow[2 * q + 1];
+            SET(ow[2 * q], ow[2 * q + 1]);
         if (c->o_vl.a[o])
             tr->vl[tr->nv++] = c->o_vl.a[o];
     }
@@ -793,7 +822,8 @@ static int transition(ctx *c, const u32 *s, u128 sfp, i64 rid, const ppinfo *pp,
     rc = canonical(c, T, tfp, &tr->fp, &tr->perm);
     if (rc)
         return rc;
-    tr->h = hwords(c->B, W);
+#undef SET
+    tr->h = c->np > 1 ? hstate(c->B, W) : th;
     tr->dst = assume_new ? -1 : visited_find(c, c->B, tr->h);
     if (tr->dst < 0) {
         rc = finished_mask(c, c->B, &tr->done);
@@ -849,9 +879,10 @@ static i64 add_state(ctx *c, const u32 *s, u64 h, i64 parent, int via, int perm,
         PUSH(c->depth, depth) || PUSH(c->done, done) || (c->np > 1 && PUSH(c->fp, fp)))
         return -1;
     u64 m = c->vcap - 1, p = h & m;
-    while (c->vis[p] >= 0)
+    while (c->vis[p].x >= 0)
         p = (p + 1) & m;
-    c->vis[p] = x;
+    c->vis[p].h = h;
+    c->vis[p].x = x;
     c->nstates++;
     return x;
 }
@@ -932,7 +963,7 @@ static int expand(ctx *c, i64 x) {
             }
             if (!safe)
                 continue;
-            rc = transition(c, s, sfp, rids[i], &pp, 0, &tr);
+            rc = transition(c, s, c->shash[x], sfp, rids[i], &pp, 0, &tr);
             if (rc)
                 return rc;
             if (tr.dst < 0)  /* the cycle proviso: a new state, the others can wait */
@@ -943,7 +974,7 @@ static int expand(ctx *c, i64 x) {
     for (int i = (int)c->cur_actor; i < c->n; i++) {
         if (!rids[i])
             continue;
-        rc = transition(c, s, sfp, rids[i], &pp, 0, &tr);
+        rc = transition(c, s, c->shash[x], sfp, rids[i], &pp, 0, &tr);
         if (rc)
             return rc;
         rc = commit(c, x, i, &tr);
@@ -977,7 +1008,7 @@ static int start(ctx *c) {
         rc = state_verdict(c, c->B, done, &vl);
     if (rc)
         return rc;
-    if (add_state(c, c->B, hwords(c->B, c->W), -1, -1, 0, 0, done, fp) < 0)
+    if (add_state(c, c->B, hstate(c->B, c->W), -1, -1, 0, 0, done, fp) < 0)
         return RC_NOMEM;
     if (vl)
         record(c, vl, 0, -1);
@@ -1044,7 +1075,6 @@ void *gm_array(ctx *c, i64 which) {
     case 6: return c->edst.a;
     case 7: return c->eactor.a;
     case 8: return c->eperm.a;
-    case 9: return c->states;
     case 10: return c->can;
     default: return NULL;
     }
@@ -1166,7 +1196,7 @@ int gm_probe(ctx *c, const u32 *s_in, i64 *info, u32 *targets) {
         if (!rids[i])
             continue;
         trans tr;
-        rc = transition(c, s, sfp, rids[i], &pp, 1, &tr);
+        rc = transition(c, s, hstate(s, c->W), sfp, rids[i], &pp, 1, &tr);
         if (rc)
             break;
         row[0] = 1;
@@ -1186,7 +1216,9 @@ i64 gm_maxv(void) { return MAXV; }
 void gm_free(ctx *c) {
     if (!c)
         return;
-    htab *tabs[] = {&c->groups, &c->rules, &c->keysets, &c->protos, &c->verdicts, &c->safe, &c->symt, &c->terms};
+    for (int k = 0; k < MAXK; k++)
+        free(c->gd[k].a);
+    htab *tabs[] = {&c->rules, &c->keysets, &c->protos, &c->verdicts, &c->safe, &c->symt, &c->terms};
     for (size_t t = 0; t < sizeof(tabs) / sizeof(*tabs); t++)
         ht_free(tabs[t]);
     void *ps[] = {c->g_done.a, c->g_first.a, c->g_last.a, c->e_off.a, c->e_len.a, c->e_next.a, c->e_boff.a,

@@ -28,6 +28,8 @@ from .engine import Edge, Engine
 from .fingerprint import Fingerprints
 from .reduce import PartialOrder, Symmetries
 
+ENGINES = ("auto", "c", "python")
+
 
 @dataclass(frozen=True)
 class Options:
