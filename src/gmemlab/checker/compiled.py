@@ -32,7 +32,7 @@ from .engine import DISABLED, OBSERVERS, Engine, Result
 from .explore import Explorer, Options, Progress, Verdict
 from .fingerprint import MASK, Fingerprints
 from .native import Native, load
-from .reduce import INVARIANT, NotSymmetric, klass
+from .reduce import INVARIANT, VISIBLE, NotSymmetric, klass
 
 RC_DONE, RC_BUDGET = 0, 1
 (NEED_GROUP, NEED_STEP, NEED_OBS, NEED_KEYSET, NEED_PROTO, NEED_VERDICT, NEED_SAFE, NEED_VISIBLE,
@@ -269,7 +269,7 @@ class NativeExplorer(Explorer):
             key = [io[1 + j] for j in range(io[0])]
             self._check(lib.gm_add_verdict(ctx, len(key), _u32(key), self._vlist(self._judge(key))))
         elif rc == NEED_SAFE:
-            self._safe(io[0], io[1], self._query())
+            self._safe(io[0], io[1], io[2], self._query())
         elif rc == NEED_VISIBLE:
             assert self.por is not None
             self.por._check_visible()
@@ -298,20 +298,27 @@ class NativeExplorer(Explorer):
             bad += pr.terminal_violations(values.__getitem__, self.e.active)
         return bad
 
-    def _safe(self, rid: int, i: int, s: tuple[int, ...]) -> None:
-        """PartialOrder.ample's test of one step (validating it the first time)."""
+    def _safe(self, rid: int, i: int, b: int, s: tuple[int, ...]) -> None:
+        """PartialOrder._safe for actor i's step rid, in parts: its own (b < 0,
+        validating the step's footprint the first time), or its independence
+        of actor b in s."""
         por, e = self.por, self.e
         assert por is not None
         r = self.results[rid]
-        a = e.actor_state(s, i)
         reads, writes = por.footprint(r)
-        if id(r) not in por._checked:
-            por._validate(i, a.pc, reads, writes)
-            por._checked.add(id(r))
-        mm = s[por.mm_slot] if por.mm_slot < len(s) else 0
-        safe = por._safe(s, i, reads, writes, e.t.values[mm] if mm else None)
-        key = [rid, i, mm, *(s[j] for j in e.actor_slots)]
-        self._check(self.lib.gm_add_safe(self.ctx, len(key), _u32(key), int(safe)))
+        if b < 0:
+            if id(r) not in por._checked:
+                por._validate(i, e.actor_state(s, i).pc, reads, writes)
+                por._checked.add(id(r))
+            ok = not por.relevant(reads, writes)[1] & VISIBLE
+            key = [rid, i, 0xFFFFFFFF]
+        else:
+            mm = s[por.mm_slot] if por.mm_slot < len(s) else 0
+            aid = s[e.actor_slots[b]] if e.actor_slots[b] < len(s) else 0
+            ok = por.independent(i, *por.relevant(reads, writes), e.t.values[mm] if mm else None, b,
+                                 e.actor_state(s, b))
+            key = [rid, i, mm, b, aid]
+        self._check(self.lib.gm_add_safe(self.ctx, len(key), _u32(key), int(ok)))
 
     def _symmetry(self, gi: int, slot: int, vid: int, vmas: int) -> None:
         """One component's image under permutation gi (Symmetries._image)."""

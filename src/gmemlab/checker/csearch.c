@@ -29,8 +29,9 @@
  *   protos    (result, protocol components before) -> writes and violations
  *   verdicts  (P4: private pages before, after, host references after;
  *             state: its observations) -> violation list
- *   safe      partial order: (result, actor, mmap_lock, every actor's state)
- *             -> may the step be explored alone
+ *   safe      partial order: (result, actor) -> writes nothing visible;
+ *             (result, actor, mmap_lock, other actor, its state) -> commutes
+ *             with all that actor can still do
  *   sym       symmetry: (permutation, slot, value, vmas) -> the permuted
  *             component, or "cannot be permuted"
  *   terms     fingerprints: (slot, value) -> the component's 128-bit term
@@ -918,6 +919,43 @@ static int successors(ctx *c, const u32 *s, i64 *rids, int *nsucc) {
     return 0;
 }
 
+/* PartialOrder._safe: may actor i's step rid be explored alone?  Its own part
+ * (nothing visible written), then its independence of each other actor b,
+ * which depends only on b's state and on who holds the mmap_lock: so the
+ * answers are kept per actor, not per combination of all the actors' states. */
+static int safe_alone(ctx *c, const u32 *s, i64 rid, int i, u32 mm, int *safe) {
+    u32 key[5] = {(u32)rid, (u32)i, 0xffffffffu, 0, 0};
+    i64 v;
+    if (!ht_get(&c->safe, key, 3, &v)) {
+        c->io[0] = rid;
+        c->io[1] = i;
+        c->io[2] = -1;
+        query_state(c, s);
+        return RC_NEED_SAFE;
+    }
+    *safe = 0;
+    if (!v)
+        return 0;
+    for (int b = 0; b < c->n; b++) {
+        if (b == i)
+            continue;
+        key[2] = mm;
+        key[3] = (u32)b;
+        key[4] = s[c->aslot[b]];
+        if (!ht_get(&c->safe, key, 5, &v)) {
+            c->io[0] = rid;
+            c->io[1] = i;
+            c->io[2] = b;
+            query_state(c, s);
+            return RC_NEED_SAFE;
+        }
+        if (!v)
+            return 0;
+    }
+    *safe = 1;
+    return 0;
+}
+
 /* Expand state x from actor c->cur_actor on (Explorer._expand). */
 static int expand(ctx *c, i64 x) {
     i64 rids[MAXA];
@@ -948,19 +986,10 @@ static int expand(ctx *c, i64 x) {
         for (int i = 0; i < c->n; i++) {
             if (!rids[i])
                 continue;
-            u32 *key = c->K;
-            key[0] = (u32)rids[i];
-            key[1] = (u32)i;
-            key[2] = mm;
-            for (int b = 0; b < c->n; b++)
-                key[3 + b] = s[c->aslot[b]];
-            i64 safe;
-            if (!ht_get(&c->safe, key, (u64)c->n + 3, &safe)) {
-                c->io[0] = rids[i];
-                c->io[1] = i;
-                query_state(c, s);
-                return RC_NEED_SAFE;
-            }
+            int safe;
+            rc = safe_alone(c, s, rids[i], i, mm, &safe);
+            if (rc)
+                return rc;
             if (!safe)
                 continue;
             rc = transition(c, s, c->shash[x], sfp, rids[i], &pp, 0, &tr);
