@@ -40,7 +40,10 @@ def check(scenario: Scenario, design: str | None = None, options: Options | None
             raise UsageError(f"the compiled core cannot run this search: {why}")
         from .parallel import explore_parallel
 
-        return explore_parallel(sc, options, factory, progress)
+        verdict = explore_parallel(sc, options, factory, progress)
+        verdict.note = (f"--jobs {options.jobs}: the Python engine in {options.jobs} processes "
+                        "(the compiled core, in one, is faster on most scenarios)")
+        return verdict
     engine = Engine(sc, factory, memo=options.memo)
     note = ""
     if options.engine != "python":
