@@ -3,7 +3,8 @@
     python3 bench/check_reductions.py [--large]
 
 For each scenario and design: the full search (no reduction), each reduction
-alone, all of them (the default), and the default with 2 processes: states,
+alone, all of them (the default; the compiled core explores), the same on the
+Python engine, and the default with 2 processes (Python workers): states,
 transitions, seconds, states/s and the verdict (which must not change).
 --large adds bench/seed_large.toml (about 100,000 states; a minute or two).
 """
@@ -23,6 +24,7 @@ MODES = {
     "symmetry": Options(fingerprints=False, symmetry=True, por=False),
     "partial-order": Options(fingerprints=False, symmetry=False, por=True),
     "all (default)": Options(),
+    "all, Python engine": Options(engine="python"),
     "all, --jobs 2": Options(jobs=2),
     "none, no memo": Options(fingerprints=False, symmetry=False, por=False, memo=False),
 }
@@ -35,7 +37,7 @@ def main() -> None:
     runs = [("seed_default", "seed"), ("seed_default", "seed-as-written"), ("seed_two_vcpus", "seed")]
     if args.large:
         runs.append((str(HERE / "seed_large.toml"), "seed"))
-    print(f"{'scenario':16} {'design':16} {'mode':16} {'states':>8} {'transitions':>11} {'seconds':>8} "
+    print(f"{'scenario':16} {'design':16} {'mode':19} {'states':>8} {'transitions':>11} {'seconds':>8} "
           f"{'states/s':>9} {'wall s':>7}  verdict")
     for name, design in runs:
         sc = load(name)
@@ -48,7 +50,7 @@ def main() -> None:
             v = check(sc, design, opts)
             wall = time.perf_counter() - start
             verdict = "holds" if v.holds else "violates " + ",".join(v.violated())
-            print(f"{sc.name:16} {design:16} {mode:16} {v.states:>8,} {v.transitions:>11,} {v.seconds:>8.2f} "
+            print(f"{sc.name:16} {design:16} {mode:19} {v.states:>8,} {v.transitions:>11,} {v.seconds:>8.2f} "
                   f"{v.states / v.seconds:>9,.0f} {wall:>7.2f}  {verdict}", flush=True)
 
 

@@ -20,6 +20,11 @@
  * mmap_lock and the file lock across its notifier calls; write_mem and munmap
  * need the mmap_lock; conversions, get_pfn and guest accesses take no lock.
  *
+ * -DLARGE adds the two actors of bench/seed_large.toml:
+ *
+ *   kvm2   get_pfn(1); put_pfn(1) if it succeeded
+ *   reader mmap the file (read-only); read 8 bytes of page 1; munmap
+ *
  * -DAS_WRITTEN gives the sketch as written: has_mapping is never set, and
  * mmap_end reaches only the last notifier.  -DONLY_P=n keeps only promise n's
  * assertions (P8 is the LTL property `finish`, checked with -a -f).
@@ -37,6 +42,12 @@
 #define NONE 0
 #define VMM 1
 #define VMM2 2
+#define READER 3
+#ifdef LARGE
+#define NACTORS 6
+#else
+#define NACTORS 4
+#endif
 
 #define EBUSY 16
 #define EPERM 1
@@ -44,7 +55,7 @@
 
 bool has_mapping, destroyed;
 byte maps;                 /* VMAs of the file */
-bool mapped_by[3];         /* which VMM thread holds one */
+bool mapped_by[4];         /* which VMM thread holds one */
 byte refs[2];              /* get_pfn references per page */
 bool private[2];           /* attribute of the gfn bound to page i */
 bool pending[2];           /* KVM's mmap_pending, per memslot */
@@ -108,7 +119,7 @@ inline promises_on_state() {
   CHECK(2, maps == 0 || (!private[0] && !private[1]))
 }
 
-#define FINISH done_actors++; if :: done_actors == 4 -> CHECK(6, refs[0] + refs[1] == 0) :: else -> skip fi
+#define FINISH done_actors++; if :: done_actors == NACTORS -> CHECK(6, refs[0] + refs[1] == 0) :: else -> skip fi
 
 /* mmap of the whole file by thread me: one atomic step per notifier call */
 #define MMAP(me, ok, err, ABORT2, ABORT1, ABORT0, OUT) \
@@ -232,9 +243,50 @@ proctype kvm() {
   fi
 }
 
+#ifdef LARGE
+proctype kvm2() {
+  bool got;
+  atomic {
+    if
+    :: destroyed || has_mapping -> got = 0
+    :: else ->
+       CHECK(2, maps == 0);
+       take_pfn(1); got = 1
+    fi
+  };
+  if
+  :: got -> atomic { refs[1]--; FINISH }
+  :: else -> atomic { FINISH }
+  fi
+}
+
+proctype reader() {
+  bool ok; byte err;
+  MMAP(READER, ok, err, a2, a1, a0, out);
+  if
+  :: ok ->
+     atomic {
+       mm_lock == NONE ->
+       if
+       :: !destroyed -> CHECK(1, !private[1])   /* a destroyed file's fault is SIGBUS */
+       :: else -> skip
+       fi
+     };
+     MUNMAP(READER, FINISH)
+  :: else ->
+     atomic { skip };                             /* read_mem skipped: $r unbound */
+     atomic { FINISH }                            /* munmap skipped */
+  fi
+}
+#endif
+
 init {
+#ifdef LARGE
+  atomic { run vmm(); run vmm2(); run guest(); run kvm(); run kvm2(); run reader() }
+#else
   atomic { run vmm(); run vmm2(); run guest(); run kvm() }
+#endif
 }
 
 /* P8: every actor finishes (on every weakly fair run). */
-ltl finish { <> (done_actors == 4) }
+ltl finish { <> (done_actors == NACTORS) }

@@ -83,6 +83,9 @@ def check(
     por: Annotated[bool, typer.Option("--por/--no-por", help="Partial-order reduction.")] = True,
     memo: Annotated[bool, typer.Option(help="Reuse a step's result where it read the same state.")] = True,
     max_states: Annotated[int, typer.Option(help="Stop after this many states (0: no limit).")] = 0,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="Who searches: auto (the compiled core where it can, else Python), c, "
+                         "python.")] = "auto",
     case_out: Annotated[str | None, typer.Option(
         "--case-out", help="Write the counterexample case file here "
                            "(default: counterexamples/SCENARIO-DESIGN.toml).")] = None,
@@ -93,15 +96,18 @@ def check(
 ) -> None:
     """Explore every interleaving of a scenario's actors on the model; prove the
     promises or print the shortest counterexample (and write it as a case file)."""
+    from .checker import ENGINES
     from .checker.cli import run_check
 
     if jobs < 1 or max_states < 0:
         _fail_usage("--jobs must be at least 1 and --max-states at least 0")
+    if engine not in ENGINES:
+        _fail_usage(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     try:
         code = run_check(scenario, design, all_promises=all_promises, jobs=jobs,
                          fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                          max_states=max_states, case_out=None if no_case else (case_out or ""),
-                         json_file=json_file, mutant=mutant)
+                         json_file=json_file, mutant=mutant, engine=engine)
     except UsageError as exc:
         _fail_usage(str(exc))
         return

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import UsageError
+from .compiled import NativeExplorer, available, unsupported
 from .engine import Engine
-from .explore import NONE, Counterexample, Explorer, Options, Progress, Verdict
+from .explore import ENGINES, NONE, Counterexample, Explorer, Options, Progress, Verdict
 from .promises import PROMISES, Violation
 from .scenario import Action, Actor, Config, Scenario, ScenarioError, Symmetry, bundled_scenarios, load
 from .system import KernelFactory
 
-__all__ = ["NONE", "PROMISES", "Action", "Actor", "Config", "Counterexample", "Options", "Progress",
+__all__ = ["ENGINES", "NONE", "PROMISES", "Action", "Actor", "Config", "Counterexample", "Options",
+           "Progress",
            "Scenario", "ScenarioError", "Symmetry", "Verdict", "Violation", "bundled_scenarios", "check",
            "load"]
 
@@ -28,9 +31,30 @@ def check(scenario: Scenario, design: str | None = None, options: Options | None
     """Explore every interleaving of the scenario (on `design`, or its own) and
     judge the promises; `factory` makes the model kernel (mutants, tests)."""
     options = options or Options()
+    if options.engine not in ENGINES:
+        raise UsageError(f"unknown engine {options.engine!r}: one of {', '.join(ENGINES)}")
     sc = scenario.with_design(design)
     if options.jobs > 1:
+        if options.engine == "c":
+            why = unsupported(options, len(sc.actors))
+            raise UsageError(f"the compiled core cannot run this search: {why}")
         from .parallel import explore_parallel
 
-        return explore_parallel(sc, options, factory, progress)
-    return Explorer(Engine(sc, factory, memo=options.memo), options, progress).run()
+        verdict = explore_parallel(sc, options, factory, progress)
+        verdict.note = (f"--jobs {options.jobs}: the Python engine in {options.jobs} processes "
+                        "(the compiled core, in one, is faster on most scenarios)")
+        return verdict
+    engine = Engine(sc, factory, memo=options.memo)
+    note = ""
+    if options.engine != "python":
+        # The compiled core explores the same graph in the same order (tests/
+        # test_compiled.py compares them); it is only faster.
+        why = unsupported(options, len(sc.actors)) or available().why_not
+        if not why:
+            return NativeExplorer(engine, options, available(), progress).run()
+        if options.engine == "c":
+            raise UsageError(f"the compiled core cannot run this search: {why}")
+        note = f"the Python engine explored: {why}"
+    verdict = Explorer(engine, options, progress).run()
+    verdict.note = note
+    return verdict

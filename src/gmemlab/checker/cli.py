@@ -13,11 +13,13 @@ from rich.table import Table
 from rich.text import Text
 
 from . import check, promises
+from .compiled import NativeError
 from .explore import Options, Progress, Verdict
 from .reduce import ReductionError
 from .report import Replay, ReplayError, case_text, replay_counterexample, trace_rows, write_cases
 from .scenario import Scenario, load, validate
 
+ENGINE_NAMES = {"c": "compiled core", "python": "Python"}
 SHOW_AFTER = 1.0  # seconds: shorter runs print no progress
 
 
@@ -52,7 +54,7 @@ class ProgressDisplay:
 
 def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, fingerprints: bool,
               symmetry: bool, por: bool, memo: bool, max_states: int, case_out: str | None,
-              json_file: str | None, mutant: str | None = None) -> int:
+              json_file: str | None, mutant: str | None = None, engine: str = "auto") -> int:
     """Check and print; the exit status (0 holds, 1 violated or incomplete)."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
@@ -65,7 +67,7 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
         m = find_mutant(mutant)
         factory = m.factory
     options = Options(fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
-                      all_promises=all_promises, jobs=jobs, max_states=max_states)
+                      all_promises=all_promises, jobs=jobs, max_states=max_states, engine=engine)
     where = f" ({sc.path})" if sc.path else ""
     out.print(f"[bold]gmemlab check[/bold]: scenario [bold]{sc.name}[/bold]{where} on design "
               f"[bold]{sc.design}[/bold]" + (f", mutant [bold]{mutant}[/bold] ({m.about})" if mutant else ""))
@@ -78,11 +80,18 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
     except ReductionError as exc:
         out.print(f"[bold red]internal error[/bold red]: {exc}")
         return 3
+    except NativeError as exc:
+        out.print(f"[bold red]the compiled core failed[/bold red]: {exc} "
+                  "(--engine python searches without it)")
+        return 3
     finally:
         display.stop()
     elapsed = time.perf_counter() - start
     out.print(f"actors: {actors}; promises: {', '.join(sorted(verdict.promises, key=promises.ORDER.index))}; "
-              f"reductions: {options.describe()}" + (f"; {jobs} processes" if jobs > 1 else ""))
+              f"reductions: {options.describe()}" + (f"; {jobs} processes" if jobs > 1 else "")
+              + f"; engine: {ENGINE_NAMES[verdict.engine]}")
+    if verdict.note and engine == "auto":
+        out.print(f"[dim]({verdict.note})[/dim]")
     rate = verdict.states / verdict.seconds if verdict.seconds else 0.0
     stats = (f"{verdict.states:,} states, {verdict.transitions:,} transitions, depth {verdict.depth}, "
              f"{verdict.seconds:.2f} s ({rate:,.0f} states/s)")
@@ -145,7 +154,7 @@ def verdict_json(v: Verdict, elapsed: float) -> dict[str, Any]:
     return {"scenario": v.scenario, "design": v.design, "holds": v.holds, "complete": v.complete,
             "states": v.states, "transitions": v.transitions, "depth": v.depth, "seconds": v.seconds,
             "wall_seconds": elapsed, "model_runs": v.model_runs, "reductions": v.options.describe(),
-            "jobs": v.options.jobs, "violated": v.violated(),
+            "jobs": v.options.jobs, "engine": v.engine, "violated": v.violated(),
             "counterexamples": [{"promise": c.promise, "message": c.violation.message, "trace": c.trace,
                                  "stuck": c.stuck, "continuation": c.continuation}
                                 for c in v.counterexamples]}

@@ -40,6 +40,8 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
+from itertools import compress
+from operator import and_
 from typing import Any
 
 from ..model.ranges import RangeMap
@@ -127,7 +129,11 @@ def state_fields() -> tuple[str, ...]:
 def decompose(state: State) -> dict[Key, Any]:
     """The components of a model state (packed values by component key)."""
     out: dict[Key, Any] = {}
+    lazy = _pending(state)
     for name in state_fields():
+        if lazy and name in lazy:  # (materialized, never unpacked: as it was)
+            out[("s", name)] = lazy[name]
+            continue
         v = object.__getattribute__(state, name)
         if type(v) is dict or isinstance(v, RecDict):
             items = dict.items(v)
@@ -142,10 +148,28 @@ def decompose(state: State) -> dict[Key, Any]:
     return out
 
 
+def _pending(obj: Any) -> dict[str, Any] | None:
+    """The fields of a materialized object not unpacked yet (packed, by name)."""
+    try:
+        lazy: dict[str, Any] | None = object.__getattribute__(obj, "__dict__").get("_lz")
+    except AttributeError:
+        return None
+    return lazy
+
+
 def _record(out: dict[Key, Any], where: Key, obj: Any) -> None:
     cls = base_class(type(obj))
     out[where] = cls
+    lazy = _pending(obj)
     for name in field_names(cls):
+        if lazy and name in lazy:
+            p = lazy[name]
+            if isinstance(p, type):  # a nested record never built: its components as they were
+                comps = object.__getattribute__(obj, "_c")
+                _copy_subtree(comps, (*object.__getattribute__(obj, "_w"), name), (*where, name), out)
+            else:
+                out[(*where, name)] = p
+            continue
         v = object.__getattribute__(obj, name)
         if _is_record(v):
             _record(out, (*where, name), v)
@@ -153,42 +177,254 @@ def _record(out: dict[Key, Any], where: Key, obj: Any) -> None:
             out[(*where, name)] = pack(v)
 
 
-def materialize(comps: dict[Key, Any], recording: bool = False) -> State:
-    """A live State with the given components; with recording, its reads are noted
-    in the current Recorder."""
+def decompose_touched(state: State, comps: dict[Key, Any],
+                      rec: Recorder) -> tuple[dict[Key, Any], list[Key]]:
+    """What decompose(state) would give for the components a step may have changed,
+    in the same order, and the components of comps it no longer has.
+
+    state was materialized from comps with recording and rec recorded the step
+    on it: a component the step neither read nor assigned (under no assigned
+    prefix) is as it was in comps, for the step could reach its value only by
+    reading it.  Every key set is included (they are cheap, and change as a side
+    effect of inserting and deleting entries).  A dict entry the step touched
+    counts as a whole (a record with all its nested records) if it was
+    assigned, inserted, deleted or replaced, as is every entry of a State field
+    the step assigned; a record still in its place counts by its fields (a
+    field the step touched, with its nested records)."""
+    fields: set[str] = set()  # State fields read or assigned as a whole
+    entries: dict[str, dict[Any, set[str]]] = {}  # touched entries (their fields), by State field
+    for keys in (rec.reads, rec.assigned):
+        for key in keys:
+            tag = key[0]
+            if tag in ("o", "e"):
+                got = entries.get(key[1])
+                if got is None:
+                    got = entries[key[1]] = {}
+                if len(key) > 3:
+                    names = got.get(key[2])
+                    if names is None:
+                        got[key[2]] = {key[3]}
+                    else:
+                        names.add(key[3])
+                elif key[2] not in got:
+                    got[key[2]] = set()
+            elif tag == "s":
+                fields.add(key[1])
+    assigned = rec.assigned
+    out: dict[Key, Any] = {}
+    gone: list[Key] = []
+    lazy = _pending(state)
+    for name in state_fields():
+        whole = name in fields
+        if lazy and name in lazy:  # neither read nor assigned
+            if whole:
+                out[("s", name)] = lazy[name]
+            continue
+        v = object.__getattribute__(state, name)
+        if type(v) is dict or isinstance(v, RecDict):
+            touched = entries.get(name)
+            if touched or whole or not isinstance(v, RecDict):
+                # (entries are inserted by assignment and deleted after a read:
+                # the key set of a dict none of whose entries was touched is as it was)
+                out[("k", name)] = tuple(sorted(dict.keys(v)))
+            if whole or not isinstance(v, RecDict):
+                touched = {key: set() for key in dict.keys(v)}
+                for key in comps.get(("k", name), ()):
+                    touched[key] = set()
+                partial = False
+            elif not touched:
+                continue
+            else:
+                partial = True
+            done = set()
+            for key, item in dict.items(v):
+                names = touched.get(key)
+                if names is None:
+                    continue
+                where = ("o", name, key)
+                if partial and type(item).__dict__.get("_w", 0) is None \
+                        and object.__getattribute__(item, "_w") == where \
+                        and where not in assigned and ("e", name, key) not in assigned \
+                        and comps.get(where) is base_class(type(item)):
+                    # The record materialized here, still here: only the fields
+                    # the step touched may have changed.
+                    done.add(key)
+                    if names:
+                        _touched_fields(out, gone, comps, where, item, names)
+                    continue
+                new: dict[Key, Any] = {}
+                if _is_record(item):
+                    _record(new, where, item)
+                else:
+                    new[("e", name, key)] = pack(item)
+                out.update(new)
+                done.add(key)
+                gone += [old for old in _old_keys(comps, name, key) if old not in new]
+            for key in touched:
+                if key not in done:  # deleted
+                    gone += _old_keys(comps, name, key)
+            if whole and ("s", name) in comps:
+                gone.append(("s", name))
+        elif whole:
+            out[("s", name)] = pack(v)
+            old_keys = comps.get(("k", name))
+            if old_keys is not None:  # (a dict replaced by something else)
+                gone.append(("k", name))
+                for key in old_keys:
+                    gone += _old_keys(comps, name, key)
+    return out, gone
+
+
+def _touched_fields(out: dict[Key, Any], gone: list[Key], comps: dict[Key, Any], where: Key,
+                    obj: Any, names: set[str]) -> None:
+    """The components of the fields `names` of the record obj materialized at where."""
+    lazy = _pending(obj)
+    for name in field_names(base_class(type(obj))):
+        if name not in names:
+            continue
+        sub = (*where, name)
+        if lazy and name in lazy:  # (a nested record noted below a field never read itself)
+            p = lazy[name]
+            if isinstance(p, type):
+                _copy_subtree(comps, sub, sub, out)
+            else:
+                out[sub] = p
+            continue
+        v = object.__getattribute__(obj, name)
+        old = comps.get(sub)
+        if _is_record(v) or isinstance(old, type):
+            new: dict[Key, Any] = {}
+            if _is_record(v):
+                _record(new, sub, v)
+            else:
+                new[sub] = pack(v)
+            out.update(new)
+            if isinstance(old, type):
+                olds: list[Key] = []
+                _subtree(comps, sub, olds)
+                gone += [k for k in olds if k not in new]
+        else:
+            out[sub] = pack(v)
+
+
+def _copy_subtree(comps: Any, src: Key, dst: Key, out: dict[Key, Any]) -> None:
+    cls = out[dst] = comps[src]
+    for name in field_names(cls):
+        v = comps[(*src, name)]
+        if isinstance(v, type):
+            _copy_subtree(comps, (*src, name), (*dst, name), out)
+        else:
+            out[(*dst, name)] = v
+
+
+def _old_keys(comps: dict[Key, Any], name: str, key: Any) -> list[Key]:
+    """The components of entry key of State dict `name` in comps."""
+    where = ("o", name, key)
+    if where in comps:
+        out: list[Key] = []
+        _subtree(comps, where, out)
+        return out
+    where = ("e", name, key)
+    return [where] if where in comps else []
+
+
+def _subtree(comps: dict[Key, Any], where: Key, out: list[Key]) -> None:
+    out.append(where)
+    cls = comps[where]
+    for name in field_names(cls):
+        sub = (*where, name)
+        if isinstance(comps[sub], type):
+            _subtree(comps, sub, out)
+        else:
+            out.append(sub)
+
+
+def materialize(comps: Any, recording: bool = False) -> State:
+    """A live State with the given components (a dict of them, or anything with get(),
+    `in` and [] by key); with recording, its reads are noted in the current Recorder.
+
+    A recording State is lazy: a field whose packed value is a structure (a
+    RangeMap, a list, a nested record...) is unpacked when the step first
+    reads it (the field's pending value is in the object's `_lz`), so a step
+    pays only for what it reads."""
     state: State = object.__new__(RecState if recording else State)
-    for name in field_names(State):
-        if name == "counters":
-            object.__setattr__(state, name, Counter())
-        elif name == "audit":
-            object.__setattr__(state, name, [])
-        elif ("k", name) in comps:
+    fields = object.__getattribute__(state, "__dict__")
+    fields["counters"] = Counter()
+    fields["audit"] = []
+    lazy: dict[str, Any] = {}
+    for name, kkey, skey in _state_keys():
+        keys = comps.get(kkey)
+        if keys is not None:
             d: dict[Any, Any] = RecDict(name) if recording else {}
-            for key in comps[("k", name)]:
+            for key in keys:
                 where = ("o", name, key)
                 if where in comps:
                     dict.__setitem__(d, key, _build(comps, where, recording))
                 else:
                     dict.__setitem__(d, key, unpack(comps[("e", name, key)]))
-            object.__setattr__(state, name, d)
+            fields[name] = d
         else:
-            object.__setattr__(state, name, unpack(comps[("s", name)]))
+            v = comps[skey]
+            if recording and type(v) is tuple:
+                lazy[name] = v
+            else:
+                fields[name] = unpack(v)
+    if lazy:
+        fields["_lz"] = lazy
     return state
 
 
-def _build(comps: dict[Key, Any], where: Key, recording: bool) -> Any:
+@cache
+def _state_keys() -> tuple[tuple[str, Key, Key], ...]:
+    """(name, key-set key, scalar key) of the fields of State that are state."""
+    return tuple((n, ("k", n), ("s", n)) for n in state_fields())
+
+
+_FIELD_KEYS: dict[tuple[type, Key], tuple[tuple[str, Key], ...]] = {}
+
+
+def _field_keys(where: Key, cls: type) -> tuple[tuple[str, Key], ...]:
+    """(name, component key) of the fields of a record of class cls at where."""
+    got = _FIELD_KEYS.get((cls, where))
+    if got is None:
+        got = _FIELD_KEYS[(cls, where)] = tuple((n, (*where, n)) for n in field_names(cls))
+    return got
+
+
+def _build(comps: Any, where: Key, recording: bool) -> Any:
     cls = comps[where]
-    obj = object.__new__(rec_class(cls) if recording else cls)
-    if recording:
-        object.__setattr__(obj, "_w", where)
-    for name in field_names(cls):
-        sub = (*where, name)
+    if not recording:
+        obj = object.__new__(cls)
+        for name, sub in _field_keys(where, cls):
+            v = comps[sub]
+            object.__setattr__(obj, name, _build(comps, sub, False) if isinstance(v, type) else unpack(v))
+        return obj
+    obj = object.__new__(rec_class(cls))
+    fields = object.__getattribute__(obj, "__dict__")
+    fields["_w"] = where
+    fields["_c"] = comps
+    lazy: dict[str, Any] = {}
+    for name, sub in _field_keys(where, cls):
         v = comps[sub]
-        if isinstance(v, type):
-            object.__setattr__(obj, name, _build(comps, sub, recording))
+        if type(v) is tuple or isinstance(v, type):
+            lazy[name] = v  # unpacked (built) when first read
         else:
-            object.__setattr__(obj, name, unpack(v))
+            fields[name] = v
+    if lazy:
+        fields["_lz"] = lazy
     return obj
+
+
+def _force(obj: Any, lazy: dict[str, Any], name: str) -> Any:
+    """Unpack the pending field name of a materialized object."""
+    p = lazy.pop(name)
+    if isinstance(p, type):
+        where = (*object.__getattribute__(obj, "_w"), name)
+        value = _build(object.__getattribute__(obj, "_c"), where, True)
+    else:
+        value = unpack(p)
+    object.__setattr__(obj, name, value)
+    return value
 
 
 # --- read recording --------------------------------------------------------------------------
@@ -206,6 +442,19 @@ class Recorder:
     def wrote(self, key: Key) -> bool:
         return any(key[:n] in self.assigned for n in range(2, len(key) + 1))
 
+    def written(self) -> Callable[[Key], bool]:
+        """wrote, for the assignments made so far, faster (for many keys after a step)."""
+        assigned = frozenset(self.assigned)
+        if not assigned:
+            return _never
+        # (a key of length n is under an assigned prefix only if one has length n)
+        lengths = tuple(sorted({len(a) for a in assigned}))
+
+        if len(lengths) == 1:
+            n = lengths[0]
+            return lambda key: key[:n] in assigned
+        return lambda key: any(key[:n] in assigned for n in lengths)
+
     def __enter__(self) -> Recorder:
         assert Recorder.current is None, "recorders do not nest"
         Recorder.current = self
@@ -213,6 +462,10 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         Recorder.current = None
+
+
+def _never(key: Key) -> bool:
+    return False
 
 
 def _note(key: Key) -> None:
@@ -235,14 +488,23 @@ def _scalar_keys() -> dict[str, Key]:
 class RecState(State):
     """State whose scalar fields note their reads (dict fields are RecDicts)."""
 
+    _lz: dict[str, Any] | None = None  # fields not unpacked yet (materialize)
+
     def __getattribute__(self, name: str) -> Any:
         key = _scalar_keys().get(name)
         if key is not None:
-            value = object.__getattribute__(self, name)
+            lazy = object.__getattribute__(self, "_lz")
+            if lazy and name in lazy:
+                value = _force(self, lazy, name)
+            else:
+                value = object.__getattribute__(self, name)
             if not isinstance(value, RecDict):
                 _note(key)
             return value
         if name == "__dict__":
+            lazy = object.__getattribute__(self, "_lz")
+            for n in list(lazy or ()):
+                _force(self, lazy, n)  # type: ignore[arg-type]
             for k in _scalar_keys().values():
                 _note(k)
         return object.__getattribute__(self, name)
@@ -251,6 +513,9 @@ class RecState(State):
         key = _scalar_keys().get(name)
         if key is not None:
             _assign(key)
+            lazy = object.__getattribute__(self, "_lz")
+            if lazy:
+                lazy.pop(name, None)
         object.__setattr__(self, name, value)
 
 
@@ -265,8 +530,11 @@ class RecDict(dict[Any, Any]):
         # Which form the entry takes (a record's presence component or a plain
         # value) is not known for a missing key: note both (the other one is
         # simply always absent, which costs nothing but a slot).
-        _note(("o", self._name, key))
-        _note(("e", self._name, key))
+        rec = Recorder.current
+        if rec is not None:
+            reads = rec.reads
+            reads[("o", self._name, key)] = None
+            reads[("e", self._name, key)] = None
 
     def _all(self) -> None:
         _note(("k", self._name))
@@ -364,32 +632,38 @@ def rec_class(cls: type) -> type:
     """A subclass of record class cls whose field reads are noted (the instance's
     `_w` is its component key; records the model creates during a step have none)."""
     names = frozenset(field_names(cls))
+    get = object.__getattribute__
 
     def __getattribute__(self: Any, name: str) -> Any:
         if name in names:
-            try:
-                where = object.__getattribute__(self, "_w")
-            except AttributeError:
-                where = None
+            where = get(self, "_w")
             if where is not None:
-                _note((*where, name))
+                rec = Recorder.current
+                if rec is not None:
+                    rec.reads[(*where, name)] = None
+            lazy = get(self, "_lz")
+            if lazy and name in lazy:
+                return _force(self, lazy, name)
         elif name == "__dict__":
             for n in names:
                 getattr(self, n)
-        return object.__getattribute__(self, name)
+        return get(self, name)
 
     def __setattr__(self: Any, name: str, value: Any) -> None:
         if name in names:
-            try:
-                where = object.__getattribute__(self, "_w")
-            except AttributeError:
-                where = None
+            where = get(self, "_w")
             if where is not None:
                 _assign((*where, name))
+            lazy = get(self, "_lz")
+            if lazy:
+                lazy.pop(name, None)
         object.__setattr__(self, name, value)
 
+    # (_w, _lz and _c are set on the instances materialize builds; records the
+    # model creates during a step have none: their reads are not the state's)
     return type(f"Rec{cls.__name__}", (cls,), {"__getattribute__": __getattribute__,
-                                               "__setattr__": __setattr__, "_base": cls})
+                                               "__setattr__": __setattr__, "_base": cls,
+                                               "_w": None, "_lz": None, "_c": None})
 
 
 def base_class(cls: type) -> type:
@@ -408,12 +682,14 @@ class Tables:
         self.slot_of: dict[Key, int] = {}
         self.values: list[Any] = [None]  # id 0: the component is absent
         self.id_of: dict[Any, int] = {}
+        self._model_mask: list[int] = []  # per slot: -1 for the model's components, else 0
 
     def slot(self, key: Key) -> int:
         s = self.slot_of.get(key)
         if s is None:
             s = self.slot_of[key] = len(self.keys)
             self.keys.append(key)
+            self._model_mask.append(-1 if is_model_key(key) else 0)
         return s
 
     def intern(self, value: Any) -> int:
@@ -432,6 +708,12 @@ class Tables:
                 ids.extend([0] * (s + 1 - len(ids)))
             ids[s] = self.intern(value)
         return normal(ids)
+
+    def model_components(self, state: tuple[int, ...]) -> dict[Key, Any]:
+        """components(state, is_model_key), in C loops."""
+        values = self.values
+        return dict(compress(zip(self.keys, map(values.__getitem__, state), strict=False),
+                             map(and_, state, self._model_mask)))
 
     def components(self, state: tuple[int, ...], keep: Callable[[Key], bool] | None = None) -> dict[Key, Any]:
         keys, values = self.keys, self.values

@@ -23,7 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 from . import promises as pr
-from .codec import Key, Recorder, Tables, apply, decompose, is_model_key, materialize
+from .codec import Key, Recorder, Tables, apply, decompose, decompose_touched, is_model_key, materialize
 from .scenario import Scenario
 from .system import ActorState, KernelFactory, Program, StepInfo, new_kernel, run_transition
 
@@ -40,6 +40,9 @@ class Result:
     events: tuple[tuple[Any, ...], ...]
     info: StepInfo
     reads: tuple[int, ...]  # slots read (for the partial-order reduction)
+    # every slot the step changes (writes and key sets): tested against what the
+    # private-page observation read, once per transition (P4)
+    touched: frozenset[int] = frozenset()
 
 
 DISABLED: Any = object()
@@ -88,6 +91,11 @@ class Engine:
         for name in self.prog.names:
             comps[("a", name)] = ActorState()
         self.actor_slots = tuple(self.t.slot(("a", n)) for n in self.prog.names)
+        # The actors' components of a state, in one C call (the actor slots come
+        # first of every slot made later, so every state tuple has them).
+        self._actor_ids: Any = _itemgetter(*self.actor_slots) if len(self.actor_slots) > 1 \
+            else (lambda s: (s[self.actor_slots[0]],))
+        self._finished: dict[tuple[int, ...], int] = {}
         self.initial = self.t.pack_state(comps)
         self.use_memo = memo
         self.memo: dict[Any, list[tuple[tuple[int, ...], Any, dict[tuple[int, ...], Any]]]] = {}
@@ -107,10 +115,14 @@ class Engine:
 
     def finished(self, s: tuple[int, ...]) -> int:
         """Bitmask of the actors that have finished their program in s."""
-        mask = 0
-        for i in range(len(self.actor_slots)):
-            if self.prog.done(i, self.actor_state(s, i)):
-                mask |= 1 << i
+        ids = self._actor_ids(s)
+        mask = self._finished.get(ids)
+        if mask is None:
+            mask = 0
+            for i, aid in enumerate(ids):
+                if self.prog.done(i, self.t.values[aid]):
+                    mask |= 1 << i
+            self._finished[ids] = mask
         return mask
 
     def transition(self, s: tuple[int, ...], i: int, padded: tuple[int, ...] | None = None) -> Result | None:
@@ -143,8 +155,10 @@ class Engine:
                 return r
         return None
 
-    def _store(self, key: Any, s: tuple[int, ...], reads: dict[Key, None], result: Any) -> None:
-        spec = tuple(sorted({self.t.slot(k) for k in reads}))
+    def _store(self, key: Any, s: tuple[int, ...], reads: dict[Key, None], result: Any,
+               spec: tuple[int, ...] | None = None) -> None:
+        if spec is None:
+            spec = tuple(sorted({self.t.slot(k) for k in reads}))
         self._spec = spec
         if not self.use_memo:
             return
@@ -159,7 +173,7 @@ class Engine:
         entries.append((spec, getter, {vals: result}))
 
     def _materialize(self, s: tuple[int, ...]) -> dict[Key, Any]:
-        comps = self.t.components(s, is_model_key)
+        comps = self.t.model_components(s)
         self.kernel.state = materialize(comps, recording=True)
         return comps
 
@@ -175,9 +189,11 @@ class Engine:
             return DISABLED
         new_a, info = res
         events = tuple(k.drain_events())
-        post = decompose(k.state)
+        post, gone = decompose_touched(k.state, comps, rec)
         t = self.t
         reads = rec.reads
+        assigned = rec.assigned
+        wrote = rec.written()
         writes, keys = [], []
         for key, v in post.items():
             old = comps.get(key, _MISSING)
@@ -186,23 +202,25 @@ class Engine:
                 # entries, not because the step read it: it is written as a change
                 # (keys added, keys removed) to whatever key set the state has.  An
                 # assigned entry is added, even if this state already had it.
+                if old == v and not assigned:
+                    continue  # (the common case: nothing added or removed)
                 before = set(old) if old is not _MISSING else set()
-                added = (set(v) - before) | {k for k in v if rec.wrote(("e", key[1], k))}
+                added = (set(v) - before) | {k for k in v if wrote(("e", key[1], k))}
                 removed = before - set(v)
                 if added or removed:
                     keys.append((t.slot(key), tuple(sorted(added)), tuple(sorted(removed))))
-            elif old != v or rec.wrote(key):
+            elif old != v or wrote(key):
                 writes.append((t.slot(key), t.intern(v)))
-        for key in comps:
-            if key not in post:
-                # Which components a deleted record had depends on its nested
-                # records: the deletion is valid only where they are the same.
-                reads[key] = None
-                writes.append((t.slot(key), 0))
+        for key in gone:
+            # Which components a deleted record had depends on its nested
+            # records: the deletion is valid only where they are the same.
+            reads[key] = None
+            writes.append((t.slot(key), 0))
         writes.append((self.actor_slots[i], t.intern(new_a)))
-        result = Result(tuple(sorted(writes)), tuple(keys), events, info,
-                        tuple(sorted({t.slot(key) for key in reads})))
-        self._store((i, s[self.actor_slots[i]]), s, reads, result)
+        spec = tuple(sorted({t.slot(key) for key in reads}))
+        result = Result(tuple(sorted(writes)), tuple(keys), events, info, spec,
+                        frozenset([j for j, _ in writes] + [j for j, _, _ in keys]))
+        self._store((i, s[self.actor_slots[i]]), s, reads, result, spec)
         return result
 
     # --- observers (the model's promise hooks) -----------------------------------------------------
@@ -260,7 +278,7 @@ class Engine:
             value = self.observe(s, "private_pages")
             self._private = (s, value, frozenset(self._spec))
             slots = self._private[2]
-        return any(j in slots for j, _ in r.writes) or any(j in slots for j, _, _ in r.keys)
+        return not slots.isdisjoint(r.touched)
 
     def _protocol(self, s: tuple[int, ...],
                   events: tuple[tuple[Any, ...], ...]) -> tuple[tuple[int, ...], list[pr.Violation]]:
@@ -289,10 +307,24 @@ class Engine:
     def expand(self, s: tuple[int, ...]) -> list[tuple[int, Result]]:
         out = []
         sp = self._padded(s)
-        for i in range(len(self.actor_slots)):
-            r = self.transition(s, i, sp)
-            if r is not None:
-                out.append((i, r))
+        memo = self.memo
+        # transition() inlined for the memo hits, which are nearly all of them:
+        # the search spends its time here.
+        for i, slot in enumerate(self.actor_slots):
+            entries = memo.get((i, s[slot]))
+            r = None
+            if entries is not None:
+                for entry in entries:
+                    r = entry[2].get(entry[1](sp))
+                    if r is not None:
+                        break
+            if r is None:
+                r = self.transition(s, i, sp)  # finished, or a step never taken from what it reads
+                if r is None:
+                    continue
+            elif r is DISABLED:
+                continue
+            out.append((i, r))
         return out
 
     # --- looking inside (reports, tests) -------------------------------------------------------------

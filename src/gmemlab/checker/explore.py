@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ from . import promises as pr
 from .engine import Edge, Engine
 from .fingerprint import Fingerprints
 from .reduce import PartialOrder, Symmetries
+
+ENGINES = ("auto", "c", "python")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class Options:
     all_promises: bool = False  # go on after the first violation: the shortest one per promise
     jobs: int = 1
     max_states: int = 0  # 0: no limit
+    # "auto": the compiled core (compiled.py) when it can run the search (a C
+    # compiler, one process, the memo on), else the Python engine; "c": the
+    # compiled core or an error; "python": the Python engine.
+    engine: str = "auto"
 
     def describe(self) -> str:
         on = [n for n, v in (("fingerprints", self.fingerprints), ("symmetry", self.symmetry),
@@ -84,6 +90,8 @@ class Verdict:
     seconds: float = 0.0
     complete: bool = True  # the whole state space was explored
     model_runs: int = 0
+    engine: str = "python"  # which engine explored: "python" or "c" (the compiled core)
+    note: str = ""  # why the compiled core was not used, when it was asked for and could not be
 
     @property
     def holds(self) -> bool:
@@ -99,7 +107,9 @@ class Verdict:
 
 class Explorer:
     """One breadth-first exploration of one scenario (single process; parallel.py
-    runs several of these cooperatively)."""
+    runs several of these cooperatively, compiled.py the same search in C)."""
+
+    engine_name = "python"
 
     def __init__(self, engine: Engine, options: Options,
                  progress: Callable[[Progress], None] | None = None) -> None:
@@ -169,6 +179,11 @@ class Explorer:
             frontier = nxt
             depth += 1
         complete = not frontier and not (o.max_states and len(self.parent) >= o.max_states)
+        return self._verdict(start, complete)
+
+    def _verdict(self, start: float, complete: bool) -> Verdict:
+        """P8 on the graph (when it is whole and still to be judged), and the verdict."""
+        e, o = self.e, self.o
         if complete and "P8" in e.active and (o.all_promises or not self.found):
             self._liveness()
         order = sorted(self.found.values(), key=lambda c: (len(c.trace), pr.ORDER.index(c.promise)))
@@ -177,7 +192,8 @@ class Explorer:
         return Verdict(scenario=e.scenario.name, design=e.scenario.design, promises=e.active,
                        options=o, counterexamples=order, states=len(self.parent),
                        transitions=self.transitions, depth=max(self.depth) if self.depth else 0,
-                       seconds=time.perf_counter() - start, complete=complete, model_runs=e.runs)
+                       seconds=time.perf_counter() - start, complete=complete, model_runs=e.runs,
+                       engine=self.engine_name)
 
     def _level(self, frontier: list[tuple[int, tuple[int, ...], int]], depth: int,
                nxt: list[tuple[int, tuple[int, ...], int]]) -> None:
@@ -291,38 +307,71 @@ class Explorer:
     # --- P8: every actor can always still finish ---------------------------------------------
 
     def _liveness(self) -> None:
-        n = len(self.e.prog.names)
-        nstates = len(self.parent)
-        perms = [self.sym.actor_perm(p) for p in range(len(self.sym.perms))] if self.sym \
-            else [tuple(range(n))]
-        # Backward edges on (state, actor) pairs: the successor's frame renames actors.
-        back: list[list[int]] = [[] for _ in range(nstates * n)]
-        for src, dst, p in zip(self.src, self.dst, self.edge_perm, strict=True):
-            g = perms[p]
-            for a in range(n):
-                back[dst * n + g[a]].append(src * n + a)
-        can = bytearray(nstates * n)
-        queue: deque[int] = deque()
-        for st in range(nstates):
-            mask = self.done[st]
-            for a in range(n):
-                if mask >> a & 1:
-                    can[st * n + a] = 1
-                    queue.append(st * n + a)
-        while queue:
-            x = queue.popleft()
-            for y in back[x]:
-                if not can[y]:
-                    can[y] = 1
-                    queue.append(y)
-        best: tuple[int, int, int] | None = None
-        for st in range(nstates):
-            for a in range(n):
-                if not can[st * n + a] and (best is None or self.depth[st] < best[0]):
-                    best = (self.depth[st], st, a)
+        can, best = self._can_finish()
         if best is None:
             return
         _, st, a = best
+        self._report_stuck(st, a, can)
+
+    def _can_finish(self) -> tuple[Sequence[int], tuple[int, int, int] | None]:
+        """Per state, the bitmask of the actors that can still finish from it (a
+        backward fixpoint from the states where they have finished), and the
+        shallowest (depth, state, actor) with an actor that cannot (the first
+        state in discovery order, the lowest actor, among the shallowest)."""
+        n = len(self.e.prog.names)
+        nstates = len(self.parent)
+        full = (1 << n) - 1
+        perms = [self.sym.actor_perm(p) for p in range(len(self.sym.perms))] if self.sym \
+            else [tuple(range(n))]
+        # The successor's frame renames actors: actor a of the source is actor
+        # g[a] of the stored successor.  A mask is carried back through g.
+        rename: list[dict[int, int] | None] = [None if g == tuple(range(n)) else {} for g in perms]
+
+        def back_mask(mask: int, p: int) -> int:
+            table = rename[p]
+            if table is None:
+                return mask
+            out = table.get(mask)
+            if out is None:
+                g = perms[p]
+                out = table[mask] = sum(1 << a for a in range(n) if mask >> g[a] & 1)
+            return out
+
+        can = list(self.done)
+        queue: deque[int] = deque(st for st in range(nstates) if can[st])
+        if all(r is None for r in rename):
+            # (the common case, no symmetry: plain ints, no renaming)
+            plain: list[list[int]] = [[] for _ in range(nstates)]
+            for src, dst in zip(self.src, self.dst, strict=True):
+                plain[dst].append(src)
+            while queue:
+                x = queue.popleft()
+                mask = can[x]
+                for y in plain[x]:
+                    if mask & ~can[y]:
+                        can[y] |= mask
+                        queue.append(y)
+        else:
+            preds: list[list[tuple[int, int]]] = [[] for _ in range(nstates)]
+            for src, dst, p in zip(self.src, self.dst, self.edge_perm, strict=True):
+                preds[dst].append((src, p))
+            while queue:
+                x = queue.popleft()
+                mask = can[x]
+                for y, p in preds[x]:
+                    m = back_mask(mask, p)
+                    if m & ~can[y]:
+                        can[y] |= m
+                        queue.append(y)
+        best: tuple[int, int, int] | None = None
+        for st in range(nstates):
+            if can[st] != full and (best is None or self.depth[st] < best[0]):
+                missing = full & ~can[st]
+                best = (self.depth[st], st, (missing & -missing).bit_length() - 1)
+        return can, best
+
+    def _report_stuck(self, st: int, a: int, can: Sequence[int]) -> None:
+        n = len(self.e.prog.names)
         h = self._frame(st)
         inverse = {v: x for x, v in enumerate(h)}
         actor = self.e.prog.names[inverse[a]]
@@ -334,7 +383,7 @@ class Explorer:
     def _deadlocked(self, st: int) -> bool:
         return not any(s == st for s in self.src)
 
-    def _continuation(self, st: int, a: int, can: bytearray, n: int) -> list[str]:
+    def _continuation(self, st: int, a: int, can: Sequence[int], n: int) -> list[str]:
         """From st, a shortest path on which every actor that can still finish
         does (the report then lets the stuck actor try once more in vain)."""
         out_edges: dict[int, list[int]] = {}
@@ -342,7 +391,7 @@ class Explorer:
             out_edges.setdefault(src, []).append(k)
 
         def settled(x: int) -> bool:
-            return all(self.done[x] >> b & 1 or not can[x * n + b] for b in range(n))
+            return all(self.done[x] >> b & 1 or not can[x] >> b & 1 for b in range(n))
 
         prev: dict[int, int] = {st: -1}  # state -> edge that reached it
         queue = deque([st])

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..model.steps import StepOps
 from .codec import Key
+from .system import ActorState
 
 
 class ReductionError(RuntimeError):
@@ -228,25 +229,30 @@ class PartialOrder:
         return None
 
     def _safe(self, s: tuple[int, ...], i: int, reads: set[str], writes: set[str], mm_holder: Any) -> bool:
-        writes = {c for c in writes if not _private(c) and c not in COMMUTATIVE}
-        reads = {c for c in reads if not _private(c)}
+        reads, writes = self.relevant(reads, writes)
         if writes & VISIBLE:
             return False
-        me = self.prog.names[i]
-        for b in range(len(self.prog.names)):
-            if b == i:
-                continue
-            st = self.e.actor_state(s, b)
-            if self.prog.done(b, st):
-                continue
-            if not st.busy and mm_holder == me and self.prog.action(b, st).op in self.mm_ops:
-                continue  # cannot move before actor i releases the mmap_lock
-            fr, fw = self.future[b][st.pc]
-            if "*" in fr or "*" in fw:
-                return False
-            if writes & (fr | fw) or reads & fw or ("monitor" in writes and "monitor" in fw):
-                return False
-        return True
+        return all(self.independent(i, reads, writes, mm_holder, b, self.e.actor_state(s, b))
+                   for b in range(len(self.prog.names)) if b != i)
+
+    @staticmethod
+    def relevant(reads: set[str], writes: set[str]) -> tuple[set[str], set[str]]:
+        """What of a step's footprint another actor can conflict with."""
+        return ({c for c in reads if not _private(c)},
+                {c for c in writes if not _private(c) and c not in COMMUTATIVE})
+
+    def independent(self, i: int, reads: set[str], writes: set[str], mm_holder: Any, b: int,
+                    st: ActorState) -> bool:
+        """Whether actor i's step (its relevant footprint) commutes with all that
+        actor b, in state st, can still do (the compiled core asks per actor)."""
+        if self.prog.done(b, st):
+            return True
+        if not st.busy and mm_holder == self.prog.names[i] and self.prog.action(b, st).op in self.mm_ops:
+            return True  # cannot move before actor i releases the mmap_lock
+        fr, fw = self.future[b][st.pc]
+        if "*" in fr or "*" in fw:
+            return False
+        return not (writes & (fr | fw) or reads & fw or ("monitor" in writes and "monitor" in fw))
 
 
 class NotSymmetric(Exception):

@@ -1,0 +1,459 @@
+"""The breadth-first search in C (csearch.c), fed by the Python engine.
+
+The compiled core runs the search of explore.py (same visiting order, same
+parents, same edges, same promise judgements, same stop) over packed states,
+applying the transition relation the Python engine has derived from the
+model: memoized steps, key-set changes, the notifier protocol, the promise
+hooks and the verdicts drawn from them, the partial-order decisions, the
+symmetry images and fingerprint terms.  When it meets a case none of these
+tables holds, it stops and says which (a NEED code, the state concerned in a
+query buffer); this module answers it with the very code the Python search
+runs (Engine._run_step, Engine.observe, Engine._protocol, the promises,
+PartialOrder, Symmetries, Fingerprints), adds the entry, and lets it go on.
+So there is still one model and one definition of each promise; the C code
+only replays what they said, keyed on what they read.
+
+Afterwards the parents, depths and edges are copied into the Explorer's
+arrays, and traces, counterexamples and P8's report are made by the same
+Python code as for the Python search.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import promises as pr
+from .engine import DISABLED, OBSERVERS, Engine, Result
+from .explore import Explorer, Options, Progress, Verdict
+from .fingerprint import MASK, Fingerprints
+from .native import Native, load
+from .reduce import INVARIANT, VISIBLE, NotSymmetric, klass
+
+RC_DONE, RC_BUDGET = 0, 1
+(NEED_GROUP, NEED_STEP, NEED_OBS, NEED_KEYSET, NEED_PROTO, NEED_VERDICT, NEED_SAFE, NEED_VISIBLE,
+ NEED_SYM, NEED_TERM) = range(2, 12)
+VK_P4, VK_STATE = 1, 2
+NOTSYM = -1
+BUDGET = 2048  # states expanded between returns to Python (progress, --max-states)
+MAX_ACTORS = 30
+PROTOCOL_EVENTS = ("notify", "mmap_done")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One actor's transition from a state, as the compiled core takes it."""
+
+    target: tuple[int, ...]
+    perm: int
+    promises: tuple[str, ...]  # broken by the step (its events, the notifier protocol, P4)
+    state_promises: tuple[str, ...]  # broken by the successor itself
+    finished: int  # mask of the actors finished in the successor
+
+
+class NativeError(RuntimeError):
+    """The compiled core failed (out of memory, or a table it cannot hold)."""
+
+
+def unsupported(options: Options, actors: int) -> str:
+    """Why the compiled core cannot run this search ('' when it can)."""
+    if options.jobs > 1:
+        return "--jobs runs the Python engine in several processes"
+    if not options.memo:
+        return "--no-memo runs the model for every transition, in Python"
+    if actors > MAX_ACTORS:
+        return f"more than {MAX_ACTORS} actors"
+    return ""
+
+
+def available() -> Native:
+    return load()
+
+
+def _u32(values: Sequence[int]) -> Any:
+    return (ctypes.c_uint32 * max(1, len(values)))(*values)
+
+
+class NativeExplorer(Explorer):
+    """The search of Explorer, run by the compiled core."""
+
+    engine_name = "c"
+
+    def __init__(self, engine: Engine, options: Options, native: Native,
+                 progress: Callable[[Progress], None] | None = None) -> None:
+        super().__init__(engine, options, progress)
+        assert native.lib is not None
+        self.lib: Any = native.lib
+        e = engine
+        self.n = len(e.prog.names)
+        self.results: list[Any] = [None]  # result id -> Result (0: disabled)
+        self.rid_of: dict[int, int] = {}  # id(Result) -> result id
+        self.mslots: list[list[int]] = [[]]
+        self.changes: list[tuple[Any, Any]] = []  # key-set change id -> (added, removed)
+        self.change_of: dict[tuple[Any, Any], int] = {}
+        self.ovals: list[Any] = []  # observation id -> value
+        self.oval_of: dict[Any, int] = {}
+        self.vlists: list[tuple[pr.Violation, ...]] = [()]
+        self.vlist_of: dict[tuple[pr.Violation, ...], int] = {(): 0}
+        self.terms = self.fps or Fingerprints(e.t)
+        self.synced = 0
+        a = e.active
+        wanted = (("mapping_counts", "P2" in a or "P3" in a), ("private_pages", "P2" in a),
+                  ("stray_mmap_pending", "P5" in a), ("pkvm_problems", "P7" in a))
+        self.state_obs = [o for o, on in wanted if on]
+        self.ctx: Any = None
+
+    # --- the tables the core reads -------------------------------------------------------------------
+
+    def _config(self) -> list[int]:
+        e, sym = self.e, self.sym
+        perms = [tuple(range(self.n))]
+        if sym is not None:
+            perms = [sym.actor_perm(p) for p in range(len(sym.perms))]
+        if len(perms) > 64:
+            raise NativeError("more than 64 symmetry permutations")
+        mm = self.por.mm_slot if self.por is not None else -1
+        vmas = sym._vmas_slot if sym is not None else -1
+        ptes = sym._ptes_slot if sym is not None else -1
+        obs = OBSERVERS.index
+        cfg = [self.n, *e.actor_slots, len(e.t.keys), int(self.o.all_promises), int(self.por is not None),
+               int("P4" in e.active), int("P6" in e.active), self.o.max_states, obs("private_pages"),
+               obs("host_references"), obs("outstanding_references"), len(self.state_obs),
+               *(obs(o) for o in self.state_obs), mm, vmas, ptes, len(perms)]
+        for g in perms:
+            cfg += list(g)
+        return cfg
+
+    def _sync_slots(self) -> None:
+        """Tell the core about slots made since it last heard (it widens its states)."""
+        keys = self.e.t.keys
+        if len(keys) == self.synced:
+            return
+        moving = self.sym is not None and len(self.sym.perms) > 1
+        flags = bytes(1 if moving and klass(k) not in INVARIANT else 0 for k in keys)
+        self._check(self.lib.gm_set_slots(self.ctx, len(keys), flags))
+        self.synced = len(keys)
+
+    def _check(self, rc: int) -> None:
+        if rc:
+            raise NativeError("the compiled core ran out of memory" if rc == -1
+                              else f"the compiled core failed (code {rc})")
+
+    def _oid(self, value: Any) -> int:
+        try:
+            key: Any = value
+            hash(key)
+        except TypeError:
+            from .codec import pack
+
+            key = ("unhashable", pack(value))
+        i = self.oval_of.get(key)
+        if i is None:
+            i = self.oval_of[key] = len(self.ovals)
+            self.ovals.append(value)
+        return i
+
+    def _vlist(self, violations: Sequence[pr.Violation]) -> int:
+        key = tuple(violations)
+        v = self.vlist_of.get(key)
+        if v is None:
+            v = self.vlist_of[key] = len(self.vlists)
+            self.vlists.append(key)
+            codes = [pr.ORDER.index(x.promise) for x in key]
+            self._check(self.lib.gm_add_vlist(self.ctx, v, len(codes), _u32(codes)))
+        return v
+
+    def _rid(self, r: Any) -> int:
+        """The core's id of a step result (registering it the first time)."""
+        if r is DISABLED:
+            return 0
+        rid = self.rid_of.get(id(r))
+        if rid is not None:
+            return rid
+        assert isinstance(r, Result)
+        e = self.e
+        rid = self.rid_of[id(r)] = len(self.results)
+        self.results.append(r)
+        ev = self._vlist(pr.event_violations(r.events, e.active)) if r.events else 0
+        mslots: list[int] = []
+        for x in r.events:
+            if x[0] in PROTOCOL_EVENTS:
+                m = e.t.slot(("m", x[1]))
+                if m not in mslots:
+                    mslots.append(m)
+        self.mslots.append(mslots)
+        keys = []
+        for slot, added, removed in r.keys:
+            ch = self.change_of.get((added, removed))
+            if ch is None:
+                ch = self.change_of[(added, removed)] = len(self.changes)
+                self.changes.append((added, removed))
+            keys += [slot, ch]
+        writes = [x for w in r.writes for x in w]
+        touched = sorted(r.touched)
+        self._sync_slots()
+        self._check(self.lib.gm_add_result(self.ctx, rid, len(r.writes), _u32(writes), len(r.keys),
+                                           _u32(keys),
+                                           ev, len(mslots), _u32(mslots), len(touched), _u32(touched)))
+        return rid
+
+    def _rule(self, kind: int, aid: int, s: tuple[int, ...], value: int) -> None:
+        """What the engine's memo just learnt or recalled for s (Engine._spec)."""
+        spec = self.e._spec
+        sp = self.e._padded(s)
+        self._sync_slots()
+        self._check(self.lib.gm_add_rule(self.ctx, kind, aid, len(spec), _u32(spec),
+                                         _u32([sp[j] for j in spec]), value))
+
+    def _query(self) -> tuple[int, ...]:
+        """The state the core asks about, as the Python engine keeps states."""
+        w = self.lib.gm_width(self.ctx)
+        ids = list(self.lib.gm_query(self.ctx)[:w])
+        n = len(ids)
+        while n and not ids[n - 1]:
+            n -= 1
+        return tuple(ids[:n])
+
+    # --- answers to the core's questions ---------------------------------------------------------------
+
+    def _answer(self, rc: int) -> None:
+        io = self.lib.gm_io(self.ctx)
+        e, t, lib, ctx = self.e, self.e.t, self.lib, self.ctx
+        if rc == NEED_GROUP:
+            i, aid = io[0], io[1]
+            self._check(lib.gm_add_group(ctx, i, aid, int(e.prog.done(i, t.values[aid]))))
+        elif rc == NEED_STEP:
+            i = io[0]
+            s = self._query()
+            aid = s[e.actor_slots[i]]
+            a = t.values[aid]
+            done = e.prog.done(i, a)
+            self._check(lib.gm_add_group(ctx, i, aid, int(done)))
+            if not done:
+                r = e._lookup((i, aid), s)
+                if r is None:
+                    r = e._run_step(s, i, a)
+                self._rule(i, aid, s, self._rid(r))
+        elif rc == NEED_OBS:
+            o = io[0]
+            s = self._query()
+            runs = e.runs
+            value = e.observe(s, OBSERVERS[o])
+            self._rule(self.n + o, 0, s, self._oid(value))
+            if e.runs != runs:
+                lib.gm_set_visible_dirty(ctx, 1)  # the hooks may have read something new
+        elif rc == NEED_KEYSET:
+            cur, ch = io[1], io[2]
+            added, removed = self.changes[ch]
+            k = (cur, added, removed)
+            new = e._keysets.get(k)
+            if new is None:  # (Engine.apply)
+                keys = set(t.values[cur]) if cur else set()
+                new = e._keysets[k] = t.intern(tuple(sorted((keys | set(added)) - set(removed))))
+            self._check(lib.gm_add_keyset(ctx, cur, ch, new))
+        elif rc == NEED_PROTO:
+            rid = io[0]
+            s = self._query()
+            after, bad = e._protocol(s, self.results[rid].events)
+            ms = self.mslots[rid]
+            vals = [s[m] if m < len(s) else 0 for m in ms]
+            writes = [x for m in ms for x in (m, after[m] if m < len(after) else 0)]
+            vl = self._vlist(bad)
+            self._sync_slots()
+            self._check(lib.gm_add_proto(ctx, rid, len(ms), _u32(vals), len(ms), _u32(writes), vl))
+        elif rc == NEED_VERDICT:
+            key = [io[1 + j] for j in range(io[0])]
+            self._check(lib.gm_add_verdict(ctx, len(key), _u32(key), self._vlist(self._judge(key))))
+        elif rc == NEED_SAFE:
+            self._safe(io[0], io[1], io[2], self._query())
+        elif rc == NEED_VISIBLE:
+            assert self.por is not None
+            self.por._check_visible()
+            lib.gm_set_visible_dirty(ctx, 0)
+        elif rc == NEED_SYM:
+            self._symmetry(io[0], io[1], io[2], io[3])
+        elif rc == NEED_TERM:
+            h = self.terms.term(io[0], io[1]) & MASK
+            self._check(lib.gm_add_term(ctx, io[0], io[1], h & (2**64 - 1), h >> 64))
+        else:
+            self._check(rc)
+
+    def _judge(self, key: list[int]) -> list[pr.Violation]:
+        """The promises on observations (Engine.step's P4, Engine.state_violations)."""
+        v = self.ovals
+        if key[0] == VK_P4:
+            before, after, refs = v[key[1]], v[key[2]], v[key[3]]
+            seen = {"private_pages": after, "host_references": refs}
+            return pr.newly_private_violations(lambda name: before, seen.__getitem__)
+        terminal = bool(key[1])
+        values = dict(zip(self.state_obs, (v[x] for x in key[2:]), strict=False))
+        if terminal and "P6" in self.e.active:
+            values["outstanding_references"] = v[key[-1]]
+        bad = pr.state_violations(values.__getitem__, self.e.active)
+        if terminal:
+            bad += pr.terminal_violations(values.__getitem__, self.e.active)
+        return bad
+
+    def _safe(self, rid: int, i: int, b: int, s: tuple[int, ...]) -> None:
+        """PartialOrder._safe for actor i's step rid, in parts: its own (b < 0,
+        validating the step's footprint the first time), or its independence
+        of actor b in s."""
+        por, e = self.por, self.e
+        assert por is not None
+        r = self.results[rid]
+        reads, writes = por.footprint(r)
+        if b < 0:
+            if id(r) not in por._checked:
+                por._validate(i, e.actor_state(s, i).pc, reads, writes)
+                por._checked.add(id(r))
+            ok = not por.relevant(reads, writes)[1] & VISIBLE
+            key = [rid, i, 0xFFFFFFFF]
+        else:
+            mm = s[por.mm_slot] if por.mm_slot < len(s) else 0
+            aid = s[e.actor_slots[b]] if e.actor_slots[b] < len(s) else 0
+            ok = por.independent(i, *por.relevant(reads, writes), e.t.values[mm] if mm else None, b,
+                                 e.actor_state(s, b))
+            key = [rid, i, mm, b, aid]
+        self._check(self.lib.gm_add_safe(self.ctx, len(key), _u32(key), int(ok)))
+
+    def _symmetry(self, gi: int, slot: int, vid: int, vmas: int) -> None:
+        """One component's image under permutation gi (Symmetries._image)."""
+        sym, t = self.sym, self.e.t
+        assert sym is not None
+        value: int
+        try:
+            if slot == sym._ptes_slot:
+                image = sym._permute_ptes(t.values[vid], t.values[vmas], gi)
+                value = (slot << 32) | t.intern(image)
+            else:
+                key, image = sym._permute(t.keys[slot], t.values[vid], gi)
+                value = (t.slot(key) << 32) | t.intern(image)
+        except NotSymmetric:
+            value = NOTSYM
+        self._sync_slots()
+        self._check(self.lib.gm_add_sym(self.ctx, _u32([gi, slot, vid, vmas]), value))
+
+    # --- the search ------------------------------------------------------------------------------------
+
+    def run(self) -> Verdict:
+        start = time.perf_counter()
+        lib = self.lib
+        cfg = self._config()
+        self.ctx = lib.gm_new((ctypes.c_int64 * len(cfg))(*cfg))
+        if not self.ctx:
+            raise NativeError("the compiled core cannot hold this scenario")
+        try:
+            self._sync_slots()
+            s0 = self.e.initial
+            lib.gm_set_initial(self.ctx, _u32(s0), len(s0))
+            self._start = self._last_report = start
+            while True:
+                rc = lib.gm_run(self.ctx, BUDGET)
+                if rc == RC_DONE:
+                    break
+                if rc == RC_BUDGET:
+                    self._report()
+                else:
+                    self._answer(rc)
+            stats = (ctypes.c_int64 * 8)()
+            lib.gm_stats(self.ctx, stats)
+            self._collect(stats)
+            return self._verdict(start, bool(stats[2]))
+        finally:
+            lib.gm_free(self.ctx)
+            self.ctx = None
+
+    # --- one state at a time (the agreement tests) -------------------------------------------------------
+
+    def open(self) -> None:
+        """Set the core up without searching (probe() then asks it about states)."""
+        cfg = self._config()
+        self.ctx = self.lib.gm_new((ctypes.c_int64 * len(cfg))(*cfg))
+        if not self.ctx:
+            raise NativeError("the compiled core cannot hold this scenario")
+        self._sync_slots()
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self.lib.gm_free(self.ctx)
+            self.ctx = None
+
+    def probe(self, s: tuple[int, ...]) -> list[Probe | None]:
+        """Every actor's transition from s as the core takes it (None: the actor
+        cannot move): the representative successor, its permutation, the
+        promises the step and the successor break, and the finished actors."""
+        maxv = int(self.lib.gm_maxv())
+        while True:
+            self._sync_slots()
+            w = int(self.lib.gm_width(self.ctx))
+            state = (ctypes.c_uint32 * w)(*s, *([0] * (w - len(s))))
+            info = (ctypes.c_int64 * (self.n * (maxv + 4)))()
+            targets = (ctypes.c_uint32 * (self.n * w))()
+            rc = self.lib.gm_probe(self.ctx, state, info, targets)
+            if rc == 0:
+                break
+            self._answer(rc)
+        out: list[Probe | None] = []
+        for i in range(self.n):
+            row = info[i * (maxv + 4):(i + 1) * (maxv + 4)]
+            if not row[0]:
+                out.append(None)
+                continue
+            t = list(targets[i * w:(i + 1) * w])
+            while t and not t[-1]:
+                t.pop()
+            promises = tuple(v.promise for vl in row[1:maxv + 1] if vl for v in self.vlists[vl])
+            state_promises = tuple(v.promise for v in self.vlists[row[maxv + 3]])
+            out.append(Probe(tuple(t), row[maxv + 1], promises, state_promises, row[maxv + 2]))
+        return out
+
+    def _report(self) -> None:
+        if self.progress is None or time.perf_counter() - self._last_report <= 0.2:
+            return
+        stats = (ctypes.c_int64 * 8)()
+        self.lib.gm_stats(self.ctx, stats)
+        self._last_report = time.perf_counter()
+        self.progress(Progress(stats[0], stats[1], stats[3], stats[4], self._last_report - self._start))
+
+    def _array(self, which: int, code: str, count: int) -> array[int]:
+        out = array(code)
+        if count:
+            size = out.itemsize * count
+            out.frombytes(ctypes.string_at(self.lib.gm_array(self.ctx, which), size))
+        return out
+
+    def _collect(self, stats: Any) -> None:
+        """The graph into the Explorer's arrays, the violations into its findings."""
+        ns = stats[0]
+        self.transitions = stats[1]
+        self.parent = self._array(0, "q", ns)
+        self.via = self._array(1, "h", ns)
+        self.perm = self._array(2, "h", ns)
+        self.depth = self._array(3, "q", ns)
+        self.done = self._array(4, "q", ns)
+        ne = len(self._edges_count())
+        self.src = self._array(5, "q", ne)
+        self.dst = self._array(6, "q", ne)
+        self.edge_actor = self._array(7, "h", ne)
+        self.edge_perm = self._array(8, "h", ne)
+        nfound = stats[5]
+        log = (ctypes.c_int64 * (4 * max(1, nfound)))()
+        self.lib.gm_found(self.ctx, log)
+        for k in range(nfound):
+            vl, pos, state, actor = log[4 * k: 4 * k + 4]
+            self._violation(self.vlists[vl][pos], state, actor if actor >= 0 else None)
+
+    def _edges_count(self) -> range:
+        return range(self.transitions)  # one edge per transition taken
+
+    def _can_finish(self) -> tuple[Sequence[int], tuple[int, int, int] | None]:
+        if self.ctx is None:
+            return super()._can_finish()
+        out = (ctypes.c_int64 * 4)()
+        self._check(self.lib.gm_liveness(self.ctx, out))
+        can = self._array(10, "I", len(self.parent))
+        return can, ((out[1], out[2], out[3]) if out[0] else None)

@@ -1,0 +1,1262 @@
+/*
+ * gmemlab's compiled exploration core: the breadth-first search of
+ * explore.py over packed states, in C.
+ *
+ * It knows nothing of the model.  Everything it applies was derived by the
+ * Python engine (engine.py) from runs of the one model and handed over as
+ * tables; whenever the search needs an entry nobody has derived yet, gm_run()
+ * returns a NEED_* code describing it (the state concerned is in the query
+ * buffer), the Python side runs the model or the promise code for it, adds
+ * the entry with a gm_add_* call and calls gm_run() again, which resumes
+ * exactly where it stopped.  Every computation before a state or an edge is
+ * committed is a pure function of the tables, so redoing it after a NEED is
+ * harmless; commits happen only once all their inputs are known.  Python
+ * errors (a scenario error, a stale reduction table) therefore surface in
+ * Python, where they happen, and no C code ever calls back into Python.
+ *
+ * The tables (all keyed on interned ids the Python side assigns):
+ *
+ *   groups    (actor, actor state id) -> finished?, and its memo entries;
+ *             (NACTORS + observer, 0) for the model's promise hooks
+ *   entries   the slots a step (or hook) read, in the order the Python memo
+ *             learnt them (the first that matches wins, as in Engine._lookup)
+ *   rules     (entry, the values of its slots) -> result id (0: disabled) or
+ *             observation id
+ *   results   a step's effect: component writes, key-set changes, the
+ *             violations of its events, the files whose notifier protocol
+ *             (P5) its events advance, the slots it changes
+ *   keysets   (key set id, change id) -> key set id after the change
+ *   protos    (result, protocol components before) -> writes and violations
+ *   verdicts  (P4: private pages before, after, host references after;
+ *             state: its observations) -> violation list
+ *   safe      partial order: (result, actor) -> writes nothing visible;
+ *             (result, actor, mmap_lock, other actor, its state) -> commutes
+ *             with all that actor can still do
+ *   sym       symmetry: (permutation, slot, value, vmas) -> the permuted
+ *             component, or "cannot be permuted"
+ *   terms     fingerprints: (slot, value) -> the component's 128-bit term
+ *
+ * The search keeps every state whole (an array of W ids; W grows with the
+ * slots), in discovery order, with an open-addressing visited set over them,
+ * parent pointers, depths and every edge (for P8 and the shortest traces),
+ * exactly as explore.py keeps them: same numbering, same parents, same edges.
+ */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint32_t u32;
+typedef uint64_t u64;
+typedef int64_t i64;
+typedef int16_t i16;
+typedef uint8_t u8;
+typedef unsigned __int128 u128;
+
+enum {
+    RC_DONE = 0, RC_BUDGET = 1, RC_NEED_GROUP = 2, RC_NEED_STEP = 3, RC_NEED_OBS = 4, RC_NEED_KEYSET = 5,
+    RC_NEED_PROTO = 6, RC_NEED_VERDICT = 7, RC_NEED_SAFE = 8, RC_NEED_VISIBLE = 9, RC_NEED_SYM = 10,
+    RC_NEED_TERM = 11, RC_NOMEM = -1, RC_BAD = -2
+};
+enum { VK_P4 = 1, VK_STATE = 2 };
+#define MAXA 30      /* actors (masks are 32-bit, state ids of actors fit in keys) */
+#define MAXV 4       /* violation lists per edge: events, protocol, P4; and the state's */
+#define NOTSYM (-1)
+#define MAXK (MAXA + 34)  /* group kinds: the actors, then the promise hooks' observers */
+
+/* --- growable arrays --------------------------------------------------------------------------- */
+
+#define VEC(T) struct { T *a; u64 n, cap; }
+typedef VEC(i64) vi64;
+typedef VEC(u32) vu32;
+typedef VEC(i16) vi16;
+typedef VEC(u128) vu128;
+
+static int grow(void **a, u64 *cap, u64 need, size_t size) {
+    if (need <= *cap)
+        return 0;
+    u64 c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    void *p = realloc(*a, c * size);
+    if (!p)
+        return -1;
+    *a = p;
+    *cap = c;
+    return 0;
+}
+#define RESERVE(v, need) grow((void **)&(v).a, &(v).cap, (need), sizeof(*(v).a))
+#define PUSH(v, x) (RESERVE(v, (v).n + 1) ? -1 : ((v).a[(v).n++] = (x), 0))
+
+/* --- hashing ------------------------------------------------------------------------------------ */
+
+static u64 hwords(const u32 *w, u64 n) {
+    u64 h = 0x243F6A8885A308D3ull ^ (n * 0x9E3779B97F4A7C15ull);
+    u64 i = 0;
+    for (; i + 1 < n; i += 2) {
+        u64 x = (u64)w[i] | ((u64)w[i + 1] << 32);
+        h = (h ^ x) * 0xff51afd7ed558ccdull;
+        h ^= h >> 31;
+    }
+    if (i < n) {
+        h = (h ^ w[i]) * 0xff51afd7ed558ccdull;
+        h ^= h >> 31;
+    }
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return h | 1; /* 0 marks an empty slot */
+}
+
+/* A state's hash is the sum of one mixed term per non-zero component, so a
+ * transition updates it from the few components it writes instead of hashing
+ * the whole state again, and widening states (new slots are zero) keeps it. */
+static inline u64 slotmix(u64 j, u32 v) {
+    if (!v)
+        return 0;
+    u64 z = (j << 32 | v) + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static u64 hstate(const u32 *s, u64 W) {
+    u64 h = 0;
+    for (u64 j = 0; j < W; j++)
+        h += slotmix(j, s[j]);
+    return h;
+}
+
+/* A table from variable-length keys of u32 to i64. */
+typedef struct { u64 h; u64 off; u64 len; i64 val; } hent;
+typedef struct { hent *e; u64 cap, n; vu32 pool; } htab;
+
+static hent *ht_probe(htab *t, const u32 *key, u64 len, u64 h) {
+    u64 m = t->cap - 1;
+    for (u64 p = h & m;; p = (p + 1) & m) {
+        hent *e = &t->e[p];
+        if (!e->h)
+            return e;
+        if (e->h == h && e->len == len && !memcmp(t->pool.a + e->off, key, len * sizeof(u32)))
+            return e;
+    }
+}
+
+static int ht_get(htab *t, const u32 *key, u64 len, i64 *val) {
+    if (!t->cap)
+        return 0;
+    hent *e = ht_probe(t, key, len, hwords(key, len));
+    if (!e->h)
+        return 0;
+    *val = e->val;
+    return 1;
+}
+
+static int ht_put(htab *t, const u32 *key, u64 len, i64 val) {
+    if (2 * (t->n + 1) > t->cap) {
+        u64 cap = t->cap ? 2 * t->cap : 64;
+        hent *e = calloc(cap, sizeof(hent));
+        if (!e)
+            return -1;
+        hent *old = t->e;
+        u64 ocap = t->cap;
+        t->e = e;
+        t->cap = cap;
+        for (u64 i = 0; i < ocap; i++)
+            if (old[i].h) {
+                u64 m = cap - 1, p = old[i].h & m;
+                while (e[p].h)
+                    p = (p + 1) & m;
+                e[p] = old[i];
+            }
+        free(old);
+    }
+    u64 h = hwords(key, len);
+    hent *e = ht_probe(t, key, len, h);
+    if (e->h) {
+        e->val = val;
+        return 0;
+    }
+    if (RESERVE(t->pool, t->pool.n + len))
+        return -1;
+    memcpy(t->pool.a + t->pool.n, key, len * sizeof(u32));
+    e->h = h;
+    e->off = t->pool.n;
+    e->len = len;
+    e->val = val;
+    t->pool.n += len;
+    t->n++;
+    return 0;
+}
+
+static void ht_free(htab *t) {
+    free(t->e);
+    free(t->pool.a);
+}
+
+/* --- the context ------------------------------------------------------------------------------- */
+
+enum { IO_SIZE = 64 };
+
+typedef struct { u64 h; i64 x; } vslot;
+
+typedef struct {
+    i64 io[IO_SIZE]; /* the query of the last NEED (and gm_stats' answers) */
+    int n;           /* actors */
+    u32 aslot[MAXA];
+    u64 W;           /* width of every state (>= the slots the Python side has) */
+    u8 *sflags;      /* per slot: 1 = a symmetry permutation may change it */
+    int all, por, p4, p6;
+    i64 max_states;
+    int obs_pp, obs_hr, obs_out, nso, so[8];
+    i64 mm_slot, vmas_slot, ptes_slot;
+    int np;
+    int perm[64][MAXA]; /* actor permutations (index 0: the identity) */
+    int visible_dirty;       /* a promise hook has read something new since the last check */
+    i64 ample_state;         /* the state whose partial-order decision is being made, */
+    int ample_dirty;         /* and whether it must check the hooks' reads first */
+
+    vi64 gd[MAXK];   /* groups: per kind, indexed by the actor state id: the group + 1, or 0 */
+    htab rules, keysets, protos, verdicts, safe, symt, terms;
+    vi64 g_done, g_first, g_last;               /* per group */
+    vi64 e_off, e_len, e_next, e_boff, e_bn;   /* per entry: spec, next entry, spec bitset */
+    vu32 specs;
+    VEC(u64) bits;
+    vi64 r_woff, r_wn, r_koff, r_kn, r_ev, r_moff, r_mn, r_toff, r_tn; /* per result */
+    vu32 rdata;
+    vi64 o_woff, o_wn, o_vl; /* per protocol outcome */
+    vi64 v_off, v_n;         /* per violation list */
+    vu32 vdata;
+    vu128 term;
+
+    /* the search */
+    u32 *states;
+    u64 nstates, scap;
+    u64 *shash;
+    vslot *vis;      /* the visited set: open addressing, each slot (hash, state or -1) so that */
+    u64 vcap;        /* a probe touches one cache line before the state itself */
+    vi64 parent, depth, done;
+    vi16 via, sperm;
+    vu128 fp;
+    vi64 esrc, edst;
+    vi16 eactor, eperm;
+    i64 transitions;
+    u32 found_mask;
+    i64 flog[16][4]; /* vlist, position, state, actor */
+    int nfound;
+    int stopped, phase;
+    i64 cur, cur_actor, level_start, level_end;
+    u32 *init;
+    u32 *T, *I, *B, *Q, *K;
+    u32 *can;
+} ctx;
+
+static u32 *state_at(ctx *c, i64 x) { return c->states + (u64)x * c->W; }
+
+/* --- setup from Python ---------------------------------------------------------------------------- */
+
+/* cfg: n, slots..., W, all, por, p4, p6, max_states, obs_pp, obs_hr, obs_out, nso, so..., mm_slot,
+ *      vmas_slot, ptes_slot, np, perms (np * n) */
+void *gm_new(const i64 *cfg) {
+    ctx *c = calloc(1, sizeof(ctx));
+    if (!c)
+        return NULL;
+    i64 k = 0;
+    c->n = (int)cfg[k++];
+    if (c->n < 1 || c->n > MAXA) {
+        free(c);
+        return NULL;
+    }
+    for (int i = 0; i < c->n; i++)
+        c->aslot[i] = (u32)cfg[k++];
+    u64 W = (u64)cfg[k++];
+    c->all = (int)cfg[k++];
+    c->por = (int)cfg[k++];
+    c->p4 = (int)cfg[k++];
+    c->p6 = (int)cfg[k++];
+    c->max_states = cfg[k++];
+    c->obs_pp = (int)cfg[k++];
+    c->obs_hr = (int)cfg[k++];
+    c->obs_out = (int)cfg[k++];
+    c->nso = (int)cfg[k++];
+    for (int i = 0; i < c->nso; i++)
+        c->so[i] = (int)cfg[k++];
+    c->mm_slot = cfg[k++];
+    c->vmas_slot = cfg[k++];
+    c->ptes_slot = cfg[k++];
+    c->np = (int)cfg[k++];
+    if (c->np < 1 || c->np > 64) {
+        free(c);
+        return NULL;
+    }
+    for (int p = 0; p < c->np; p++)
+        for (int i = 0; i < c->n; i++)
+            c->perm[p][i] = (int)cfg[k++];
+    c->W = 0;
+    c->cur_actor = 0;
+    c->ample_state = -1;
+    /* the rest is allocated by gm_set_slots */
+    (void)W;
+    /* violation list 0: no violation; result 0: disabled */
+    if (PUSH(c->v_off, 0) || PUSH(c->v_n, 0)) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+i64 *gm_io(ctx *c) { return c->io; }
+u32 *gm_query(ctx *c) { return c->Q; }
+i64 gm_width(ctx *c) { return (i64)c->W; }
+
+static int rehash_visited(ctx *c, u64 cap) {
+    vslot *vis = malloc(cap * sizeof(vslot));
+    if (!vis)
+        return -1;
+    for (u64 i = 0; i < cap; i++)
+        vis[i].x = -1;
+    for (u64 x = 0; x < c->nstates; x++) {
+        u64 m = cap - 1, p = c->shash[x] & m;
+        while (vis[p].x >= 0)
+            p = (p + 1) & m;
+        vis[p].h = c->shash[x];
+        vis[p].x = (i64)x;
+    }
+    free(c->vis);
+    c->vis = vis;
+    c->vcap = cap;
+    return 0;
+}
+
+/* The Python side has nslots slots now (flags: one byte per slot); widen every state. */
+int gm_set_slots(ctx *c, i64 nslots, const u8 *flags) {
+    u64 old = c->W;
+    if ((u64)nslots > old) {
+        u64 W = (u64)nslots + 8;
+        u32 *states = NULL;
+        if (c->scap) {
+            states = calloc(c->scap * W, sizeof(u32));
+            if (!states)
+                return RC_NOMEM;
+            for (u64 x = 0; x < c->nstates; x++)
+                memcpy(states + x * W, c->states + x * old, old * sizeof(u32));
+        }
+        u32 **bufs[] = {&c->T, &c->I, &c->B, &c->Q, &c->init};
+        for (size_t b = 0; b < sizeof(bufs) / sizeof(*bufs); b++) {
+            u32 *p = calloc(W, sizeof(u32));
+            if (!p)
+                return RC_NOMEM;
+            if (*bufs[b])
+                memcpy(p, *bufs[b], old * sizeof(u32));
+            free(*bufs[b]);
+            *bufs[b] = p;
+        }
+        free(c->K);
+        c->K = calloc(W + 8 + MAXA, sizeof(u32));
+        u8 *sf = calloc(W, 1);
+        if (!c->K || !sf)
+            return RC_NOMEM;
+        free(c->sflags);
+        c->sflags = sf;
+        free(c->states);
+        c->states = states;
+        c->W = W;  /* (the states' hashes stay: the new components are zero) */
+    }
+    memcpy(c->sflags, flags, (size_t)nslots);
+    return 0;
+}
+
+void gm_set_initial(ctx *c, const u32 *s, i64 n) {
+    memset(c->init, 0, c->W * sizeof(u32));
+    memcpy(c->init, s, (size_t)n * sizeof(u32));
+}
+
+static int set_at(vi64 *v, i64 i, i64 x) {
+    if (RESERVE(*v, (u64)i + 1))
+        return -1;
+    while (v->n <= (u64)i)
+        v->a[v->n++] = 0;
+    v->a[i] = x;
+    return 0;
+}
+
+/* The group of (kind, aid): a direct index, as actor state ids are small and dense. */
+static inline int group(ctx *c, u32 kind, u32 aid, i64 *g) {
+    if (kind >= MAXK || aid >= c->gd[kind].n || !c->gd[kind].a[aid])
+        return 0;
+    *g = c->gd[kind].a[aid] - 1;
+    return 1;
+}
+
+int gm_add_group(ctx *c, i64 kind, i64 aid, i64 done) {
+    i64 g;
+    if (kind < 0 || kind >= MAXK || aid < 0)
+        return RC_BAD;
+    if (group(c, (u32)kind, (u32)aid, &g))
+        return 0;
+    g = (i64)c->g_done.n;
+    if (PUSH(c->g_done, done) || PUSH(c->g_first, -1) || PUSH(c->g_last, -1))
+        return RC_NOMEM;
+    return set_at(&c->gd[kind], aid, g + 1) ? RC_NOMEM : 0;
+}
+
+int gm_add_rule(ctx *c, i64 kind, i64 aid, i64 nspec, const u32 *spec, const u32 *vals, i64 value) {
+    i64 g = 0;
+    if (!group(c, (u32)kind, (u32)aid, &g)) {
+        int rc = gm_add_group(c, kind, aid, 0);
+        if (rc)
+            return rc;
+        group(c, (u32)kind, (u32)aid, &g);
+    }
+    i64 e = c->g_first.a[g];
+    for (; e >= 0; e = c->e_next.a[e])
+        if (c->e_len.a[e] == nspec && !memcmp(c->specs.a + c->e_off.a[e], spec, (size_t)nspec * sizeof(u32)))
+            break;
+    if (e < 0) {
+        e = (i64)c->e_off.n;
+        u64 maxslot = 0;
+        for (i64 j = 0; j < nspec; j++)
+            if (spec[j] > maxslot)
+                maxslot = spec[j];
+        u64 nb = maxslot / 64 + 1;
+        if (PUSH(c->e_off, (i64)c->specs.n) || PUSH(c->e_len, nspec) || PUSH(c->e_next, -1) ||
+            PUSH(c->e_boff, (i64)c->bits.n) || PUSH(c->e_bn, (i64)nb) ||
+            RESERVE(c->specs, c->specs.n + (u64)nspec) || RESERVE(c->bits, c->bits.n + nb))
+            return RC_NOMEM;
+        memcpy(c->specs.a + c->specs.n, spec, (size_t)nspec * sizeof(u32));
+        c->specs.n += (u64)nspec;
+        memset(c->bits.a + c->bits.n, 0, nb * sizeof(u64));
+        for (i64 j = 0; j < nspec; j++)
+            c->bits.a[c->bits.n + spec[j] / 64] |= 1ull << (spec[j] % 64);
+        c->bits.n += nb;
+        if (c->g_last.a[g] >= 0)
+            c->e_next.a[c->g_last.a[g]] = e;
+        else
+            c->g_first.a[g] = e;
+        c->g_last.a[g] = e;
+    }
+    if (nspec + 1 > (i64)(c->W + 8 + MAXA))
+        return RC_BAD;
+    c->K[0] = (u32)e;
+    memcpy(c->K + 1, vals, (size_t)nspec * sizeof(u32));
+    return ht_put(&c->rules, c->K, (u64)nspec + 1, value) ? RC_NOMEM : 0;
+}
+
+static i64 put_data(vu32 *d, const u32 *p, i64 n) {
+    if (RESERVE(*d, d->n + (u64)n))
+        return -1;
+    i64 off = (i64)d->n;
+    memcpy(d->a + d->n, p, (size_t)n * sizeof(u32));
+    d->n += (u64)n;
+    return off;
+}
+
+int gm_add_result(ctx *c, i64 rid, i64 nw, const u32 *w, i64 nk, const u32 *k, i64 ev, i64 nm,
+                  const u32 *m, i64 nt, const u32 *t) {
+    i64 wo = put_data(&c->rdata, w, 2 * nw), ko = put_data(&c->rdata, k, 2 * nk);
+    i64 mo = put_data(&c->rdata, m, nm), to = put_data(&c->rdata, t, nt);
+    if (wo < 0 || ko < 0 || mo < 0 || to < 0 || set_at(&c->r_woff, rid, wo) || set_at(&c->r_wn, rid, nw) ||
+        set_at(&c->r_koff, rid, ko) || set_at(&c->r_kn, rid, nk) || set_at(&c->r_ev, rid, ev) ||
+        set_at(&c->r_moff, rid, mo) || set_at(&c->r_mn, rid, nm) || set_at(&c->r_toff, rid, to) ||
+        set_at(&c->r_tn, rid, nt))
+        return RC_NOMEM;
+    return 0;
+}
+
+int gm_add_keyset(ctx *c, i64 cur, i64 change, i64 value) {
+    u32 key[2] = {(u32)cur, (u32)change};
+    return ht_put(&c->keysets, key, 2, value) ? RC_NOMEM : 0;
+}
+
+int gm_add_proto(ctx *c, i64 rid, i64 nm, const u32 *vals, i64 nw, const u32 *w, i64 vlist) {
+    i64 o = (i64)c->o_woff.n;
+    i64 wo = put_data(&c->rdata, w, 2 * nw);
+    if (wo < 0 || PUSH(c->o_woff, wo) || PUSH(c->o_wn, nw) || PUSH(c->o_vl, vlist))
+        return RC_NOMEM;
+    c->K[0] = (u32)rid;
+    memcpy(c->K + 1, vals, (size_t)nm * sizeof(u32));
+    return ht_put(&c->protos, c->K, (u64)nm + 1, o) ? RC_NOMEM : 0;
+}
+
+int gm_add_verdict(ctx *c, i64 n, const u32 *key, i64 vlist) {
+    return ht_put(&c->verdicts, key, (u64)n, vlist) ? RC_NOMEM : 0;
+}
+
+int gm_add_vlist(ctx *c, i64 vid, i64 n, const u32 *promises) {
+    i64 off = put_data(&c->vdata, promises, n);
+    if (off < 0 || set_at(&c->v_off, vid, off) || set_at(&c->v_n, vid, n))
+        return RC_NOMEM;
+    return 0;
+}
+
+int gm_add_safe(ctx *c, i64 n, const u32 *key, i64 safe) {
+    return ht_put(&c->safe, key, (u64)n, safe) ? RC_NOMEM : 0;
+}
+
+int gm_add_sym(ctx *c, const u32 *key4, i64 value) {
+    return ht_put(&c->symt, key4, 4, value) ? RC_NOMEM : 0;
+}
+
+int gm_add_term(ctx *c, i64 slot, i64 vid, u64 lo, u64 hi) {
+    u32 key[2] = {(u32)slot, (u32)vid};
+    i64 idx = (i64)c->term.n;
+    if (PUSH(c->term, ((u128)hi << 64) | lo))
+        return RC_NOMEM;
+    return ht_put(&c->terms, key, 2, idx) ? RC_NOMEM : 0;
+}
+
+void gm_set_visible_dirty(ctx *c, i64 dirty) {
+    c->visible_dirty = (int)dirty;
+    if (!dirty)
+        c->ample_dirty = 0;
+}
+
+/* --- lookups (pure: a miss sets up the query and returns its NEED code) ---------------------------- */
+
+static void query_state(ctx *c, const u32 *s) {
+    if (s != c->Q)
+        memcpy(c->Q, s, c->W * sizeof(u32));
+}
+
+/* The entry matching s in group g, first in learning order: its value, or -1 when none matches. */
+static int match(ctx *c, i64 g, const u32 *s, i64 *value, i64 *entry) {
+    u32 *K = c->K;
+    for (i64 e = c->g_first.a[g]; e >= 0; e = c->e_next.a[e]) {
+        i64 n = c->e_len.a[e];
+        const u32 *spec = c->specs.a + c->e_off.a[e];
+        K[0] = (u32)e;
+        for (i64 j = 0; j < n; j++)
+            K[j + 1] = s[spec[j]];
+        if (ht_get(&c->rules, K, (u64)n + 1, value)) {
+            if (entry)
+                *entry = e;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Actor i's step from s: 0 and *rid (0: cannot move), or a NEED code. */
+static int step_of(ctx *c, const u32 *s, int i, i64 *rid) {
+    i64 g;
+    if (group(c, (u32)i, s[c->aslot[i]], &g)) {
+        if (c->g_done.a[g]) {
+            *rid = 0;
+            return 0;
+        }
+        if (match(c, g, s, rid, NULL))
+            return 0;
+    }
+    c->io[0] = i;
+    query_state(c, s);
+    return RC_NEED_STEP;
+}
+
+static int observe(ctx *c, const u32 *s, int o, i64 *value, i64 *entry) {
+    i64 g;
+    if (group(c, (u32)(c->n + o), 0, &g) && match(c, g, s, value, entry))
+        return 0;
+    c->io[0] = o;
+    query_state(c, s);
+    return RC_NEED_OBS;
+}
+
+static int finished_mask(ctx *c, const u32 *s, i64 *mask) {
+    i64 m = 0;
+    for (int i = 0; i < c->n; i++) {
+        i64 g;
+        if (!group(c, (u32)i, s[c->aslot[i]], &g)) {
+            c->io[0] = i;
+            c->io[1] = s[c->aslot[i]];
+            return RC_NEED_GROUP;
+        }
+        if (c->g_done.a[g])
+            m |= (i64)1 << i;
+    }
+    *mask = m;
+    return 0;
+}
+
+static int verdict(ctx *c, const u32 *key, int n, i64 *vl) {
+    if (ht_get(&c->verdicts, key, (u64)n, vl))
+        return 0;
+    c->io[0] = n;
+    for (int j = 0; j < n; j++)
+        c->io[1 + j] = key[j];
+    return RC_NEED_VERDICT;
+}
+
+static int term_of(ctx *c, u32 slot, u32 vid, u128 *t) {
+    if (!vid) {
+        *t = 0;
+        return 0;
+    }
+    u32 key[2] = {slot, vid};
+    i64 idx;
+    if (ht_get(&c->terms, key, 2, &idx)) {
+        *t = c->term.a[idx];
+        return 0;
+    }
+    c->io[0] = slot;
+    c->io[1] = vid;
+    return RC_NEED_TERM;
+}
+
+static int fingerprint(ctx *c, const u32 *s, u128 *fp) {
+    u128 sum = 0, t;
+    for (u64 j = 0; j < c->W; j++)
+        if (s[j]) {
+            int rc = term_of(c, (u32)j, s[j], &t);
+            if (rc)
+                return rc;
+            sum += t;
+        }
+    *fp = sum;
+    return 0;
+}
+
+/* fp of t, from that of s (the terms of the components that differ). */
+static int fp_update(ctx *c, const u32 *s, const u32 *t, u128 fp, u128 *out) {
+    u128 a, b;
+    for (u64 j = 0; j < c->W; j++)
+        if (s[j] != t[j]) {
+            int rc = term_of(c, (u32)j, t[j], &a);
+            if (!rc)
+                rc = term_of(c, (u32)j, s[j], &b);
+            if (rc)
+                return rc;
+            fp += a - b;
+        }
+    *out = fp;
+    return 0;
+}
+
+/* Symmetry: the representative of T's orbit into c->B (Symmetries.canonical). */
+static int canonical(ctx *c, const u32 *T, u128 fp, u128 *bfp, int *bg) {
+    u64 W = c->W;
+    if (T != c->B)
+        memcpy(c->B, T, W * sizeof(u32));
+    *bfp = fp;
+    *bg = 0;
+    if (c->np == 1)
+        return 0;
+    u32 *I = c->I;
+    i64 placed[512];
+    for (int gi = 1; gi < c->np; gi++) {
+        int np = 0;
+        u32 vmas = (u64)c->vmas_slot < W ? T[c->vmas_slot] : 0;
+        for (u64 j = 0; j < W; j++) {
+            if (!(c->sflags[j] & 1) || !T[j])
+                continue;
+            u32 key[4] = {(u32)gi, (u32)j, T[j], (i64)j == c->ptes_slot ? vmas : 0};
+            i64 v;
+            if (!ht_get(&c->symt, key, 4, &v)) {
+                for (int q = 0; q < 4; q++)
+                    c->io[q] = key[q];
+                return RC_NEED_SYM;
+            }
+            if (v == NOTSYM) {
+                memcpy(c->B, T, W * sizeof(u32));
+                *bfp = fp;
+                *bg = 0;
+                return 0;
+            }
+            if (np == 512)
+                return RC_BAD;
+            placed[np++] = v;
+        }
+        memcpy(I, T, W * sizeof(u32));
+        for (u64 j = 0; j < W; j++)
+            if (c->sflags[j] & 1)
+                I[j] = 0;
+        for (int q = 0; q < np; q++) {
+            u64 slot = (u64)placed[q] >> 32;
+            if (slot >= W)
+                return RC_BAD;
+            I[slot] = (u32)(placed[q] & 0xffffffff);
+        }
+        u128 ifp;
+        int rc = fp_update(c, T, I, fp, &ifp);
+        if (rc)
+            return rc;
+        if (ifp < *bfp) {
+            memcpy(c->B, I, W * sizeof(u32));
+            *bfp = ifp;
+            *bg = gi;
+        }
+    }
+    return 0;
+}
+
+static i64 visited_find(ctx *c, const u32 *s, u64 h) {
+    if (!c->vcap)
+        return -1;
+    u64 m = c->vcap - 1;
+    for (u64 p = h & m;; p = (p + 1) & m) {
+        i64 x = c->vis[p].x;
+        if (x < 0)
+            return -1;
+        if (c->vis[p].h == h && !memcmp(state_at(c, x), s, c->W * sizeof(u32)))
+            return x;
+    }
+}
+
+/* What an edge needs before it can be committed. */
+typedef struct {
+    int nv;
+    i64 vl[MAXV];  /* the step's violation lists, in the order explore.py judges them */
+    i64 dst;       /* the successor if already visited, else -1 */
+    u64 h;
+    int perm;
+    u128 fp;
+    i64 done;      /* a new successor: its finished actors, */
+    i64 svl;       /* and the violations of the state */
+} trans;
+
+/* The promises judged on a state alone (Engine.state_violations). */
+static int state_verdict(ctx *c, const u32 *s, i64 done, i64 *vl) {
+    u32 key[16];
+    int k = 0;
+    i64 full = ((i64)1 << c->n) - 1;
+    key[k++] = VK_STATE;
+    key[k++] = done == full;
+    for (int q = 0; q < c->nso; q++) {
+        i64 v;
+        int rc = observe(c, s, c->so[q], &v, NULL);
+        if (rc)
+            return rc;
+        key[k++] = (u32)v;
+    }
+    if (done == full && c->p6) {
+        i64 v;
+        int rc = observe(c, s, c->obs_out, &v, NULL);
+        if (rc)
+            return rc;
+        key[k++] = (u32)v;
+    }
+    return verdict(c, key, k, vl);
+}
+
+/* P4's observation of the state being expanded: value and the entry that gave it. */
+typedef struct { int known; i64 value, entry; } ppinfo;
+
+static int touches(ctx *c, i64 rid, i64 entry) {
+    const u32 *t = c->rdata.a + c->r_toff.a[rid];
+    i64 nt = c->r_tn.a[rid];
+    const u64 *bits = c->bits.a + c->e_boff.a[entry];
+    u64 nb = (u64)c->e_bn.a[entry];
+    for (i64 q = 0; q < nt; q++)
+        if (t[q] / 64 < nb && bits[t[q] / 64] >> (t[q] % 64) & 1)
+            return 1;
+    return 0;
+}
+
+/* An actor's transition rid from s (fingerprint sfp): the successor, canonical, into c->B,
+ * and what committing it needs (Engine.step, Explorer._canonical, the visited set). */
+static int transition(ctx *c, const u32 *s, u64 sh, u128 sfp, i64 rid, const ppinfo *pp, int assume_new,
+                      trans *tr) {
+    u64 W = c->W;
+    u32 *T = c->np > 1 ? c->T : c->B;  /* without symmetry the successor is its own representative */
+    int rc;
+    u64 th = sh;  /* T's hash, kept up to date with every write (hstate) */
+#define SET(j, v) do { u32 j_ = (j), v_ = (v); th += slotmix(j_, v_) - slotmix(j_, T[j_]); T[j_] = v_; } while (0)
+    memcpy(T, s, W * sizeof(u32));
+    const u32 *w = c->rdata.a + c->r_woff.a[rid];
+    for (i64 q = 0; q < c->r_wn.a[rid]; q++)
+        SET(w[2 * q], w[2 * q + 1]);
+    const u32 *k = c->rdata.a + c->r_koff.a[rid];
+    for (i64 q = 0; q < c->r_kn.a[rid]; q++) {
+        u32 slot = k[2 * q], key[2] = {s[slot], k[2 * q + 1]};
+        i64 v;
+        if (!ht_get(&c->keysets, key, 2, &v)) {
+            c->io[0] = slot;
+            c->io[1] = key[0];
+            c->io[2] = key[1];
+            return RC_NEED_KEYSET;
+        }
+        SET(slot, (u32)v);
+    }
+    tr->nv = 0;
+    if (c->r_ev.a[rid])
+        tr->vl[tr->nv++] = c->r_ev.a[rid];
+    i64 nm = c->r_mn.a[rid];
+    if (nm) {
+        const u32 *m = c->rdata.a + c->r_moff.a[rid];
+        c->K[0] = (u32)rid;
+        for (i64 q = 0; q < nm; q++)
+            c->K[1 + q] = s[m[q]];
+        i64 o;
+        if (!ht_get(&c->protos, c->K, (u64)nm + 1, &o)) {
+            c->io[0] = rid;
+            query_state(c, s);
+            return RC_NEED_PROTO;
+        }
+        const u32 *ow = c->rdata.a + c->o_woff.a[o];
+        for (i64 q = 0; q < c->o_wn.a[o]; q++)
+            SET(ow[2 * q], ow[2 * q + 1]);
+        if (c->o_vl.a[o])
+            tr->vl[tr->nv++] = c->o_vl.a[o];
+    }
+    if (c->p4 && touches(c, rid, pp->entry)) {
+        i64 after, refs, vl;
+        rc = observe(c, T, c->obs_pp, &after, NULL);
+        if (rc)
+            return rc;
+        if (after != pp->value) {
+            rc = observe(c, T, c->obs_hr, &refs, NULL);
+            if (rc)
+                return rc;
+            u32 key[4] = {VK_P4, (u32)pp->value, (u32)after, (u32)refs};
+            rc = verdict(c, key, 4, &vl);
+            if (rc)
+                return rc;
+            if (vl)
+                tr->vl[tr->nv++] = vl;
+        }
+    }
+    u128 tfp = 0;
+    if (c->np > 1) {
+        rc = fp_update(c, s, T, sfp, &tfp);
+        if (rc)
+            return rc;
+    }
+    rc = canonical(c, T, tfp, &tr->fp, &tr->perm);
+    if (rc)
+        return rc;
+#undef SET
+    tr->h = c->np > 1 ? hstate(c->B, W) : th;
+    tr->dst = assume_new ? -1 : visited_find(c, c->B, tr->h);
+    if (tr->dst < 0) {
+        rc = finished_mask(c, c->B, &tr->done);
+        if (!rc)
+            rc = state_verdict(c, c->B, tr->done, &tr->svl);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* --- committing ----------------------------------------------------------------------------------- */
+
+static void record(ctx *c, i64 vl, i64 state, i64 actor) {
+    const u32 *p = c->vdata.a + c->v_off.a[vl];
+    for (i64 q = 0; q < c->v_n.a[vl]; q++) {
+        u32 bit = 1u << p[q];
+        if (c->found_mask & bit)
+            continue;
+        c->found_mask |= bit;
+        if (c->nfound < 16) {
+            c->flog[c->nfound][0] = vl;
+            c->flog[c->nfound][1] = q;
+            c->flog[c->nfound][2] = state;
+            c->flog[c->nfound][3] = actor;
+            c->nfound++;
+        }
+        if (!c->all)
+            c->stopped = 1;
+    }
+}
+
+static i64 add_state(ctx *c, const u32 *s, u64 h, i64 parent, int via, int perm, i64 depth, i64 done,
+                     u128 fp) {
+    if (2 * (c->nstates + 1) > c->vcap && rehash_visited(c, c->vcap ? 2 * c->vcap : 1024))
+        return -1;
+    if (c->nstates == c->scap) {
+        u64 cap = c->scap ? 2 * c->scap : 1024;
+        u32 *st = realloc(c->states, cap * c->W * sizeof(u32));
+        u64 *sh = realloc(c->shash, cap * sizeof(u64));
+        if (st)
+            c->states = st;
+        if (sh)
+            c->shash = sh;
+        if (!st || !sh)
+            return -1;
+        c->scap = cap;
+    }
+    i64 x = (i64)c->nstates;
+    memcpy(state_at(c, x), s, c->W * sizeof(u32));
+    c->shash[x] = h;
+    if (PUSH(c->parent, parent) || PUSH(c->via, (i16)via) || PUSH(c->sperm, (i16)perm) ||
+        PUSH(c->depth, depth) || PUSH(c->done, done) || (c->np > 1 && PUSH(c->fp, fp)))
+        return -1;
+    u64 m = c->vcap - 1, p = h & m;
+    while (c->vis[p].x >= 0)
+        p = (p + 1) & m;
+    c->vis[p].h = h;
+    c->vis[p].x = x;
+    c->nstates++;
+    return x;
+}
+
+static int commit(ctx *c, i64 x, int actor, const trans *tr) {
+    c->transitions++;
+    for (int q = 0; q < tr->nv; q++)
+        record(c, tr->vl[q], x, actor);
+    i64 j = tr->dst;
+    if (j < 0) {
+        j = add_state(c, c->B, tr->h, x, actor, tr->perm, c->depth.a[x] + 1, tr->done, tr->fp);
+        if (j < 0)
+            return RC_NOMEM;
+        if (tr->svl)
+            record(c, tr->svl, j, -1);
+    }
+    if (PUSH(c->esrc, x) || PUSH(c->edst, j) || PUSH(c->eactor, (i16)actor) || PUSH(c->eperm, (i16)tr->perm))
+        return RC_NOMEM;
+    return 0;
+}
+
+/* --- the search ------------------------------------------------------------------------------------ */
+
+static int successors(ctx *c, const u32 *s, i64 *rids, int *nsucc) {
+    int ns = 0;
+    for (int i = 0; i < c->n; i++) {
+        int rc = step_of(c, s, i, &rids[i]);
+        if (rc)
+            return rc;
+        ns += rids[i] != 0;
+    }
+    *nsucc = ns;
+    return 0;
+}
+
+/* PartialOrder._safe: may actor i's step rid be explored alone?  Its own part
+ * (nothing visible written), then its independence of each other actor b,
+ * which depends only on b's state and on who holds the mmap_lock: so the
+ * answers are kept per actor, not per combination of all the actors' states. */
+static int safe_alone(ctx *c, const u32 *s, i64 rid, int i, u32 mm, int *safe) {
+    u32 key[5] = {(u32)rid, (u32)i, 0xffffffffu, 0, 0};
+    i64 v;
+    if (!ht_get(&c->safe, key, 3, &v)) {
+        c->io[0] = rid;
+        c->io[1] = i;
+        c->io[2] = -1;
+        query_state(c, s);
+        return RC_NEED_SAFE;
+    }
+    *safe = 0;
+    if (!v)
+        return 0;
+    for (int b = 0; b < c->n; b++) {
+        if (b == i)
+            continue;
+        key[2] = mm;
+        key[3] = (u32)b;
+        key[4] = s[c->aslot[b]];
+        if (!ht_get(&c->safe, key, 5, &v)) {
+            c->io[0] = rid;
+            c->io[1] = i;
+            c->io[2] = b;
+            query_state(c, s);
+            return RC_NEED_SAFE;
+        }
+        if (!v)
+            return 0;
+    }
+    *safe = 1;
+    return 0;
+}
+
+/* Expand state x from actor c->cur_actor on (Explorer._expand). */
+static int expand(ctx *c, i64 x) {
+    i64 rids[MAXA];
+    int nsucc, rc;
+    const u32 *s = state_at(c, x);
+    rc = successors(c, s, rids, &nsucc);
+    if (rc)
+        return rc;
+    ppinfo pp = {0, 0, 0};
+    if (c->p4 && nsucc) {
+        rc = observe(c, s, c->obs_pp, &pp.value, &pp.entry);
+        if (rc)
+            return rc;
+        pp.known = 1;
+    }
+    u128 sfp = c->np > 1 ? c->fp.a[x] : 0;
+    trans tr;
+    if (c->por && nsucc > 1) {
+        /* PartialOrder.ample checks the hooks' reads once per state, before
+         * anything else (a resumed expansion does not check again) */
+        if (c->ample_state != x) {
+            c->ample_state = x;
+            c->ample_dirty = c->visible_dirty;
+        }
+        if (c->ample_dirty)
+            return RC_NEED_VISIBLE;
+        u32 mm = (u64)c->mm_slot < c->W ? s[c->mm_slot] : 0;
+        for (int i = 0; i < c->n; i++) {
+            if (!rids[i])
+                continue;
+            int safe;
+            rc = safe_alone(c, s, rids[i], i, mm, &safe);
+            if (rc)
+                return rc;
+            if (!safe)
+                continue;
+            rc = transition(c, s, c->shash[x], sfp, rids[i], &pp, 0, &tr);
+            if (rc)
+                return rc;
+            if (tr.dst < 0)  /* the cycle proviso: a new state, the others can wait */
+                return commit(c, x, i, &tr);
+            break;
+        }
+    }
+    for (int i = (int)c->cur_actor; i < c->n; i++) {
+        if (!rids[i])
+            continue;
+        rc = transition(c, s, c->shash[x], sfp, rids[i], &pp, 0, &tr);
+        if (rc)
+            return rc;
+        rc = commit(c, x, i, &tr);
+        if (rc)
+            return rc;
+        s = state_at(c, x); /* (the arena may have moved) */
+        c->cur_actor = i + 1;
+        if (c->stopped)
+            return 0;
+    }
+    return 0;
+}
+
+static int start(ctx *c) {
+    const u32 *s0 = c->init;
+    u128 fp = 0;
+    int rc, g;
+    if (c->np > 1) {
+        rc = fingerprint(c, s0, &fp);
+        if (rc)
+            return rc;
+        rc = canonical(c, s0, fp, &fp, &g);
+        if (rc)
+            return rc;
+    } else {
+        memcpy(c->B, s0, c->W * sizeof(u32));
+    }
+    i64 done, vl;
+    rc = finished_mask(c, c->B, &done);
+    if (!rc)
+        rc = state_verdict(c, c->B, done, &vl);
+    if (rc)
+        return rc;
+    if (add_state(c, c->B, hstate(c->B, c->W), -1, -1, 0, 0, done, fp) < 0)
+        return RC_NOMEM;
+    if (vl)
+        record(c, vl, 0, -1);
+    c->cur = c->level_start = c->level_end = 0;
+    c->cur_actor = 0;
+    c->phase = 1;
+    return 0;
+}
+
+/* Search on, for at most `budget` expansions: RC_DONE, RC_BUDGET or a NEED code. */
+int gm_run(ctx *c, i64 budget) {
+    int rc;
+    if (c->phase == 0) {
+        rc = start(c);
+        if (rc)
+            return rc;
+    }
+    if (c->phase == 2)
+        return RC_DONE;
+    while (!c->stopped) {
+        if (c->cur == c->level_end) {
+            if ((i64)c->nstates == c->level_end)
+                break; /* the next level is empty */
+            c->level_start = c->level_end;
+            c->level_end = (i64)c->nstates;
+            continue;
+        }
+        rc = expand(c, c->cur);
+        if (rc)
+            return rc;
+        c->cur++;
+        c->cur_actor = 0;
+        if (c->max_states && (i64)c->nstates >= c->max_states)
+            c->stopped = 1;
+        if (--budget <= 0 && !c->stopped)
+            return RC_BUDGET;
+    }
+    c->phase = 2;
+    return RC_DONE;
+}
+
+/* states, transitions, complete, frontier, depth, found */
+void gm_stats(ctx *c, i64 *out) {
+    out[0] = (i64)c->nstates;
+    out[1] = c->transitions;
+    out[2] = (i64)c->nstates == c->level_end && !(c->max_states && (i64)c->nstates >= c->max_states);
+    out[3] = (i64)c->nstates - c->level_start;
+    out[4] = c->nstates ? c->depth.a[c->nstates - 1] : 0;
+    out[5] = c->nfound;
+    out[6] = (i64)c->W;
+}
+
+/* The found log: nfound rows of (violation list, position, state, actor or -1). */
+void gm_found(ctx *c, i64 *out) { memcpy(out, c->flog, (size_t)c->nfound * 4 * sizeof(i64)); }
+
+void *gm_array(ctx *c, i64 which) {
+    switch (which) {
+    case 0: return c->parent.a;
+    case 1: return c->via.a;
+    case 2: return c->sperm.a;
+    case 3: return c->depth.a;
+    case 4: return c->done.a;
+    case 5: return c->esrc.a;
+    case 6: return c->edst.a;
+    case 7: return c->eactor.a;
+    case 8: return c->eperm.a;
+    case 10: return c->can;
+    default: return NULL;
+    }
+}
+
+/* P8: per state, the actors that can still finish (a backward fixpoint over the
+ * edges, renaming actors through each edge's permutation); the shallowest state
+ * with one that cannot, lowest actor first (Explorer._can_finish).  out: found,
+ * depth, state, actor. */
+int gm_liveness(ctx *c, i64 *out) {
+    u64 ns = c->nstates, ne = c->esrc.n;
+    free(c->can);
+    c->can = malloc((ns ? ns : 1) * sizeof(u32));
+    i64 *start = calloc(ns + 1, sizeof(i64));
+    i64 *pred = malloc((ne ? ne : 1) * sizeof(i64));
+    i64 *queue = malloc((ns ? ns : 1) * sizeof(i64) * 2);
+    u8 *inq = calloc(ns ? ns : 1, 1);
+    u32 back[64][256];
+    if (!c->can || !start || !pred || !queue || !inq) {
+        free(start); free(pred); free(queue); free(inq);
+        return RC_NOMEM;
+    }
+    /* (a mask carried back through permutation p: bit a set when bit g[a] is) */
+    int n = c->n;
+    for (int p = 0; p < c->np && n <= 8; p++)
+        for (int m = 0; m < 256; m++) {
+            u32 r = 0;
+            for (int a = 0; a < n; a++)
+                if (m >> c->perm[p][a] & 1)
+                    r |= 1u << a;
+            back[p][m] = r;
+        }
+    for (u64 e = 0; e < ne; e++)
+        start[c->edst.a[e] + 1]++;
+    for (u64 x = 0; x < ns; x++)
+        start[x + 1] += start[x];
+    i64 *fill = malloc((ns + 1) * sizeof(i64));
+    if (!fill) {
+        free(start); free(pred); free(queue); free(inq);
+        return RC_NOMEM;
+    }
+    memcpy(fill, start, (ns + 1) * sizeof(i64));
+    for (u64 e = 0; e < ne; e++)
+        pred[fill[c->edst.a[e]]++] = (i64)e;
+    free(fill);
+    /* a ring of states whose mask grew */
+    u64 qcap = ns ? ns : 1, qh = 0, qn = 0;
+    for (u64 x = 0; x < ns; x++) {
+        c->can[x] = (u32)c->done.a[x];
+        if (c->can[x]) {
+            queue[(qh + qn++) % qcap] = (i64)x;
+            inq[x] = 1;
+        }
+    }
+    while (qn) {
+        i64 x = queue[qh];
+        qh = (qh + 1) % qcap;
+        qn--;
+        inq[x] = 0;
+        u32 mask = c->can[x];
+        for (i64 q = start[x]; q < start[x + 1]; q++) {
+            i64 e = pred[q], y = c->esrc.a[e];
+            int p = c->eperm.a[e];
+            u32 m = mask;
+            if (p) {
+                if (n <= 8)
+                    m = back[p][mask];
+                else {
+                    m = 0;
+                    for (int a = 0; a < n; a++)
+                        if (mask >> c->perm[p][a] & 1)
+                            m |= 1u << a;
+                }
+            }
+            if (m & ~c->can[y]) {
+                c->can[y] |= m;
+                if (!inq[y]) {
+                    inq[y] = 1;
+                    queue[(qh + qn++) % qcap] = y;
+                }
+            }
+        }
+    }
+    free(start); free(pred); free(queue); free(inq);
+    u32 full = n == 32 ? 0xffffffffu : ((1u << n) - 1);
+    out[0] = 0;
+    for (u64 x = 0; x < ns; x++)
+        if (c->can[x] != full && (!out[0] || c->depth.a[x] < out[1])) {
+            u32 missing = full & ~c->can[x];
+            out[0] = 1;
+            out[1] = c->depth.a[x];
+            out[2] = (i64)x;
+            out[3] = __builtin_ctz(missing);
+        }
+    return 0;
+}
+
+/* For the agreement tests: every actor's transition from state s, as the search
+ * would take it (successor taken as new).  info per actor: enabled, then
+ * MAXV violation lists (step's, zero-padded), perm, done, state's violations;
+ * targets: W ids per actor. */
+int gm_probe(ctx *c, const u32 *s_in, i64 *info, u32 *targets) {
+    i64 rids[MAXA];
+    int nsucc, rc;
+    u32 *s = malloc(c->W * sizeof(u32));
+    if (!s)
+        return RC_NOMEM;
+    memcpy(s, s_in, c->W * sizeof(u32));
+    rc = successors(c, s, rids, &nsucc);
+    ppinfo pp = {0, 0, 0};
+    if (!rc && c->p4 && nsucc)
+        rc = observe(c, s, c->obs_pp, &pp.value, &pp.entry);
+    u128 sfp = 0;
+    if (!rc && c->np > 1)
+        rc = fingerprint(c, s, &sfp);
+    for (int i = 0; !rc && i < c->n; i++) {
+        i64 *row = info + i * (MAXV + 4);
+        memset(row, 0, (MAXV + 4) * sizeof(i64));
+        if (!rids[i])
+            continue;
+        trans tr;
+        rc = transition(c, s, hstate(s, c->W), sfp, rids[i], &pp, 1, &tr);
+        if (rc)
+            break;
+        row[0] = 1;
+        for (int q = 0; q < tr.nv; q++)
+            row[1 + q] = tr.vl[q];
+        row[MAXV + 1] = tr.perm;
+        row[MAXV + 2] = tr.done;
+        row[MAXV + 3] = tr.svl;
+        memcpy(targets + (u64)i * c->W, c->B, c->W * sizeof(u32));
+    }
+    free(s);
+    return rc;
+}
+
+i64 gm_maxv(void) { return MAXV; }
+
+void gm_free(ctx *c) {
+    if (!c)
+        return;
+    for (int k = 0; k < MAXK; k++)
+        free(c->gd[k].a);
+    htab *tabs[] = {&c->rules, &c->keysets, &c->protos, &c->verdicts, &c->safe, &c->symt, &c->terms};
+    for (size_t t = 0; t < sizeof(tabs) / sizeof(*tabs); t++)
+        ht_free(tabs[t]);
+    void *ps[] = {c->g_done.a, c->g_first.a, c->g_last.a, c->e_off.a, c->e_len.a, c->e_next.a, c->e_boff.a,
+                  c->e_bn.a, c->specs.a, c->bits.a, c->r_woff.a, c->r_wn.a, c->r_koff.a, c->r_kn.a, c->r_ev.a,
+                  c->r_moff.a, c->r_mn.a, c->r_toff.a, c->r_tn.a, c->rdata.a, c->o_woff.a, c->o_wn.a,
+                  c->o_vl.a, c->v_off.a, c->v_n.a, c->vdata.a, c->term.a, c->states, c->shash, c->vis,
+                  c->parent.a, c->depth.a, c->done.a, c->via.a, c->sperm.a, c->fp.a, c->esrc.a, c->edst.a,
+                  c->eactor.a, c->eperm.a, c->init, c->T, c->I, c->B, c->Q, c->K, c->can, c->sflags};
+    for (size_t p = 0; p < sizeof(ps) / sizeof(*ps); p++)
+        free(ps[p]);
+    free(c);
+}
