@@ -12,7 +12,7 @@
 2. page-mmap pays for sharing with VMAs: every page given back in the middle
    of the pool splits a mapping.  With vm.max_map_count lowered to 300 the
    limit shows on a 4 MiB pool; --scale runs the real limit (65530) on a
-   512 MiB pool (a few minutes).
+   512 MiB pool (about 35 s).
 """
 
 from __future__ import annotations
