@@ -49,9 +49,10 @@ def check(scenario: Scenario, design: str | None = None, options: Options | None
     if options.engine != "python":
         # The compiled core explores the same graph in the same order (tests/
         # test_compiled.py compares them); it is only faster.
-        why = unsupported(options, len(sc.actors)) or available().why_not
+        core = available()
+        why = unsupported(options, len(sc.actors)) or core.why_not
         if not why:
-            return NativeExplorer(engine, options, available(), progress).run()
+            return NativeExplorer(engine, options, core, progress).run()
         if options.engine == "c":
             raise UsageError(f"the compiled core cannot run this search: {why}")
         note = f"the Python engine explored: {why}"

@@ -120,7 +120,7 @@ class NativeExplorer(Explorer):
         vmas = sym._vmas_slot if sym is not None else -1
         ptes = sym._ptes_slot if sym is not None else -1
         obs = OBSERVERS.index
-        cfg = [self.n, *e.actor_slots, len(e.t.keys), int(self.o.all_promises), int(self.por is not None),
+        cfg = [self.n, *e.actor_slots, int(self.o.all_promises), int(self.por is not None),
                int("P4" in e.active), int("P6" in e.active), self.o.max_states, obs("private_pages"),
                obs("host_references"), obs("outstanding_references"), len(self.state_obs),
                *(obs(o) for o in self.state_obs), mm, vmas, ptes, len(perms)]
@@ -342,12 +342,8 @@ class NativeExplorer(Explorer):
     def run(self) -> Verdict:
         start = time.perf_counter()
         lib = self.lib
-        cfg = self._config()
-        self.ctx = lib.gm_new((ctypes.c_int64 * len(cfg))(*cfg))
-        if not self.ctx:
-            raise NativeError("the compiled core cannot hold this scenario")
+        self.open()
         try:
-            self._sync_slots()
             s0 = self.e.initial
             lib.gm_set_initial(self.ctx, _u32(s0), len(s0))
             self._start = self._last_report = start
@@ -364,13 +360,12 @@ class NativeExplorer(Explorer):
             self._collect(stats)
             return self._verdict(start, bool(stats[2]))
         finally:
-            lib.gm_free(self.ctx)
-            self.ctx = None
+            self.close()
 
     # --- one state at a time (the agreement tests) -------------------------------------------------------
 
     def open(self) -> None:
-        """Set the core up without searching (probe() then asks it about states)."""
+        """Set the core up (run() then searches; the tests probe() states one by one)."""
         cfg = self._config()
         self.ctx = self.lib.gm_new((ctypes.c_int64 * len(cfg))(*cfg))
         if not self.ctx:
@@ -435,7 +430,7 @@ class NativeExplorer(Explorer):
         self.perm = self._array(2, "h", ns)
         self.depth = self._array(3, "q", ns)
         self.done = self._array(4, "q", ns)
-        ne = len(self._edges_count())
+        ne = self.transitions  # one edge per transition taken
         self.src = self._array(5, "q", ne)
         self.dst = self._array(6, "q", ne)
         self.edge_actor = self._array(7, "h", ne)
@@ -446,9 +441,6 @@ class NativeExplorer(Explorer):
         for k in range(nfound):
             vl, pos, state, actor = log[4 * k: 4 * k + 4]
             self._violation(self.vlists[vl][pos], state, actor if actor >= 0 else None)
-
-    def _edges_count(self) -> range:
-        return range(self.transitions)  # one edge per transition taken
 
     def _can_finish(self) -> tuple[Sequence[int], tuple[int, int, int] | None]:
         if self.ctx is None:

@@ -255,7 +255,7 @@ static u32 *state_at(ctx *c, i64 x) { return c->states + (u64)x * c->W; }
 
 /* --- setup from Python ---------------------------------------------------------------------------- */
 
-/* cfg: n, slots..., W, all, por, p4, p6, max_states, obs_pp, obs_hr, obs_out, nso, so..., mm_slot,
+/* cfg: n, slots..., all, por, p4, p6, max_states, obs_pp, obs_hr, obs_out, nso, so..., mm_slot,
  *      vmas_slot, ptes_slot, np, perms (np * n) */
 void *gm_new(const i64 *cfg) {
     ctx *c = calloc(1, sizeof(ctx));
@@ -269,7 +269,6 @@ void *gm_new(const i64 *cfg) {
     }
     for (int i = 0; i < c->n; i++)
         c->aslot[i] = (u32)cfg[k++];
-    u64 W = (u64)cfg[k++];
     c->all = (int)cfg[k++];
     c->por = (int)cfg[k++];
     c->p4 = (int)cfg[k++];
@@ -295,8 +294,7 @@ void *gm_new(const i64 *cfg) {
     c->W = 0;
     c->cur_actor = 0;
     c->ample_state = -1;
-    /* the rest is allocated by gm_set_slots */
-    (void)W;
+    /* the states' width and buffers come with gm_set_slots */
     /* violation list 0: no violation; result 0: disabled */
     if (PUSH(c->v_off, 0) || PUSH(c->v_n, 0)) {
         free(c);
