@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import tomllib
 
-import pytest
 from typer.testing import CliRunner
 
 from gmemlab.cli import app
@@ -16,7 +15,6 @@ from gmemlab.errors import kernel_error
 from gmemlab.fuzz import run_fuzz
 from gmemlab.interface import Kernel, checked
 from gmemlab.model import ModelKernel
-from gmemlab.vmm import asm
 
 from .conftest import needs_kvm
 
@@ -54,7 +52,6 @@ def test_a_planted_divergence_becomes_a_minimal_runnable_case() -> None:
 
 
 @needs_kvm
-@pytest.mark.skipif(asm.missing_reason() is not None, reason=str(asm.missing_reason()))
 def test_model_and_host_agree_on_a_short_run() -> None:
     report = run_fuzz(25, seed=1)
     assert report.ok, report.divergence.case() if report.divergence else report.flaky

@@ -10,7 +10,7 @@ import pytest
 from gmemlab import MemorySignal, UsageError
 from gmemlab.host import HostKernel
 
-from .conftest import needs_kvm
+from .conftest import MMAP_MISSING, guest_memory, needs_gmem_mmap, needs_kvm
 
 P = 4096
 
@@ -30,7 +30,7 @@ def test_shutdown_releases_everything() -> None:
     for _ in range(20):
         with HostKernel() as k:
             vm = k.create_vm(0)
-            f = k.create_guest_memfd(vm, 16 * P, 3)
+            f = guest_memory(k, vm, 16 * P)
             k.mmap(f, 16 * P, 3, 1)
             k.mmap(k.dup(f), 4 * P, 1, 1, offset=4 * P)
             k.create_vcpu(vm, 0)
@@ -43,7 +43,7 @@ def test_garbage_collection_releases() -> None:
     fds = _open_fds()
     k = HostKernel()
     vm = k.create_vm(0)
-    k.create_guest_memfd(vm, P, 0)
+    guest_memory(k, vm, P)
     del k
     assert _open_fds() == fds
 
@@ -66,7 +66,7 @@ def test_foreign_memory_and_fds_are_off_limits(host: HostKernel) -> None:
 @needs_kvm
 def test_signals_are_classified(host: HostKernel) -> None:
     vm = host.create_vm(0)
-    f = host.create_guest_memfd(vm, P, 3)
+    f = guest_memory(host, vm, P)
     a = host.mmap(f, 2 * P, 3, 1)
     with pytest.raises(MemorySignal) as sig:
         host.read_mem(a + P, 1)
@@ -84,7 +84,7 @@ def test_signals_are_classified(host: HostKernel) -> None:
 @needs_kvm
 def test_bulk_fill_and_read(host: HostKernel) -> None:
     vm = host.create_vm(0)
-    f = host.create_guest_memfd(vm, 64 << 20, 3)
+    f = guest_memory(host, vm, 64 << 20)
     a = host.mmap(f, 64 << 20, 3, 1)
     host.write_mem(a, fill=0x5A, length=(64 << 20) - 3)
     data = host.read_mem(a, 64 << 20)
@@ -116,6 +116,17 @@ def test_bad_struct_pointer_is_efault(host: HostKernel) -> None:
     from gmemlab.host import libc
     vm = host.create_vm(0)
     with pytest.raises(OSError) as err:
+        libc.ioctl_int(vm, uapi.KVM_SET_USER_MEMORY_REGION, 0x10)
+    assert err.value.errno == 14
+
+
+@needs_gmem_mmap
+def test_bad_guest_memfd_struct_pointer_is_efault(host: HostKernel) -> None:
+    """[B21] KVM_CREATE_GUEST_MEMFD copies its struct in first: EFAULT."""
+    from gmemlab import uapi
+    from gmemlab.host import libc
+    vm = host.create_vm(0)
+    with pytest.raises(OSError) as err:
         libc.ioctl_int(vm, uapi.KVM_CREATE_GUEST_MEMFD, 0x10)
     assert err.value.errno == 14
 
@@ -138,7 +149,7 @@ def test_thousands_of_operations_leak_nothing() -> None:
     for round_ in range(30):
         k = HostKernel()
         vm = k.create_vm(0)
-        f = k.create_guest_memfd(vm, 64 * P, 3)
+        f = guest_memory(k, vm, 64 * P)
         m = k.memfd_create("leak", 0)
         k.ftruncate(m, 16 * P)
         ops += 5
@@ -153,7 +164,10 @@ def test_thousands_of_operations_leak_nothing() -> None:
             ops += 7
         u = k.mmap(m, 16 * P, 3, 1)
         k.set_user_memory_region(vm, 1, 0, 0x100000, 16 * P, u)
-        k.set_user_memory_region2(vm, 2, 4, 0x200000, 16 * P, 0, f, 0)
+        if MMAP_MISSING is None:
+            k.set_user_memory_region2(vm, 2, 4, 0x200000, 16 * P, 0, f, 0)
+        else:  # the same memory bound the way a kernel without guest_memfd allows
+            k.set_user_memory_region2(vm, 2, 0, 0x200000, 16 * P, k.mmap(f, 16 * P, 3, 1))
         cpu = k.create_vcpu(vm, 0)
         ops += 4
         if guests:
@@ -186,7 +200,7 @@ def test_thousands_of_operations_leak_nothing() -> None:
 def test_bad_input_never_crashes(host: HostKernel) -> None:
     """Invalid addresses, overflowing lengths and closed fds are errors, never a crash."""
     vm = host.create_vm(0)
-    f = host.create_guest_memfd(vm, 4 * P, 3)
+    f = guest_memory(host, vm, 4 * P)
     a = host.mmap(f, 4 * P, 3, 1)
     calls = [
         lambda: host.read_mem(0, 8), lambda: host.write_mem(8, data=b"x"),
@@ -226,6 +240,11 @@ def test_fast_copies_never_fault(host: HostKernel) -> None:
         host.write_mem(a, fill=0, length=16)
     assert sig.value.signal_name == "SIGSEGV"
     assert host.read_mem(a, 4) == b"\x22" * 4
+
+
+@needs_gmem_mmap
+def test_fast_copies_after_a_failed_fixed_mapping(host: HostKernel) -> None:
+    """A MAP_FIXED that guest_memfd refuses leaves a gap the next copy must not fault on."""
     vm = host.create_vm(0)
     f = host.create_guest_memfd(vm, 4 * P, 3)
     g = host.mmap(f, 4 * P, 3, 1)

@@ -9,15 +9,13 @@ import pytest
 from gmemlab import GuestAccess, UsageError
 from gmemlab.host import HostKernel
 from gmemlab.model import ModelKernel
-from gmemlab.vmm import asm
 
-from .conftest import needs_kvm
+from .conftest import needs_gmem, needs_guest
 
 P = 4096
 RW = 3
 SHARED, PRIVATE_ANON = 0x01, 0x22
-needs_as = pytest.mark.skipif(asm.missing_reason() is not None, reason=str(asm.missing_reason()))
-pytestmark = [needs_kvm, needs_as]
+pytestmark = [needs_guest]
 
 
 def _plain_vm(k: HostKernel | ModelKernel, pages: int = 4) -> tuple[int, int, int]:
@@ -82,14 +80,26 @@ def test_vcpu_outlives_vm_fd_and_dups(host: HostKernel) -> None:
     assert err.value.errno == errno.EBADF
 
 
-@pytest.mark.parametrize("kind", ["vm", "kvm", "gmem", "closed"])
+def _not_a_vcpu(k: HostKernel | ModelKernel, kind: str) -> int:
+    vm = k.create_vm(0)
+    if kind == "vm":
+        return vm
+    if kind == "kvm":
+        return k.open_kvm()
+    if kind == "gmem":
+        return k.create_guest_memfd(vm, P, 0)
+    if kind == "memfd":
+        return k.memfd_create("x", 0)
+    return 99  # closed
+
+
+@pytest.mark.parametrize("kind", ["vm", "kvm", pytest.param("gmem", marks=needs_gmem), "memfd",
+                                  "closed"])
 def test_not_a_vcpu(host: HostKernel, kind: str) -> None:
     model = ModelKernel()
     got = []
     for k in (host, model):
-        vm = k.create_vm(0)
-        fd = {"vm": vm, "kvm": k.open_kvm() if kind == "kvm" else -1,
-              "gmem": k.create_guest_memfd(vm, P, 0), "closed": 99}[kind]
+        fd = _not_a_vcpu(k, kind)
         with pytest.raises(OSError) as err:
             k.guest_access(fd, 0, 1)
         got.append(err.value.errno)

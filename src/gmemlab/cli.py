@@ -9,11 +9,15 @@ from typing import Annotated
 
 import typer
 
-from .errors import UsageError
+from .errors import UsageError, internal_error_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Restricted guest memory on Linux/KVM: an exact model, the real "
                        "kernel, and the same cases on both.")
+
+MaskOption = Annotated[str | None, typer.Option(
+    "--mask", help="Hide kernel features, to see what a kernel without them gets: kvm, "
+                   "guest_memfd, mmap (comma-separated; default: $GMEMLAB_HOST_MASK).")]
 
 
 def _fail_usage(message: str) -> None:
@@ -21,19 +25,73 @@ def _fail_usage(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _apply_mask(mask: str | None) -> None:
+    from .host import probe
+
+    try:
+        probe.set_mask(mask)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+
+
 @app.command()
 def run(
     host: Annotated[bool, typer.Option(help="Also run on the host kernel where /dev/kvm allows.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print every case's "
+                                                                  "result.")] = False,
+    json_file: Annotated[str | None, typer.Option("--json", help="Write every case's result "
+                                                                 "here.")] = None,
+    mask: MaskOption = None,
 ) -> None:
     """The main job: every bundled case on the model and the host, side by side."""
     from .mainjob import main_job
 
+    _apply_mask(mask)
     try:
-        ok = main_job(host=host)
+        ok = main_job(host=host, verbose=verbose, json_file=json_file)
     except UsageError as exc:
         _fail_usage(str(exc))
         return
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command("host")
+def host_profile(
+    json_file: Annotated[str | None, typer.Option("--json", help="Also write the profile "
+                                                                 "here.")] = None,
+    mask: MaskOption = None,
+) -> None:
+    """What the running kernel offers, and what each missing feature means for gmemlab."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .host import probe
+
+    _apply_mask(mask)
+    prof = probe.profile()
+    console = Console(highlight=False)
+    console.print(prof.line(), style="cyan", markup=False)
+    table = Table(title="the kernel profile", title_justify="left")
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("what it means for gmemlab")
+    for what, value, meaning in prof.rows():
+        table.add_row(what, value, meaning)
+    console.print(table)
+    if json_file:
+        doc = asdict(prof)
+        doc["mask"] = sorted(prof.mask)
+        doc["design"] = prof.design
+        _write(json_file, json.dumps(doc, indent=2) + "\n")
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        _fail_usage(f"cannot write {path}: {exc.strerror}")
 
 
 @app.command()
@@ -43,10 +101,12 @@ def conform(
     design: Annotated[str | None, typer.Option(
         "--design", help="Run every case on this model design instead of the one it names.")] = None,
     json_file: Annotated[str | None, typer.Option("--json", help="Also write the results here.")] = None,
+    mask: MaskOption = None,
 ) -> None:
     """Run case files (CASES.md format) and print PASS/FAIL/SKIP per case."""
     from .conform import conform as run_conform
 
+    _apply_mask(mask)
     def show(result: object) -> None:
         print(result.line(), flush=True)  # type: ignore[attr-defined]
 
@@ -61,10 +121,7 @@ def conform(
                "results": [r.as_json() for r in summary.results],
                "summary": {"passed": summary.passed, "failed": summary.failed,
                            "skipped": summary.skipped}}
-        try:
-            Path(json_file).write_text(json.dumps(doc, indent=2) + "\n")
-        except OSError as exc:
-            _fail_usage(f"cannot write {json_file}: {exc.strerror}")
+        _write(json_file, json.dumps(doc, indent=2) + "\n")
     raise typer.Exit(1 if summary.failed else 0)
 
 
@@ -121,6 +178,7 @@ def fuzz(
     steps: Annotated[int, typer.Option("--steps", help="Operations per sequence at most.")] = 30,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: a fixed one).")] = None,
     out: Annotated[str | None, typer.Option("--out", help="Also write a divergence's case here.")] = None,
+    mask: MaskOption = None,
 ) -> None:
     """Differential testing: random operation sequences on the model and the host at once.
 
@@ -129,6 +187,7 @@ def fuzz(
     """
     from .fuzz import run_fuzz
 
+    _apply_mask(mask)
     def show(report: object) -> None:
         typer.echo(f"fuzz: {report.summary()}", err=True)  # type: ignore[attr-defined]
 
@@ -138,6 +197,8 @@ def fuzz(
         _fail_usage(str(exc))
         return
     print(report.summary())
+    for what in report.left_out:
+        print(f"  left out: {what}")
     interesting = ("outcome ok", "outcome errno", "outcome signal", "guest exit none",
                    "guest exit mmio", "guest exit memory_fault")
     print("  " + ", ".join(f"{k}: {report.stats[k]}" for k in interesting))
@@ -145,21 +206,26 @@ def fuzz(
         case = report.divergence.case()
         print(f"\n{report.divergence.message}\n\n{case}", end="")
         if out:
-            try:
-                Path(out).write_text(case)
-            except OSError as exc:
-                _fail_usage(f"cannot write {out}: {exc.strerror}")
+            _write(out, case)
     elif report.flaky is not None:
         print(f"\nthe run was not reproducible (Hypothesis reported flakiness):\n{report.flaky}")
     raise typer.Exit(0 if report.ok else 1)
 
 
 def main() -> None:
+    """The console script: exit 0 when all is well, 1 for a violated promise, a divergence
+    or a failed case, 2 for bad input or an internal error (one line, never a traceback)."""
     try:
         app()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("gmemlab: interrupted", file=sys.stderr)
         sys.exit(130)
+    except UsageError as exc:
+        print(f"gmemlab: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        print(internal_error_line(exc), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
-import errno as _errno
 import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from . import uapi
 
@@ -54,10 +56,32 @@ def kernel_error(number: int, why: str = "") -> OSError:
     return OSError(number, text)
 
 
-def errno_of(exc: BaseException) -> int | None:
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.errno
-    return None
+def internal_error_line(exc: BaseException, program: str = "gmemlab") -> str:
+    """One line for an exception gmemlab did not expect: what it was, where, what to report."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return (f"{program}: internal error: {type(exc).__name__}: {exc}{where}. This is a bug in "
+            "gmemlab: please report it with the command you ran and the output of `gmemlab host`")
 
 
-EINVAL = _errno.EINVAL
+def script_main(main: Callable[[], int | None], program: str) -> None:
+    """Run an example's or a benchmark's main(): exit 2 with one line for a bad input or
+    an internal error, never a traceback."""
+    try:
+        code = main()
+    except UsageError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:
+        print(f"{program}: {exc.strerror or exc} (errno {uapi.errno_name(exc.errno or 0)})",
+              file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        print(internal_error_line(exc, program), file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

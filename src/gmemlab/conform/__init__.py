@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -39,28 +38,30 @@ def kernel_factory(kind: str, design: str | None = None) -> tuple[Callable[[Case
 
         return make_model, None
     if kind == "host":
-        from ..host import HostKernel, host_unavailable
+        from ..host import HostKernel, probe
 
         def make_host(case: Case) -> Kernel:
             return HostKernel()
 
-        return make_host, host_unavailable()
+        missing = probe.kvm_missing()
+        return make_host, None if missing is None else f"no usable /dev/kvm: {missing}"
     raise UsageError(f"--kernel must be model or host, not {kind!r}")
 
 
 def conform(paths: list[str], kind: str, design: str | None = None,
             on_result: Callable[[Result], None] | None = None) -> Summary:
     factory, unavailable = kernel_factory(kind, design)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    files = collect(paths)
+    if not any(f.cases or f.error for f in files):
+        where = ", ".join(paths) or "(nothing)"
+        raise UsageError(f"no case found in {where}: give case files (TOML with [[case]] tables) "
+                         "or folders holding them")
     summary = Summary()
-    for result in run_files(collect(paths), kind, factory, unavailable):
+    for result in run_files(files, kind, factory, unavailable):
         summary.results.append(result)
         if on_result is not None:
             on_result(result)
     return summary
-
-
-def write_json(path: str, summaries: Iterable[tuple[str, Summary]]) -> None:
-    doc = {kind: {"results": [r.as_json() for r in s.results],
-                  "summary": {"passed": s.passed, "failed": s.failed, "skipped": s.skipped}}
-           for kind, s in summaries}
-    Path(path).write_text(json.dumps(doc, indent=2) + "\n")

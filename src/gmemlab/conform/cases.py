@@ -1,4 +1,4 @@
-"""Case files (../shared/spec/CASES.md): loading and validation.
+"""Case files (docs/CASES.md): loading and validation.
 
 A case file is TOML with an array of [[case]] tables.  Everything that can be
 checked without a kernel is checked here, so a malformed case is reported as
@@ -195,12 +195,21 @@ def _parse_step(index: int, raw: Any) -> Step:
 class Requirement:
     text: str
     cap: str
-    cmp: str  # "nonzero", "&", "=", ">=", or "guest" (then cap holds the guest path)
+    cmp: str  # "nonzero", "&", "&=", "=", ">=", "<=", or "guest" (then cap holds the guest path)
     value: int
+    mask: int = 0  # for "&=": the bits compared
+
+    def met_by(self, got: int) -> bool:
+        """Whether a capability whose KVM_CHECK_EXTENSION value is `got` meets this."""
+        if self.cmp == "&=":
+            return got & self.mask == self.value
+        return {"nonzero": got != 0, "&": got & self.value == self.value,
+                "=": got == self.value, ">=": got >= self.value, "<=": got <= self.value}[self.cmp]
 
 
 def parse_requirement(text: str) -> Requirement:
-    """cap:NAME, cap:NAME&MASK, cap:NAME=VALUE, cap:NAME>=VALUE, or guest:PATH."""
+    """cap:NAME, cap:NAME&MASK, cap:NAME&MASK=VALUE, cap:NAME=VALUE, cap:NAME>=VALUE,
+    cap:NAME<=VALUE, or guest:PATH."""
     if text.startswith("guest:"):
         path = text[6:].strip()
         if path not in GUEST_PATHS:
@@ -208,10 +217,19 @@ def parse_requirement(text: str) -> Requirement:
                             f"{', '.join(GUEST_PATHS)}")
         return Requirement(text=text, cap=path, cmp="guest", value=0)
     if not text.startswith("cap:"):
-        raise CaseError(f"unknown requirement {text!r} (known forms: cap:NAME[&MASK|=N|>=N], "
+        raise CaseError(f"unknown requirement {text!r} (known forms: cap:NAME[&MASK|&MASK=N|=N|>=N|<=N], "
                         f"guest:{'|'.join(GUEST_PATHS)})")
     body = text[4:]
-    for cmp in (">=", "&", "="):
+    if "&" in body and "=" in body.partition("&")[2]:
+        cap, _, rest = body.partition("&")
+        mask_text, _, value = rest.partition("=")
+        try:
+            uapi.parse_flags(cap.strip(), uapi.CAPS, "capability")
+            mask, number = int(mask_text.strip(), 0), int(value.strip(), 0)
+        except ValueError as exc:
+            raise CaseError(f"requirement {text!r}: {exc}") from None
+        return Requirement(text=text, cap=cap.strip(), cmp="&=", value=number, mask=mask)
+    for cmp in (">=", "<=", "&", "="):
         if cmp in body:
             cap, _, value = body.partition(cmp)
             break

@@ -18,6 +18,7 @@ from .. import spelling, uapi
 from ..errors import MemorySignal, UsageError
 from ..interface import INTERFACE_OPS, GuestAccess, Kernel
 from .cases import Case, CaseFile, Requirement, Step, parse_requirement
+from .needs import infer
 
 
 @dataclass
@@ -27,14 +28,19 @@ class Result:
     message: str = ""
     step: int | None = None
     kernel: str = ""
+    # For a SKIP: the reason without its particulars, to count skips by reason.
+    reason: str = ""
 
     def line(self) -> str:
         text = f"{self.status} {self.case.name}"
         return f"{text}: {self.message}" if self.message else text
 
     def as_json(self) -> dict[str, Any]:
-        return {"file": self.case.file, "id": self.case.id, "status": self.status,
-                "step": self.step, "message": self.message, "kernel": self.kernel}
+        out = {"file": self.case.file, "id": self.case.id, "status": self.status,
+               "step": self.step, "message": self.message, "kernel": self.kernel}
+        if self.status == "SKIP":
+            out["reason"] = self.reason or self.message
+        return out
 
 
 @dataclass
@@ -82,15 +88,17 @@ def run_case(case: Case, kernel_kind: str, factory: KernelFactory,
     if case.error is not None:
         return Result(case, "FAIL", f"bad case: {case.error}", kernel=kernel_kind)
     if case.kernel not in ("any", kernel_kind):
-        return Result(case, "SKIP", f"written for the {case.kernel} kernel only", kernel=kernel_kind)
+        return Result(case, "SKIP", f"written for the {case.kernel} kernel only", kernel=kernel_kind,
+                      reason=f"written for the {case.kernel} kernel only")
     if unavailable is not None:
-        return Result(case, "SKIP", unavailable, kernel=kernel_kind)
+        return Result(case, "SKIP", unavailable, kernel=kernel_kind, reason=unavailable)
     try:
         kernel = factory(case)
     except UsageError as exc:
         return Result(case, "FAIL", f"bad case: {exc}", kernel=kernel_kind)
     except OSError as exc:
-        return Result(case, "SKIP", f"kernel unavailable: {exc}", kernel=kernel_kind)
+        return Result(case, "SKIP", f"kernel unavailable: {exc}", kernel=kernel_kind,
+                      reason="kernel unavailable")
     try:
         return _run_on(case, kernel, kernel_kind)
     finally:
@@ -102,12 +110,21 @@ def _run_on(case: Case, kernel: Kernel, kernel_kind: str) -> Result:
     for text in case.requires:
         unmet = _unmet(kernel, parse_requirement(text))
         if unmet:
-            return Result(case, "SKIP", f"requires {text} ({unmet})", kernel=kernel_kind)
+            return Result(case, "SKIP", f"requires {text} ({unmet})", kernel=kernel_kind,
+                          reason=f"requires {text}")
+    # The model runs a case on the design it names, which is the kernel the
+    # case was written for: only a real kernel can lack what a case needs.
+    for need in infer(case) if kernel_kind == "host" else ():
+        unmet = _unmet(kernel, need.requirement)
+        if unmet:
+            return Result(case, "SKIP", f"{need.describe()} ({unmet})", kernel=kernel_kind,
+                          reason=f"needs {need.requirement.text}")
     for step in case.steps:
         problem = _op_problem(kernel, step.op)
         if problem:
             return Result(case, problem[0], f"step {step.index} ({step.op}): {problem[1]}",
-                          step.index if problem[0] == "FAIL" else None, kernel=kernel_kind)
+                          step.index if problem[0] == "FAIL" else None, kernel=kernel_kind,
+                          reason=f"{step.op}: {problem[1]}")
     env: dict[str, Any] = {}
     for step in case.steps:
         try:
@@ -129,15 +146,13 @@ def _unmet(kernel: Kernel, req: Requirement) -> str | None:
         if missing:
             return missing
         path = kernel.access_path()
-        return None if path == req.cap else f"guest accesses here go through the {path}"
+        return None if path == req.cap else f"guest accesses on this kernel go through the {path}"
     cap = uapi.parse_flags(req.cap, uapi.CAPS, "capability")
     try:
         value = kernel.check_extension(cap)
     except OSError as exc:
         return f"KVM_CHECK_EXTENSION failed: {exc}"
-    ok = {"nonzero": value != 0, "&": value & req.value == req.value,
-          "=": value == req.value, ">=": value >= req.value}[req.cmp]
-    return None if ok else f"the kernel reports {value:#x}"
+    return None if req.met_by(value) else f"the kernel reports {value:#x}"
 
 
 def model_only_ops() -> frozenset[str]:

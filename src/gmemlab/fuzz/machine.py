@@ -14,7 +14,12 @@ alike:
   anonymous PROT_NONE memory over that part (MAP_FIXED, atomically), so the
   host never has a hole the interpreter could take;
 * VM type 1 and KVM_CAP_VM_TYPES are left out, because the model implements
-  the software-protected VM this machine lacks (docs/CONFORMANCE.md);
+  the software-protected VM that x86 kernels offer only when built with
+  CONFIG_KVM_SW_PROTECTED_VM (docs/CONFORMANCE.md);
+* what the kernel under test lacks is left out (`Offer`): without guest_memfd
+  the machine fuzzes memfds, mappings and memslots of ordinary memory, and a
+  capability whose value differs between the model's design and the kernel's
+  build is not asked;
 * guest accesses use GPAs below 2^40, which any guest can reach.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
@@ -90,10 +96,40 @@ def pages(n: int) -> st.SearchStrategy[int]:
     return st.integers(0, n)
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What the fuzzer asks both kernels: the operations the kernel under test has.
+
+    A kernel without guest_memfd is still fuzzed on memfds, mappings,
+    memslots of ordinary memory and guest accesses through them; `left_out`
+    says what was not asked and why.
+    """
+
+    guest_memfd: bool = True  # create guest_memfds, bind them, map them
+    gmem_mmap: bool = True  # guest_memfds can be created MMAP|INIT_SHARED and mapped
+    guest_access: bool = True
+    attributes: bool = True  # KVM_SET_MEMORY_ATTRIBUTES answers alike on both
+    caps: tuple[int, ...] = CAPS
+    left_out: tuple[str, ...] = ()
+
+    @property
+    def slot_flags(self) -> tuple[int, ...]:
+        if self.guest_memfd:
+            return SLOT_FLAGS
+        return tuple(f for f in SLOT_FLAGS if not f & uapi.KVM_MEM_GUEST_MEMFD)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The kinds of fd mmap draws from (anon stands for MAP_ANONYMOUS)."""
+        gmem = ("gmem",) * 3 if self.guest_memfd else ()
+        return (*gmem, "memfd", "memfd", "anon", "vm")
+
+
 class DifferentialMachine(RuleBasedStateMachine):
     """Subclassed by make_machine() with the kernel factories and an observer."""
 
     factories: ClassVar[KernelPair]
+    offer: ClassVar[Offer] = Offer()
     requires: ClassVar[list[str]] = []
     observers: ClassVar[list[Callable[[DifferentialMachine], None]]] = []
     stats: ClassVar[Counter[str]] = Counter()
@@ -175,7 +211,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         vm = self._new_fd("create_vm", "vm", "vm", type=0)
         if vm is not None and cpu:
             self._new_fd("create_vcpu", "vcpu", "cpu", vm, vm=Ref(vm), id=0)
-        if vm is not None and setup:
+        if vm is not None and setup and self.offer.guest_memfd:
             self.vmm_setup(data, data.draw(st.sampled_from(GPA_BASES)),
                            data.draw(st.sampled_from((1, 2, 4))), data.draw(st.sampled_from((3, 3, 1))),
                            data.draw(st.integers(0, 3)), 0)
@@ -189,7 +225,8 @@ class DifferentialMachine(RuleBasedStateMachine):
         else:
             self._new_fd("create_vm", "vm", "vm", type=vm_type)
 
-    @precondition(lambda self: self._has("vm") and len(self.regions) < MAX_REGIONS)
+    @precondition(lambda self: self._has("vm") and len(self.regions) < MAX_REGIONS
+                  and self.offer.guest_memfd)
     @rule(data=st.data(), base=st.sampled_from(GPA_BASES), npages=st.sampled_from((1, 2, 4)),
           flags=st.sampled_from((3, 3, 1)), map_it=st.integers(0, 3), slot=st.integers(0, 3))
     def vmm_setup(self, data: st.DataObject, base: int, npages: int, flags: int, map_it: int,
@@ -223,7 +260,44 @@ class DifferentialMachine(RuleBasedStateMachine):
         if outcome.kind == "ok":
             self.slots.append((vm, slot, base, npages * P))
 
-    @precondition(lambda self: self._has("vm"))
+    @precondition(lambda self: self._has("vm") and len(self.regions) < MAX_REGIONS)
+    @rule(data=st.data(), base=st.sampled_from(GPA_BASES), npages=st.sampled_from((1, 2, 4)),
+          slot=st.integers(0, 3), anon=st.booleans())
+    def vmm_setup_plain(self, data: st.DataObject, base: int, npages: int, slot: int,
+                        anon: bool) -> None:
+        """What a VMM does without guest_memfd: ordinary memory (a memfd or anonymous),
+        mapped and bound to a memslot at userspace_addr."""
+        vm = self._pick(data, ("vm",))
+        assert vm is not None
+        cpu_vms = [h.vm for h in self.fds if h.kind == "vcpu" and h.vm in self.fds]
+        roll = data.draw(st.integers(0, 3))
+        if cpu_vms and roll:
+            vm = data.draw(st.sampled_from(cpu_vms))  # one a vCPU can reach
+            assert vm is not None
+        fd: Ref | int = -1
+        flags = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS
+        if not anon and len(self.fds) < MAX_FDS:
+            memfd = self._new_fd("memfd_create", "memfd", "m", name="guest", flags=0)
+            if memfd is None:
+                return
+            self.call("ftruncate", fd=Ref(memfd), length=npages * P)
+            fd, flags = Ref(memfd), uapi.MAP_SHARED
+        name = self._name("r")
+        if self.call("mmap", bind=name, fd=fd, length=npages * P,
+                     prot=uapi.PROT_READ | uapi.PROT_WRITE, flags=flags).kind != "ok":
+            return
+        step = self.steps[-1]
+        region = Region(name, step.outcomes["model"].raw, step.outcomes["host"].raw, npages)
+        self.regions.append(region)
+        self.pinned.add(name)
+        outcome = self.call("set_user_memory_region2", vm=Ref(vm), slot=slot, flags=0,
+                            guest_phys_addr=base, memory_size=npages * P,
+                            userspace_addr=Ref(region))
+        if outcome.kind == "ok":
+            self.slots = [s for s in self.slots if (s[0], s[1]) != (vm, slot)]
+            self.slots.append((vm, slot, base, npages * P))
+
+    @precondition(lambda self: self._has("vm") and self.offer.guest_memfd)
     @rule(data=st.data(), size=st.sampled_from(GMEM_SIZES), flags=st.sampled_from(GMEM_FLAGS),
           wrong_fd=st.integers(0, 9))
     def create_guest_memfd(self, data: st.DataObject, size: int, flags: int, wrong_fd: int) -> None:
@@ -284,7 +358,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def vm_op(self, data: st.DataObject, attributes: int, arg: int, cap: int) -> None:
         vm = self._pick(data, ("vm", "vcpu", "gmem"))
         assert vm is not None
-        if data.draw(st.booleans()):
+        if data.draw(st.booleans()) and self.offer.attributes:
             self.call("set_memory_attributes", vm=Ref(vm), address=0x100000, size=P,
                       attributes=attributes)
         elif cap == uapi.KVM_CAP_EXIT_HYPERCALL or data.draw(st.booleans()):
@@ -321,6 +395,8 @@ class DifferentialMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.fds))
     @rule(data=st.data(), cap=st.sampled_from(CAPS), on_vm=st.booleans())
     def check_extension(self, data: st.DataObject, cap: int, on_vm: bool) -> None:
+        if cap not in self.offer.caps:
+            return
         if on_vm:
             self.call("check_extension", cap=cap, vm=Ref(data.draw(st.sampled_from(self.fds))))
         else:
@@ -330,8 +406,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     def _file_arg(self, data: st.DataObject) -> tuple[Ref | int, int]:
         """A file to map (or -1 with MAP_ANONYMOUS), and the mapping type."""
-        kind = data.draw(st.sampled_from(("gmem", "gmem", "gmem", "memfd", "memfd", "anon",
-                                          "vm")))
+        kind = data.draw(st.sampled_from(self.offer.files))
         files = [h for h in self.fds if h.kind == kind]
         shared = data.draw(st.sampled_from((uapi.MAP_SHARED, uapi.MAP_SHARED, uapi.MAP_PRIVATE)))
         if not files:
@@ -439,6 +514,8 @@ class DifferentialMachine(RuleBasedStateMachine):
                           npages: int, gmem_page: int, v1: int) -> None:
         vm = self._pick(data, ("vm",))
         assert vm is not None
+        if flags not in self.offer.slot_flags:
+            flags &= ~uapi.KVM_MEM_GUEST_MEMFD
         uaddr: Ref | int = 0
         roll = data.draw(st.integers(0, 3))
         if self.regions and roll:
@@ -479,7 +556,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         if vm is not None and len(self.fds) < MAX_FDS:
             self._new_fd("create_vcpu", "vcpu", "cpu", vm, vm=Ref(vm), id=vcpu_id)
 
-    @precondition(lambda self: self._has("vcpu"))
+    @precondition(lambda self: self._has("vcpu") and self.offer.guest_access)
     @rule(data=st.data(), write=st.booleans(), byte=st.integers(0, 255),
           length=st.sampled_from((1, 2, 4, 8, 3, 13, 64, P, 2 * P + 5)), where=st.integers(0, 9),
           offset=st.integers(0, 3 * P))
@@ -511,9 +588,9 @@ class DifferentialMachine(RuleBasedStateMachine):
 
 
 def make_machine(factories: KernelPair, requires: list[str],
-                 observer: Callable[[DifferentialMachine], None] | None = None
-                 ) -> type[DifferentialMachine]:
+                 observer: Callable[[DifferentialMachine], None] | None = None,
+                 offer: Offer | None = None) -> type[DifferentialMachine]:
     """A DifferentialMachine class bound to two kernel factories."""
     return type("Differential", (DifferentialMachine,),
-                {"factories": factories, "requires": requires,
+                {"factories": factories, "requires": requires, "offer": offer or Offer(),
                  "observers": [observer] if observer is not None else [], "stats": Counter()})

@@ -37,7 +37,7 @@ from ..errors import MemorySignal, UsageError, kernel_error
 from ..guestaccess import check_call
 from ..interface import GuestAccess, Stat, checked
 from ..model.ranges import RangeMap
-from . import libc
+from . import libc, probe
 
 if TYPE_CHECKING:
     from ..vmm.vcpu import Vcpu
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
-KVM_DEV = "/dev/kvm"
+KVM_DEV = probe.KVM_DEV
+CAP_NAMES = {number: name for name, number in uapi.CAPS.items()}
 VPAGES = 1 << (64 - SHIFT)
 MADV_POPULATE_READ = 22
 MADV_POPULATE_WRITE = 23
@@ -53,18 +54,8 @@ LOADABLE, STORABLE = 1, 2  # what the fast path knows a populated page allows
 
 
 def host_unavailable() -> str | None:
-    """Why /dev/kvm cannot be used here, or None."""
-    try:
-        fd = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"cannot open {KVM_DEV}: {exc.strerror}"
-    try:
-        version = libc.ioctl_int(fd, uapi.KVM_GET_API_VERSION, 0)
-    finally:
-        os.close(fd)
-    if version != uapi.KVM_API_VERSION:
-        return f"KVM API version {version}, expected {uapi.KVM_API_VERSION}"
-    return None
+    """Why /dev/kvm cannot be used here (under the active mask), or None."""
+    return probe.kvm_missing()
 
 
 def read_maps() -> list[tuple[int, int, str]]:
@@ -145,6 +136,10 @@ class HostKernel:
     EXTRA_OPS: tuple[str, ...] = ()
 
     def __init__(self) -> None:
+        # The capabilities hidden from this kernel object (probe.py); fixed for its life.
+        self._mask = probe.active_mask()
+        if "kvm" in self._mask:
+            raise kernel_error(errno.ENOENT, f"{KVM_DEV} is hidden by the mask 'kvm'")
         self._kvm = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
         self._held = _Held(self._kvm)
         self._fds = self._held.fds
@@ -169,14 +164,15 @@ class HostKernel:
 
     def unsupported(self, op: str) -> str | None:
         if op == "guest_access":
-            from ..vmm import asm
-            return asm.missing_reason()
+            return probe.profile().access_missing
         return None
 
     def access_path(self) -> str:
-        """Probed once per process (guest.probe_access_path)."""
-        from .guest import probe_access_path
-        return probe_access_path()
+        """Probed once per process (probe.profile)."""
+        prof = probe.profile()
+        if prof.access_path is None:
+            raise UsageError(f"guest accesses cannot run here: {prof.access_missing}")
+        return prof.access_path
 
     # --- resources seen by the case ------------------------------------------------
 
@@ -247,13 +243,44 @@ class HostKernel:
 
     def check_extension(self, cap: int, vm: int | None = None) -> int:
         fd = self._kvm if vm is None else self._fd(vm)
-        return libc.ioctl_int(fd, uapi.KVM_CHECK_EXTENSION, cap)
+        value = libc.ioctl_int(fd, uapi.KVM_CHECK_EXTENSION, cap)
+        name = CAP_NAMES.get(cap)
+        if not self._mask or name is None:
+            return value
+        info = None if vm is None else self._vms.get(vm)
+        if info is not None and "mmap" in self._mask and name == "GUEST_MEMFD" \
+                and "guest_memfd" not in self._mask:
+            # 6.8 to 6.17: `!kvm || kvm_arch_has_private_mem(kvm)`.
+            return value if info.type != uapi.KVM_X86_DEFAULT_VM else 0
+        return probe.masked_cap(self._mask, name, value)
+
+    def _masked_create(self, vm: int, flags: int) -> None:
+        """What a kernel the mask stands for answers KVM_CREATE_GUEST_MEMFD on a VM fd."""
+        if vm not in self._vms:
+            return  # other fds answer as they do on every kernel
+        if "guest_memfd" in self._mask:
+            raise kernel_error(errno.ENOTTY, "no guest_memfd (masked): the VM ioctl is unknown")
+        if "mmap" in self._mask and flags:
+            raise kernel_error(errno.EINVAL, "no guest_memfd flags before 6.18 (masked)")
+
+    def _masked_memslot(self, vm: int, flags: int) -> None:
+        """check_memory_region_flags() of a kernel the mask stands for."""
+        info = self._vms.get(vm)
+        if info is None or not flags & uapi.KVM_MEM_GUEST_MEMFD:
+            return
+        if "guest_memfd" in self._mask:
+            raise kernel_error(errno.EINVAL, "KVM_MEM_GUEST_MEMFD is not a valid flag (masked)")
+        if "mmap" in self._mask and info.type == uapi.KVM_X86_DEFAULT_VM:
+            raise kernel_error(errno.EINVAL, "before 6.18 only VMs with private memory bind a "
+                                             "guest_memfd (masked)")
 
     def create_guest_memfd(self, vm: int, size: int, flags: int = 0,
                            reserved: Sequence[int] = ()) -> int:
         if len(reserved) > 6:
             raise UsageError("create_guest_memfd: reserved has 6 entries")
         res = list(reserved) + [0] * (6 - len(reserved))
+        if self._mask:
+            self._masked_create(self._fd(vm), flags)
         buf = bytearray(uapi.KVM_CREATE_GUEST_MEMFD_STRUCT.pack(size, flags, *res))
         return self._adopt(libc.ioctl_buf(self._fd(vm), uapi.KVM_CREATE_GUEST_MEMFD, buf))
 
@@ -507,6 +534,8 @@ class HostKernel:
         buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION2_STRUCT.pack(
             slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset,
             self._struct_fd(guest_memfd), 0, *([0] * 14)))
+        if self._mask:
+            self._masked_memslot(self._fd(vm), flags)
         result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
         self._record_memslot(vm, slot, guest_phys_addr, memory_size, userspace_addr)
         return result

@@ -1,0 +1,302 @@
+"""What the running kernel offers: probed once per process, asked by everything host-side.
+
+Kernels differ in exactly the ways gmemlab cares about: no /dev/kvm at all;
+KVM without guest_memfd (before Linux 6.8, or built without it); guest_memfd
+that cannot be mapped (6.8 to 6.17); guest_memfd with MMAP and INIT_SHARED
+(6.18); private VM types and per-VM memory attributes (x86 with
+CONFIG_KVM_SW_PROTECTED_VM, SEV-SNP, TDX).  `profile()` asks the kernel once
+and keeps the answer; the host kernel, the case runner, the fuzzer and the
+commands read it instead of probing on their own.
+
+A *mask* hides what the kernel has, so that every degraded path can be run on
+a kernel that has more: `kvm` hides /dev/kvm, `guest_memfd` makes KVM behave
+as one built without guest_memfd, `mmap` as guest_memfd did from 6.8 to 6.17
+(no creation flags, so no mmap; guest_memfd memslots only on VMs with private
+memory).  The mask comes from `set_mask()` (the commands' `--mask`) or the
+environment variable GMEMLAB_HOST_MASK (a comma-separated list).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .. import uapi
+from ..errors import UsageError
+from . import libc
+
+KVM_DEV = "/dev/kvm"
+MASK_ENV = "GMEMLAB_HOST_MASK"
+
+# What each mask hides, in the words a user reads in the profile.
+MASKS: dict[str, str] = {
+    "kvm": "no /dev/kvm at all (a machine without KVM)",
+    "guest_memfd": "KVM without guest_memfd (before Linux 6.8, or built without it)",
+    "mmap": "guest_memfd without creation flags, so without mmap (Linux 6.8 to 6.17)",
+}
+
+# The capabilities the profile reads on /dev/kvm, in the order it shows them.
+PROFILE_CAPS = ("VM_TYPES", "GUEST_MEMFD", "GUEST_MEMFD_FLAGS", "MEMORY_ATTRIBUTES",
+                "USER_MEMORY2", "MEMORY_FAULT_INFO", "NR_MEMSLOTS", "EXIT_HYPERCALL")
+
+# Capabilities a mask forces to zero on /dev/kvm.
+_HIDDEN_CAPS = {
+    "guest_memfd": frozenset({"GUEST_MEMFD", "GUEST_MEMFD_FLAGS"}),
+    "mmap": frozenset({"GUEST_MEMFD_FLAGS"}),
+}
+
+_MASK: list[frozenset[str]] = []  # set_mask()'s choice; empty: the environment decides
+
+
+def parse_mask(text: str | Iterable[str]) -> frozenset[str]:
+    """A mask from its names ("guest_memfd,mmap", or a list); UsageError for an unknown one."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    out = frozenset(n.strip() for n in names if n.strip() and n.strip() != "none")
+    unknown = sorted(out - set(MASKS))
+    if unknown:
+        raise UsageError(f"unknown mask {', '.join(unknown)} (known: none, {', '.join(MASKS)})")
+    return out
+
+
+def set_mask(mask: str | Iterable[str] | None) -> None:
+    """Hide these capabilities from every host-side user in this process (None: the environment's)."""
+    _MASK.clear()
+    if mask is not None:
+        _MASK.append(parse_mask(mask))
+
+
+def active_mask() -> frozenset[str]:
+    if _MASK:
+        return _MASK[0]
+    return parse_mask(os.environ.get(MASK_ENV, ""))
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    """The running kernel as gmemlab sees it (after the mask)."""
+
+    release: str
+    mask: frozenset[str]
+    kvm_missing: str | None  # why /dev/kvm cannot be used, or None
+    api_version: int | None = None
+    caps: dict[str, int] = field(default_factory=dict)  # KVM_CHECK_EXTENSION on /dev/kvm
+    access_path: str | None = None  # "mmu" or "emulator"
+    access_missing: str | None = None  # why guest accesses cannot run here
+    max_map_count: int | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.kvm_missing is None
+
+    def cap(self, name: str) -> int:
+        return self.caps.get(name, 0)
+
+    @property
+    def vm_types(self) -> int:
+        """Bit n set when VM type n can be created (only the default VM before KVM_CAP_VM_TYPES)."""
+        if not self.usable:
+            return 0
+        return self.cap("VM_TYPES") or 1 << uapi.KVM_X86_DEFAULT_VM
+
+    @property
+    def has_guest_memfd(self) -> bool:
+        return self.cap("GUEST_MEMFD") != 0
+
+    @property
+    def gmem_flags(self) -> int:
+        return self.cap("GUEST_MEMFD_FLAGS")
+
+    @property
+    def design(self) -> str:
+        """The model design whose guest_memfd behaves as this kernel's does."""
+        if self.has_guest_memfd and not self.gmem_flags & uapi.GUEST_MEMFD_FLAG_MMAP:
+            return "gmem-6.8"
+        return "gmem-6.18"
+
+    @property
+    def kind(self) -> str:
+        """One phrase for the kernel's guest_memfd generation."""
+        if not self.usable:
+            return "no KVM"
+        if not self.has_guest_memfd:
+            return "KVM without guest_memfd"
+        if not self.gmem_flags & uapi.GUEST_MEMFD_FLAG_MMAP:
+            return "guest_memfd without mmap (as 6.8 to 6.17)"
+        return "guest_memfd with mmap (as 6.18)"
+
+    def line(self) -> str:
+        """The profile in one line, as `gmemlab run` prints it first."""
+        head = f"kernel {self.release}"
+        masked = f" [masked: {', '.join(sorted(self.mask))}]" if self.mask else ""
+        if not self.usable:
+            return f"{head}: no usable /dev/kvm ({self.kvm_missing}){masked}"
+        flags = "|".join(n for n, bit in uapi.GUEST_MEMFD_FLAG_NAMES.items() if self.gmem_flags & bit) \
+            or "none"
+        types = ",".join(str(t) for t in range(32) if self.vm_types >> t & 1)
+        guest = self.access_path or "none"
+        return (f"{head}: {self.kind}; VM types {types}; guest_memfd flags {flags}; "
+                f"memory attributes {self.cap('MEMORY_ATTRIBUTES'):#x}; guest accesses via "
+                f"{guest}{masked}")
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(what, value, what it means for gmemlab) for every probed fact."""
+        rows = [("kernel", self.release, ""),
+                ("mask", ", ".join(sorted(self.mask)) or "none",
+                 "; ".join(MASKS[m] for m in sorted(self.mask)) or "the kernel as it is")]
+        if not self.usable:
+            rows.append(("/dev/kvm", "unusable", f"{self.kvm_missing}: every case runs on the model "
+                                                 "only; host tests and host fuzzing are skipped"))
+            return rows
+        rows.append(("/dev/kvm", f"API version {self.api_version}", "usable"))
+        for name in PROFILE_CAPS:
+            rows.append((f"KVM_CAP_{name}", _show(name, self.cap(name)), self._meaning(name)))
+        rows.append(("guest access path", self.access_path or "none",
+                     self.access_missing or _PATH_MEANING.get(self.access_path or "", "")))
+        rows.append(("vm.max_map_count", str(self.max_map_count) if self.max_map_count else "unknown",
+                     "VMAs one process may have: page-granular sharing stops there"))
+        rows.append(("model design compared", self.design,
+                     "the host's results are compared with the model under this design"))
+        return rows
+
+    def _meaning(self, name: str) -> str:
+        value = self.cap(name)
+        if name == "VM_TYPES":
+            if self.vm_types & ~1:
+                return "VM types with private memory exist: their cases run here"
+            return ("only the default VM: cases that create a VM with private memory "
+                    "(SW_PROTECTED, SNP, TDX) are not applicable here")
+        if name == "GUEST_MEMFD":
+            return "guest_memfd exists" if value else \
+                "no guest_memfd: cases that create one are not applicable here"
+        if name == "GUEST_MEMFD_FLAGS":
+            if not self.has_guest_memfd:
+                return "no guest_memfd"
+            missing = [n for n, bit in (("MMAP", uapi.GUEST_MEMFD_FLAG_MMAP),
+                                        ("INIT_SHARED", uapi.GUEST_MEMFD_FLAG_INIT_SHARED))
+                       if not value & bit]
+            if not missing:
+                return "guest_memfd can be mapped and start shared"
+            return (f"no {' or '.join(missing)}: cases that create a guest_memfd with "
+                    f"{'/'.join(missing)} are not applicable; the host is compared with "
+                    f"design {self.design}")
+        if name == "MEMORY_ATTRIBUTES":
+            return "KVM_SET_MEMORY_ATTRIBUTES exists" if value else \
+                ("no KVM_SET_MEMORY_ATTRIBUTES: cases that set attributes are not applicable "
+                 "(those that expect its ENOTTY still run)")
+        if name == "USER_MEMORY2":
+            return "KVM_SET_USER_MEMORY_REGION2 exists" if value else \
+                "no KVM_SET_USER_MEMORY_REGION2: cases that use it are not applicable"
+        if name == "MEMORY_FAULT_INFO":
+            return "memory-fault exits report gpa, size and flags" if value else \
+                "no memory-fault exits: cases that expect one are not applicable"
+        if name == "NR_MEMSLOTS":
+            return "memslots per address space"
+        if name == "EXIT_HYPERCALL":
+            return "hypercalls userspace can ask to see" if value else \
+                "no hypercall exits to userspace"
+        return ""
+
+
+_PATH_MEANING = {
+    "mmu": "guest accesses go through KVM's MMU: cases that require guest:emulator are "
+           "not applicable here",
+    "emulator": "guest accesses run in KVM's instruction emulator: cases that require "
+                "guest:mmu are not applicable here",
+}
+
+
+def _show(name: str, value: int) -> str:
+    if name in ("VM_TYPES", "GUEST_MEMFD_FLAGS", "MEMORY_ATTRIBUTES", "EXIT_HYPERCALL"):
+        return f"{value:#x}"
+    return str(value)
+
+
+def kvm_missing(mask: frozenset[str] | None = None) -> str | None:
+    """Why /dev/kvm cannot be used here, or None (cheap: no guest is run)."""
+    mask = active_mask() if mask is None else mask
+    if "kvm" in mask:
+        return "hidden by the mask 'kvm'"
+    try:
+        fd = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open {KVM_DEV}: {exc.strerror}"
+    try:
+        version = libc.ioctl_int(fd, uapi.KVM_GET_API_VERSION, 0)
+    except OSError as exc:
+        return f"KVM_GET_API_VERSION failed: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if version != uapi.KVM_API_VERSION:
+        return f"KVM API version {version}, expected {uapi.KVM_API_VERSION}"
+    return None
+
+
+def masked_cap(mask: frozenset[str], name: str, value: int) -> int:
+    """What KVM_CHECK_EXTENSION(name) on /dev/kvm answers under the mask."""
+    if any(name in _HIDDEN_CAPS.get(m, ()) for m in mask):
+        return 0
+    return value
+
+
+def profile() -> KernelProfile:
+    """The running kernel's profile under the active mask (probed once per mask)."""
+    return _probe(active_mask())
+
+
+def reset() -> None:
+    """Forget every probed profile (tests that change what the kernel shows)."""
+    _probe.cache_clear()
+
+
+@functools.cache
+def _probe(mask: frozenset[str]) -> KernelProfile:
+    release = os.uname().release
+    missing = kvm_missing(mask)
+    if missing is not None:
+        return KernelProfile(release=release, mask=mask, kvm_missing=missing,
+                             access_missing="no usable /dev/kvm", max_map_count=_max_map_count())
+    fd = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        version = libc.ioctl_int(fd, uapi.KVM_GET_API_VERSION, 0)
+        caps = {name: masked_cap(mask, name, _check(fd, uapi.CAPS[name])) for name in PROFILE_CAPS}
+    finally:
+        os.close(fd)
+    partial = KernelProfile(release=release, mask=mask, kvm_missing=None, api_version=version,
+                            caps=caps, max_map_count=_max_map_count())
+    path, why = _access_path(partial)
+    return KernelProfile(release=release, mask=mask, kvm_missing=None, api_version=version,
+                         caps=caps, access_path=path, access_missing=why,
+                         max_map_count=partial.max_map_count)
+
+
+def _check(fd: int, cap: int) -> int:
+    try:
+        return libc.ioctl_int(fd, uapi.KVM_CHECK_EXTENSION, cap)
+    except OSError:
+        return 0
+
+
+def _max_map_count() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _access_path(partial: KernelProfile) -> tuple[str | None, str | None]:
+    """Who executes a guest access here, or why no guest can run."""
+    from ..vmm import asm
+    from ..vmm.errors import VmmError
+
+    why = asm.missing_reason()
+    if why is not None:
+        return None, why
+    from .guest import probe_access_path
+
+    try:
+        return probe_access_path(partial.has_guest_memfd), None
+    except (OSError, VmmError, UsageError) as exc:
+        return None, f"the guest-path probe failed: {exc}"
