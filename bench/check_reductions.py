@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from gmemlab.checker import Options, check, load
+from gmemlab.errors import script_main
 
 HERE = Path(__file__).resolve().parent
 MODES = {
@@ -55,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, "check_reductions")

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from gmemlab.checker import NONE, Options, check, load
+from gmemlab.errors import script_main
 
 HERE = Path(__file__).resolve().parent
 PML = HERE / "seed_default.pml"
@@ -290,4 +291,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, "check_vs_spin")

@@ -126,7 +126,7 @@ static int exits(const char *guest_path, long n)
 	return 0;
 }
 
-static int copy(long region_size, long size, int sweeps)
+static int copy(long region_size, long size, int sweeps, int use_gmem)
 {
 	int kvm, vm, gmem, s;
 	uint8_t *map, *src, *dst, *fresh;
@@ -140,9 +140,16 @@ static int copy(long region_size, long size, int sweeps)
 	vm = ioctl(kvm, KVM_CREATE_VM, 0);
 	if (vm < 0)
 		die("KVM_CREATE_VM");
-	gmem = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args);
-	if (gmem < 0)
-		die("KVM_CREATE_GUEST_MEMFD");
+	if (use_gmem) {
+		gmem = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args);
+		if (gmem < 0)
+			die("KVM_CREATE_GUEST_MEMFD");
+	} else {
+		/* A kernel without guest_memfd: the same copies through a memfd. */
+		gmem = memfd_create("host_baseline", 0);
+		if (gmem < 0 || ftruncate(gmem, region_size) < 0)
+			die("memfd");
+	}
 	map = mmap(NULL, region_size, PROT_READ | PROT_WRITE, MAP_SHARED, gmem, 0);
 	if (map == MAP_FAILED)
 		die("mmap guest_memfd");
@@ -186,8 +193,8 @@ int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "exits"))
 		return exits(argv[2], atol(argv[3]));
-	if (argc == 5 && !strcmp(argv[1], "copy"))
-		return copy(atol(argv[2]), atol(argv[3]), atoi(argv[4]));
-	fprintf(stderr, "usage: host_baseline exits GUEST.bin N | copy REGION SIZE SWEEPS\n");
+	if (argc == 6 && !strcmp(argv[1], "copy"))
+		return copy(atol(argv[2]), atol(argv[3]), atoi(argv[4]), !strcmp(argv[5], "gmem"));
+	fprintf(stderr, "usage: host_baseline exits GUEST.bin N | copy REGION SIZE SWEEPS gmem|memfd\n");
 	return 2;
 }

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from gmemlab.errors import script_main
 from gmemlab.model import ModelKernel
 from gmemlab.model.ranges import RangeMap
 
@@ -156,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, "ranges_bench")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from rich.console import Console
 from rich.table import Table
 
+from gmemlab.errors import script_main
 from gmemlab.model.designs import DESIGNS
 from gmemlab.scenarios.dma_pool import PoolResult, share_pool
 
@@ -108,4 +109,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, "dma_pool_every_design")

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gmemlab import uapi
+from gmemlab.errors import script_main
 from gmemlab.scenarios.pkvm_pool import share_pool_in_one_slot, share_pool_per_unit
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -82,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main, "pkvm_dma_pool")

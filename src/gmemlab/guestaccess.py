@@ -25,7 +25,7 @@ How KVM resolves each step depends on who executes the guest's instruction
   memslot's userspace_addr, guest_memfd-only or not, and any step it cannot
   complete there becomes an MMIO exit (emulator_read_write_onepage).  This is
   how every guest instruction runs on a PVM host for a vCPU outside PVM mode
-  (this machine, see ../shared/reference/machine.md section 1).
+  (a PVM host; docs/CONFORMANCE.md, "Guest access paths").
 """
 
 from __future__ import annotations

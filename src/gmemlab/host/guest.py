@@ -1,7 +1,7 @@
 """guest_access on the running kernel: a real guest performs the access.
 
 The access is done by `vmm/guests/access.s` in 64-bit mode on the case's
-own vCPU, and reported back through port I/O (this machine's KVM gives no
+own vCPU, and reported back through port I/O (a PVM host's KVM gives no
 exit for vmcall).  The program needs memory of its own in the guest: code,
 page tables, a GDT and IDT, a stack and a buffer for the bytes it moves.
 

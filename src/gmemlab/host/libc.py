@@ -180,7 +180,7 @@ def load(addr: int, length: int) -> bytes:
     """A new bytes object holding [addr, addr+length), which must be safe to read.
 
     A large result is fresh memory that the copy faults in page by page; it
-    asks for transparent huge pages first (this machine's THP mode is
+    asks for transparent huge pages first (where the THP mode is
     madvise), which makes the first touch several times cheaper.
     """
     if length < 2 * HUGE:

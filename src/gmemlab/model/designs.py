@@ -19,12 +19,13 @@ from ..errors import UsageError
 
 
 class Design:
-    """The Linux 6.18 guest_memfd: this machine's kernel."""
+    """The Linux 6.18 guest_memfd, on x86-64 as KVM on PVM builds it."""
 
     name: ClassVar[str] = "gmem-6.18"
-    summary: ClassVar[str] = "guest_memfd with MMAP and INIT_SHARED (Linux 6.18; this machine's kernel)"
+    summary: ClassVar[str] = "guest_memfd with MMAP and INIT_SHARED (Linux 6.18)"
     # VM types the model can create; the default VM plus the software-protected
-    # VM that this machine's kernel lacks but the model implements, and an
+    # VM that kernels built without CONFIG_KVM_SW_PROTECTED_VM lack but the
+    # model implements, and an
     # arm64 protected VM under pKVM (guest_memfd's host mmap was written for it).
     vm_types: ClassVar[frozenset[int]] = frozenset({uapi.KVM_X86_DEFAULT_VM,
                                                     uapi.KVM_X86_SW_PROTECTED_VM,
@@ -37,8 +38,8 @@ class Design:
     def supports_attributes(self, vm_type: int) -> bool:
         """Whether KVM_SET_MEMORY_ATTRIBUTES exists for the VM (ENOTTY if not).
 
-        The default VM answers ENOTTY, as this machine's kernel (built without
-        CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES) does.
+        The default VM answers ENOTTY, as a kernel built without
+        CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES does.
         """
         return self.has_private_mem(vm_type)
 

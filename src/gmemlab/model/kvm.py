@@ -32,8 +32,8 @@ KVM_MAX_VCPUS = 4096
 NR_ADDRESS_SPACES = 1  # KVM_CAP_MULTI_ADDRESS_SPACE reports 0: no SMM
 V1_FLAGS = uapi.KVM_MEM_LOG_DIRTY_PAGES | uapi.KVM_MEM_READONLY
 
-# Capabilities whose value does not depend on the VM or the design: this
-# machine's values (../shared/reference/guest_memfd.md section 0).
+# Capabilities whose value does not depend on the VM or the design: those of
+# Linux 6.18 on x86-64 built as KVM on PVM (no SMM, no pre-fault).
 FIXED_CAPS = {
     uapi.KVM_CAP_NR_MEMSLOTS: uapi.KVM_USER_MEM_SLOTS,
     uapi.KVM_CAP_READONLY_MEM: 1,
@@ -232,7 +232,8 @@ class KvmOps(GmemOps, MmOps):
         """kvm_vm_ioctl_set_mem_attributes' checks, then the design's veto."""
         if not self.design.supports_attributes(kvm.type):
             raise kernel_error(errno.ENOTTY, "KVM_SET_MEMORY_ATTRIBUTES is not available "
-                               "for this VM (as on this machine's kernel)")
+                               "for this VM (a kernel built without "
+                               "CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES)")
         if flags:
             raise kernel_error(errno.EINVAL, "flags must be 0")
         if attributes & ~uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
@@ -362,7 +363,7 @@ class KvmOps(GmemOps, MmOps):
         return b"" if write else bytes(out)
 
 
-    # --- guest hypercalls (model only: this machine's kernel gives no exit) -------------
+    # --- guest hypercalls (model only: on a PVM host a guest's vmcall gives no exit) ------
 
     def guest_hypercall(self, vcpu: int, nr: int, args: Sequence[int] = ()) -> GuestHypercall:
         """A 64-bit guest at CPL 0 executes vmcall with RAX = nr and the args

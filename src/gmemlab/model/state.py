@@ -130,7 +130,7 @@ class Vm:
     refs: int = 0  # VM fds + guest_memfd files + vCPU files
     alive: bool = True
     memslots: dict[int, Memslot] = field(default_factory=dict)
-    # gfn -> memslot key, per address space 0 (the only one on this machine)
+    # gfn -> memslot key, per address space 0 (the only one without SMM)
     gfn_slots: RangeMap[int | None] = field(default_factory=lambda: RangeMap(None, GFN_LIMIT))
     attributes: RangeMap[int] = field(default_factory=lambda: RangeMap(0, GFN_LIMIT))
     vcpus: set[int] = field(default_factory=set)
