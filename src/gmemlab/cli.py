@@ -47,6 +47,8 @@ def run(
     from .mainjob import main_job
 
     _apply_mask(mask)
+    if json_file and not Path(json_file).resolve().parent.is_dir():
+        _fail_usage(f"cannot write {json_file}: no such folder")
     try:
         ok = main_job(host=host, verbose=verbose, json_file=json_file)
     except UsageError as exc:

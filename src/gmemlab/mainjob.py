@@ -23,6 +23,7 @@ from rich.table import Table
 from .conform import bundled_cases, collect, kernel_factory
 from .conform.cases import Case, CaseFile
 from .conform.runner import Result, run_case, run_files
+from .errors import UsageError
 
 # Designs that stand for a mainline kernel: a case written for one of them is
 # compared with the host under the design that matches the host's profile.
@@ -222,7 +223,10 @@ def main_job(host: bool = True, verbose: bool = False, json_file: str | None = N
     if json_file:
         doc = report.as_json()
         doc["checker"] = checker_line
-        Path(json_file).write_text(json.dumps(doc, indent=2) + "\n")
+        try:
+            Path(json_file).write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {json_file}: {exc.strerror}") from None
         console.print(f"[dim]every case's result: {json_file}[/dim]")
     elif not verbose:
         console.print("[dim]every case's result: gmemlab run --verbose, or --json FILE[/dim]")
