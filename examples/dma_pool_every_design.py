@@ -86,7 +86,11 @@ def main() -> None:
     console.print(f"[bold]1. a pKVM guest shares a {size(pool)} DMA pool page by page, then gives "
                   "every other page back[/bold]\n")
     start = time.perf_counter()
-    results = [share_pool(d, pool_pages=pool, slot_pages=pool + 128) for d in ORDER if d in DESIGNS]
+    results = []
+    designs = [d for d in ORDER if d in DESIGNS]
+    for n, d in enumerate(designs, 1):
+        with console.status(f"   design {n} of {len(designs)}: {d}..."):
+            results.append(share_pool(d, pool_pages=pool, slot_pages=pool + 128))
     console.print(outcome(results, pool))
     console.print(costs(results))
     console.print(f"   ({len(results)} designs in {time.perf_counter() - start:.1f} s.  Hypercalls "
@@ -94,7 +98,8 @@ def main() -> None:
                   "to the shared pages.  'kept': the guest still has its bytes, privately.)")
 
     console.print("\n[bold]2. page-mmap's VMAs: one per run of pages still shared[/bold]")
-    small = share_pool("page-mmap", pool_pages=1024, slot_pages=1024 + 64, max_map_count=300)
+    with console.status("   page-mmap on a 4 MiB pool..."):
+        small = share_pool("page-mmap", pool_pages=1024, slot_pages=1024 + 64, max_map_count=300)
     console.print(f"   a 4 MiB pool, vm.max_map_count = 300: {small.verdict}; "
                   f"refusals: {dict(small.failures)}")
     console.print("   Each page given back inside the pool splits a VMA, so at the default "
@@ -102,7 +107,8 @@ def main() -> None:
                   "(a 512 MiB pool at 4 KiB); the other designs keep one VMA.")
     if args.scale:
         start = time.perf_counter()
-        big = share_pool("page-mmap", pool_pages=131072, slot_pages=131072 + 64)
+        with console.status("   page-mmap on a 512 MiB pool up to vm.max_map_count (about 40 s)..."):
+            big = share_pool("page-mmap", pool_pages=131072, slot_pages=131072 + 64)
         console.print(f"   512 MiB pool, vm.max_map_count = 65530: {big.verdict}; VMAs "
                       f"{big.vmas_after}; refusals {dict(big.failures)} "
                       f"({time.perf_counter() - start:.0f} s)")

@@ -46,7 +46,8 @@ def main() -> None:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
     slot_pages, pool_first, pool_pages = 1024, 256, 64
-    one = share_pool_in_one_slot(args.design, slot_pages, pool_first, pool_pages)
+    with console.status("   sharing the pool page by page..."):
+        one = share_pool_in_one_slot(args.design, slot_pages, pool_first, pool_pages)
     console.print(f"[bold]1. design {args.design}: guest memory in one memslot "
                   f"({size(slot_pages * 4096)}), a {size(pool_pages * 4096)} DMA pool "
                   "shared page by page[/bold]")
@@ -67,9 +68,10 @@ def main() -> None:
     runs = [(4 * MIB, 4 * KIB), (2 * GIB, 2 * MIB), (256 * MIB, 64 * KIB)]
     if not args.quick:
         runs += [(2 * GIB, 64 * KIB), (2 * GIB, 4 * KIB)]
-    for pool, unit in runs:
+    for n, (pool, unit) in enumerate(runs, 1):
         start = time.perf_counter()
-        r = share_pool_per_unit(args.design, pool // 4096, unit // 4096)
+        with console.status(f"   run {n} of {len(runs)}: a {size(pool)} pool in {size(unit)} units..."):
+            r = share_pool_per_unit(args.design, pool // 4096, unit // 4096)
         outcome = "[green]all mapped[/green]" if r.completed else f"[red]{r.stopped_by}[/red]"
         table.add_row(size(pool), size(unit), str(r.units_needed), str(r.memslots), str(r.mappings),
                       str(r.syscalls), outcome, f"{time.perf_counter() - start:.1f} s")

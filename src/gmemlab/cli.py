@@ -12,11 +12,30 @@ import typer
 from .errors import UsageError, internal_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Restricted guest memory on Linux/KVM: an exact model, the real "
                        "kernel, and the same cases on both.")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"gmemlab {version('gmemlab')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print gmemlab's version and exit.")] = False,
+) -> None:
+    """Restricted guest memory on Linux/KVM: an exact model, the real kernel, and the same
+    cases on both.  Exit status: 0 all is well; 1 a failed case, a disagreement, a
+    divergence or a violated promise; 2 bad input or an internal error."""
+
 MaskOption = Annotated[str | None, typer.Option(
-    "--mask", help="Hide kernel features, to see what a kernel without them gets: kvm, "
+    "--mask", metavar="MASK", help="Hide kernel features, to see what a kernel without them gets: kvm, "
                    "guest_memfd, mmap (comma-separated; default: $GMEMLAB_HOST_MASK).")]
 
 
@@ -39,7 +58,7 @@ def run(
     host: Annotated[bool, typer.Option(help="Also run on the host kernel where /dev/kvm allows.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print every case's "
                                                                   "result.")] = False,
-    json_file: Annotated[str | None, typer.Option("--json", help="Write every case's result "
+    json_file: Annotated[str | None, typer.Option("--json", metavar="FILE", help="Write every case's result "
                                                                  "here.")] = None,
     mask: MaskOption = None,
 ) -> None:
@@ -59,7 +78,7 @@ def run(
 
 @app.command("host")
 def host_profile(
-    json_file: Annotated[str | None, typer.Option("--json", help="Also write the profile "
+    json_file: Annotated[str | None, typer.Option("--json", metavar="FILE", help="Also write the profile "
                                                                  "here.")] = None,
     mask: MaskOption = None,
 ) -> None:
@@ -89,6 +108,28 @@ def host_profile(
         _write(json_file, json.dumps(doc, indent=2) + "\n")
 
 
+LISTS = ("designs", "scenarios", "ops", "mutants", "workloads")
+
+
+@app.command("list")
+def list_things(
+    what: Annotated[str, typer.Argument(metavar="|".join(LISTS),
+                                        help="What to list, one line each.")],
+) -> None:
+    """List the model's designs, the bundled scenarios, the case-file operations, the
+    checker's mutants or the comparison's workloads."""
+    from .listing import listing
+
+    try:
+        rows = listing(what)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, line in rows:
+        print(f"{name:<{width}}  {line}".rstrip())
+
+
 def _write(path: str, text: str) -> None:
     try:
         Path(path).write_text(text)
@@ -98,11 +139,15 @@ def _write(path: str, text: str) -> None:
 
 @app.command()
 def conform(
-    paths: Annotated[list[str], typer.Argument(help="Case files or folders of case files.")],
-    kernel: Annotated[str, typer.Option("--kernel", help="model or host")] = "model",
+    paths: Annotated[list[str], typer.Argument(metavar="PATH...",
+                                                help="Case files or folders of case files.")],
+    kernel: Annotated[str, typer.Option("--kernel", metavar="model|host",
+                                        help="The kernel that runs the cases.")] = "model",
     design: Annotated[str | None, typer.Option(
-        "--design", help="Run every case on this model design instead of the one it names.")] = None,
-    json_file: Annotated[str | None, typer.Option("--json", help="Also write the results here.")] = None,
+        "--design", metavar="NAME",
+        help="Run every case on this model design instead of the one it names.")] = None,
+    json_file: Annotated[str | None, typer.Option("--json", metavar="FILE",
+                                                  help="Also write the results here.")] = None,
     mask: MaskOption = None,
 ) -> None:
     """Run case files (CASES.md format) and print PASS/FAIL/SKIP per case."""
@@ -129,29 +174,41 @@ def conform(
 
 @app.command()
 def check(
-    scenario: Annotated[str, typer.Argument(help="A scenario file, or the name of a bundled one "
-                                                 "(seed_default, ...).")],
-    design: Annotated[str | None, typer.Option("--design", help="Check on this design instead of "
-                                                                "the scenario's own.")] = None,
+    scenario: Annotated[str, typer.Argument(
+        metavar="SCENARIO", help="A scenario file, or the name of a bundled one (gmemlab list "
+                                 "scenarios).")],
+    design: Annotated[str | None, typer.Option(
+        "--design", metavar="NAME", help="Check on this design instead of the scenario's "
+                                         "own.")] = None,
     all_promises: Annotated[bool, typer.Option(
         "--all", help="Go on after the first violation: each promise's shortest counterexample.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Explore in this many processes.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N",
+                                      help="Explore in this many processes.")] = 1,
     fingerprints: Annotated[bool, typer.Option(help="Keep 128-bit fingerprints of visited states "
                                                     "(else the states).")] = True,
     symmetry: Annotated[bool, typer.Option(help="Reduce by the scenario's symmetries.")] = True,
     por: Annotated[bool, typer.Option("--por/--no-por", help="Partial-order reduction.")] = True,
     memo: Annotated[bool, typer.Option(help="Reuse a step's result where it read the same state.")] = True,
-    max_states: Annotated[int, typer.Option(help="Stop after this many states (0: no limit).")] = 0,
+    max_states: Annotated[int, typer.Option(metavar="N",
+                                            help="Stop after this many states (0: no limit).")] = 0,
     engine: Annotated[str, typer.Option(
-        "--engine", help="Who searches: auto (the compiled core where it can, else Python), c, "
-                         "python.")] = "auto",
+        "--engine", metavar="auto|c|python",
+        help="Who searches: auto (the compiled core where it can, else Python), c, "
+             "python.")] = "auto",
     case_out: Annotated[str | None, typer.Option(
-        "--case-out", help="Write the counterexample case file here "
-                           "(default: counterexamples/SCENARIO-DESIGN.toml).")] = None,
+        "--case-out", metavar="FILE",
+        help="Write the counterexample case file here, and its sequence chart beside it as .svg "
+             "(default: $XDG_STATE_HOME/gmemlab/counterexamples/SCENARIO-DESIGN.toml, "
+             "~/.local/state/gmemlab/... without XDG_STATE_HOME).")] = None,
+    html_file: Annotated[str | None, typer.Option(
+        "--html", metavar="FILE", help="Also write an HTML report: the verdict, each "
+                                       "counterexample's sequence chart, steps and case file.")] = None,
     no_case: Annotated[bool, typer.Option("--no-case", help="Write no case file.")] = False,
-    json_file: Annotated[str | None, typer.Option("--json", help="Also write the verdict here.")] = None,
+    json_file: Annotated[str | None, typer.Option("--json", metavar="FILE",
+                                                  help="Also write the verdict here.")] = None,
     mutant: Annotated[str | None, typer.Option(
-        "--mutant", help="Check a deliberately broken variant (gmemlab.checker.mutations).")] = None,
+        "--mutant", metavar="NAME",
+        help="Check a deliberately broken variant (gmemlab list mutants).")] = None,
 ) -> None:
     """Explore every interleaving of a scenario's actors on the model; prove the
     promises or print the shortest counterexample (and write it as a case file)."""
@@ -166,7 +223,7 @@ def check(
         code = run_check(scenario, design, all_promises=all_promises, jobs=jobs,
                          fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                          max_states=max_states, case_out=None if no_case else (case_out or ""),
-                         json_file=json_file, mutant=mutant, engine=engine)
+                         json_file=json_file, mutant=mutant, engine=engine, html_file=html_file)
     except UsageError as exc:
         _fail_usage(str(exc))
         return
@@ -175,21 +232,32 @@ def check(
 
 @app.command()
 def fuzz(
-    kernel_pair: Annotated[str, typer.Option("--kernel-pair", help="The kernels to compare.")] = "model,host",
-    examples: Annotated[int, typer.Option("--examples", help="Random operation sequences to run.")] = 1000,
-    steps: Annotated[int, typer.Option("--steps", help="Operations per sequence at most.")] = 30,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: a fixed one).")] = None,
-    out: Annotated[str | None, typer.Option("--out", help="Also write a divergence's case here.")] = None,
+    kernel_pair: Annotated[str, typer.Option(
+        "--kernel-pair", metavar="A,B",
+        help="The kernels to compare: model,host (the model design matching the running "
+             "kernel), model:DESIGN,host, or model:DESIGN,model:DESIGN (every difference "
+             "between two designs).")] = "model,host",
+    examples: Annotated[int, typer.Option("--examples", metavar="N",
+                                          help="Random operation sequences to run.")] = 1000,
+    steps: Annotated[int, typer.Option("--steps", metavar="N",
+                                       help="Operations per sequence at most.")] = 30,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="S",
+                                             help="Random seed (default: a fixed one).")] = None,
+    out: Annotated[str | None, typer.Option("--out", metavar="FILE",
+                                            help="Also write the case file(s) found here.")] = None,
     mask: MaskOption = None,
 ) -> None:
-    """Differential testing: random operation sequences on the model and the host at once.
+    """Differential testing: random operation sequences on two kernels at once.
 
-    Any divergence is printed as a minimal case file (CASES.md format) that
-    `gmemlab conform` runs; the exit status is then 1.
+    Model against host: a divergence is printed as a minimal case file (CASES.md
+    format) that `gmemlab conform` runs, and the exit status is 1.  Two designs:
+    every distinct difference, each as a minimal case, shortest first (exit 0:
+    differences between designs are the finding, not a failure).
     """
     from .fuzz import run_fuzz
 
     _apply_mask(mask)
+
     def show(report: object) -> None:
         typer.echo(f"fuzz: {report.summary()}", err=True)  # type: ignore[attr-defined]
 
@@ -204,6 +272,15 @@ def fuzz(
     interesting = ("outcome ok", "outcome errno", "outcome signal", "guest exit none",
                    "guest exit mmio", "guest exit memory_fault")
     print("  " + ", ".join(f"{k}: {report.stats[k]}" for k in interesting))
+    if report.differences:
+        names = kernel_pair.replace("model:", "").split(",")
+        cases = [d.case(f"{names[0]}-vs-{names[1]}-{n}")
+                 for n, d in enumerate(report.differences, 1)]
+        for n, (d, case) in enumerate(zip(report.differences, cases, strict=True), 1):
+            print(f"\n{n}. {d.message} ({len(d.steps)} steps)\n\n{case}", end="")
+        if out:
+            _write(out, "\n".join(cases))
+        raise typer.Exit(0)
     if report.divergence is not None:
         case = report.divergence.case()
         print(f"\n{report.divergence.message}\n\n{case}", end="")

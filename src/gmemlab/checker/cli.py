@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import check, promises
+from .chart import html_report, sequence_chart
 from .compiled import NativeError
 from .explore import Options, Progress, Verdict
 from .reduce import ReductionError
@@ -29,7 +31,7 @@ class ProgressDisplay:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.live: Live | None = None
-        self.last_line = 0.0
+        self.last_line: float | None = None  # when the last line went to a non-terminal
 
     def __call__(self, p: Progress) -> None:
         if p.elapsed < SHOW_AFTER:
@@ -42,7 +44,8 @@ class ProgressDisplay:
                 self.live = Live(Text(text), console=self.console, transient=True, auto_refresh=False)
                 self.live.start()
             self.live.update(Text(text), refresh=True)
-        elif p.elapsed - self.last_line >= 5:
+        elif self.last_line is None or p.elapsed - self.last_line >= 5:
+            # A log gets the first line after a second, then one every 5 s.
             self.last_line = p.elapsed
             self.console.print(text)
 
@@ -52,9 +55,17 @@ class ProgressDisplay:
             self.live = None
 
 
+def counterexample_dir() -> Path:
+    """Where counterexample case files go unless the user says: $XDG_STATE_HOME/gmemlab
+    (~/.local/state/gmemlab), never the current directory."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gmemlab" / "counterexamples"
+
+
 def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, fingerprints: bool,
               symmetry: bool, por: bool, memo: bool, max_states: int, case_out: str | None,
-              json_file: str | None, mutant: str | None = None, engine: str = "auto") -> int:
+              json_file: str | None, mutant: str | None = None, engine: str = "auto",
+              html_file: str | None = None) -> int:
     """Check and print; the exit status (0 holds, 1 violated or incomplete)."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
@@ -109,11 +120,16 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
                   f"(--max-states {max_states} reached)")
     for cex, rp in replays:
         _print_counterexample(out, cex, rp, verdict, stats)
+    command = _command(sc, name, all_promises)
+    texts = [case_text(sc, verdict, cex, rp, command) for cex, rp in replays]
     if replays and case_out is not None:
-        path = Path(case_out) if case_out else Path("counterexamples") / f"{sc.name}-{sc.design}.toml"
-        command = _command(sc, name, all_promises)
+        path = Path(case_out) if case_out else \
+            counterexample_dir() / f"{sc.name}-{sc.design}{'-' + mutant if mutant else ''}.toml"
+        chart = path.with_suffix(".svg")
         try:
-            write_cases(path, [case_text(sc, verdict, cex, rp, command) for cex, rp in replays])
+            write_cases(path, texts)
+            cex, rp = replays[0]
+            chart.write_text(sequence_chart(sc, verdict, cex, rp))
         except OSError as exc:
             out.print(f"[red]cannot write {path}: {exc.strerror}[/red]")
             return 2
@@ -122,6 +138,15 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
                       "tests/test_mutations.py runs such cases)")
         else:
             out.print(f"case file: {path} (reproduce: gmemlab conform {path} --kernel model)")
+        out.print(f"sequence chart of the {replays[0][0].promise} counterexample: {chart}")
+    if html_file:
+        found = [(cex, rp, text) for (cex, rp), text in zip(replays, texts, strict=True)]
+        try:
+            Path(html_file).write_text(html_report(sc, verdict, found, command))
+        except OSError as exc:
+            out.print(f"[red]cannot write {html_file}: {exc.strerror}[/red]")
+            return 2
+        out.print(f"report: {html_file}")
     if json_file:
         Path(json_file).write_text(json.dumps(verdict_json(verdict, elapsed), indent=2) + "\n")
     return 0 if verdict.holds else 1

@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -90,8 +91,17 @@ def _build(cc: str, where: Path, path: Path) -> str:
     except OSError as exc:
         return f"cannot write {where}: {exc.strerror}"
     try:
-        out = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                             timeout=300)
+        # The first check after an install or an upgrade waits for this: say so.
+        from rich.console import Console
+
+        err = Console(stderr=True, highlight=False)
+        with err.status("building the checker's compiled core (once per version of gmemlab)..."):
+            start = time.perf_counter()
+            out = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
+                                 text=True, timeout=300)
+        if not err.is_terminal:
+            err.print(f"built the checker's compiled core in {time.perf_counter() - start:.1f} s: "
+                      f"{path}")
         if out.returncode != 0:
             first = (out.stderr.strip().splitlines() or ["(no message)"])[0]
             return f"{Path(cc).name} failed on {SOURCE.name}: {first}"

@@ -44,31 +44,35 @@ from ..interface import Kernel
 from .steps import Handle, Outcome, Ref, Region, Step, render_case, run_side
 
 P = uapi.PAGE_SIZE
-SIDES = ("model", "host")
-REFERENCE = "host"
+SIDES = ("a", "b")  # the two kernels of the pair
+REFERENCE = "b"  # the kernel whose outcome a divergence's case expects (the host)
 
 
 class Divergence(AssertionError):
     """The kernels disagreed at the last of `steps`; `case()` is a runnable case file."""
 
-    def __init__(self, steps: list[Step], requires: list[str]) -> None:
+    def __init__(self, steps: list[Step], requires: list[str],
+                 labels: dict[str, str] | None = None, header: dict[str, str] | None = None) -> None:
         self.steps = steps
         self.requires = requires
+        self.labels = labels or {"a": "model", "b": "host"}
+        self.header = header or {}  # the case's kernel and design, when not model against host
         super().__init__(self.message)
 
     @property
     def message(self) -> str:
         step = self.steps[-1]
-        model, host = step.outcomes["model"], step.outcomes["host"]
+        a, b = step.outcomes["a"], step.outcomes["b"]
         return (f"divergence at step {len(self.steps)} ({step.op}): "
-                f"model {model.describe()}, host {host.describe()}")
+                f"{self.labels['a']} {a.describe()}, {self.labels['b']} {b.describe()}")
 
     def case(self, case_id: str = "fuzz-divergence") -> str:
         step = self.steps[-1]
-        model, host = step.outcomes["model"], step.outcomes["host"]
+        a, b = step.outcomes["a"], step.outcomes["b"]
         uses_guest = any(s.op == "guest_access" for s in self.steps)
         return render_case(self.steps, case_id, REFERENCE, self.requires if uses_guest else [],
-                           f"model: {model.describe()}; host: {host.describe()}")
+                           f"{self.labels['a']}: {a.describe()}; {self.labels['b']}: "
+                           f"{b.describe()}", self.labels, self.header)
 
 
 KernelPair = tuple[Callable[[], Kernel], Callable[[], Kernel]]
@@ -110,6 +114,10 @@ class Offer:
     guest_access: bool = True
     attributes: bool = True  # KVM_SET_MEMORY_ATTRIBUTES answers alike on both
     caps: tuple[int, ...] = CAPS
+    # Two models: the software-protected VM (which a host may lack) and the
+    # model-only conversion ioctl of the in-place designs are asked too.
+    private_vms: bool = False
+    model_only: bool = False
     left_out: tuple[str, ...] = ()
 
     @property
@@ -131,18 +139,31 @@ class DifferentialMachine(RuleBasedStateMachine):
     factories: ClassVar[KernelPair]
     offer: ClassVar[Offer] = Offer()
     requires: ClassVar[list[str]] = []
+    labels: ClassVar[dict[str, str]] = {"a": "model", "b": "host"}
+    header: ClassVar[dict[str, str]] = {}
+    # Set to collect every divergence instead of stopping at the first (two
+    # designs differ in many ways, and each is a finding): an example that
+    # diverged is recorded here and does nothing more.
+    collected: ClassVar[list[Divergence] | None] = None
+    # ... and a call that diverged once (same operation, same literal arguments)
+    # is not made again in later batches, so that they reach the differences
+    # behind it.  Within a batch `known` stays fixed (Hypothesis requires the
+    # same choices to behave the same); what a batch learns waits in `learned`.
+    known: ClassVar[set[tuple[Any, ...]]] = set()
+    learned: ClassVar[set[tuple[Any, ...]]] = set()
     observers: ClassVar[list[Callable[[DifferentialMachine], None]]] = []
     stats: ClassVar[Counter[str]] = Counter()
 
     def __init__(self) -> None:
         super().__init__()
-        self.kernels = {"model": self.factories[0](), "host": self.factories[1]()}
+        self.kernels = {"a": self.factories[0](), "b": self.factories[1]()}
         self.steps: list[Step] = []
         self.fds: list[Handle] = []
         self.regions: list[Region] = []
         self.names: Counter[str] = Counter()
         self.slots: list[tuple[Handle, int, int, int]] = []  # vm, slot, gpa, size
         self.pinned: set[str] = set()  # regions a memslot's userspace_addr points into
+        self.stopped = False  # this example diverged (when collecting)
         type(self).stats["examples"] += 1
         self.observed()
 
@@ -157,6 +178,10 @@ class DifferentialMachine(RuleBasedStateMachine):
         return f"{prefix}{self.names[prefix]}"
 
     def call(self, op: str, bind: str | None = None, **args: Any) -> Outcome:
+        if self.stopped:
+            return Outcome("usage", text="this example already diverged")
+        if self.collected is not None and _pattern(op, args) in self.known:
+            return Outcome("usage", text="a known difference")
         step = Step(op, args, bind)
         self.steps.append(step)
         for side in SIDES:
@@ -178,7 +203,13 @@ class DifferentialMachine(RuleBasedStateMachine):
         return outcome
 
     def _diverged(self, step: Step) -> None:
-        raise Divergence(list(self.steps), list(self.requires))
+        found = Divergence(list(self.steps), list(self.requires), dict(self.labels),
+                           dict(self.header))
+        if self.collected is None:
+            raise found
+        self.collected.append(found)
+        self.learned.add(_pattern(step.op, step.args))
+        self.stopped = True
 
     def _new_fd(self, op: str, kind: str, prefix: str, owner: Handle | None = None,
                 **args: Any) -> Handle | None:
@@ -187,7 +218,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         if outcome.kind != "ok":
             return None
         step = self.steps[-1]
-        handle = Handle(name, kind, step.outcomes["model"].raw, step.outcomes["host"].raw, owner)
+        handle = Handle(name, kind, step.outcomes["a"].raw, step.outcomes["b"].raw, owner)
         self.fds.append(handle)
         return handle
 
@@ -216,10 +247,12 @@ class DifferentialMachine(RuleBasedStateMachine):
                            data.draw(st.sampled_from((1, 2, 4))), data.draw(st.sampled_from((3, 3, 1))),
                            data.draw(st.integers(0, 3)), 0)
 
-    @rule(vm_type=st.sampled_from((0, 0, 0, 2, 5, -1)))
+    @rule(vm_type=st.sampled_from((0, 0, 0, 2, 5, -1, 1, 1)))
     def create_vm(self, vm_type: int) -> None:
         if len(self.fds) >= MAX_FDS:
             return
+        if vm_type == uapi.KVM_X86_SW_PROTECTED_VM and not self.offer.private_vms:
+            vm_type = 0
         if vm_type < 0:
             self._new_fd("open_kvm", "kvm", "kvm")
         else:
@@ -249,7 +282,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             if self.call("mmap", bind=name, fd=Ref(gmem), length=npages * P,
                          prot=uapi.PROT_READ | uapi.PROT_WRITE, flags=uapi.MAP_SHARED).kind == "ok":
                 step = self.steps[-1]
-                region = Region(name, step.outcomes["model"].raw, step.outcomes["host"].raw, npages)
+                region = Region(name, step.outcomes["a"].raw, step.outcomes["b"].raw, npages)
                 self.regions.append(region)
                 self.pinned.add(name)
                 uaddr = Ref(region)
@@ -287,7 +320,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                      prot=uapi.PROT_READ | uapi.PROT_WRITE, flags=flags).kind != "ok":
             return
         step = self.steps[-1]
-        region = Region(name, step.outcomes["model"].raw, step.outcomes["host"].raw, npages)
+        region = Region(name, step.outcomes["a"].raw, step.outcomes["b"].raw, npages)
         self.regions.append(region)
         self.pinned.add(name)
         outcome = self.call("set_user_memory_region2", vm=Ref(vm), slot=slot, flags=0,
@@ -364,6 +397,17 @@ class DifferentialMachine(RuleBasedStateMachine):
         elif cap == uapi.KVM_CAP_EXIT_HYPERCALL or data.draw(st.booleans()):
             self.call("enable_cap", vm=Ref(vm), cap=uapi.KVM_CAP_EXIT_HYPERCALL, args=[arg])
 
+    @precondition(lambda self: self._has("gmem") and self.offer.model_only)
+    @rule(data=st.data(), attributes=st.sampled_from((0, 8, 8)), first=pages(4),
+          npages=st.sampled_from((1, 2, 4)))
+    def convert_in_place(self, data: st.DataObject, attributes: int, first: int,
+                         npages: int) -> None:
+        """KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd (the in-place designs; ENOTTY elsewhere)."""
+        f = self._pick(data, ("gmem",))
+        assert f is not None
+        self.call("set_memory_attributes2", fd=Ref(f), offset=first * P, size=npages * P,
+                  attributes=attributes)
+
     @precondition(lambda self: bool(self.fds))
     @rule(data=st.data())
     def fstat(self, data: st.DataObject) -> None:
@@ -424,8 +468,8 @@ class DifferentialMachine(RuleBasedStateMachine):
                             offset=offset * P if fd != -1 else 0)
         if outcome.kind == "ok":
             step = self.steps[-1]
-            self.regions.append(Region(name, step.outcomes["model"].raw,
-                                       step.outcomes["host"].raw, npages))
+            self.regions.append(Region(name, step.outcomes["a"].raw,
+                                       step.outcomes["b"].raw, npages))
 
     def _range(self, data: st.DataObject) -> tuple[Region, int, int]:
         region = data.draw(st.sampled_from(self.regions))
@@ -587,10 +631,21 @@ class DifferentialMachine(RuleBasedStateMachine):
             observer(self)
 
 
+def _pattern(op: str, args: dict[str, Any]) -> tuple[Any, ...]:
+    """A call's operation and literal arguments (its fds and addresses left out)."""
+    def frozen(v: Any) -> Any:
+        return tuple(frozen(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return (op, *sorted((k, frozen(v)) for k, v in args.items() if not isinstance(v, Ref)))
+
+
 def make_machine(factories: KernelPair, requires: list[str],
                  observer: Callable[[DifferentialMachine], None] | None = None,
-                 offer: Offer | None = None) -> type[DifferentialMachine]:
+                 offer: Offer | None = None, labels: dict[str, str] | None = None,
+                 header: dict[str, str] | None = None,
+                 collect: bool = False) -> type[DifferentialMachine]:
     """A DifferentialMachine class bound to two kernel factories."""
     return type("Differential", (DifferentialMachine,),
                 {"factories": factories, "requires": requires, "offer": offer or Offer(),
+                 "collected": [] if collect else None, "known": set(), "learned": set(),
+                 "labels": labels or {"a": "model", "b": "host"}, "header": header or {},
                  "observers": [observer] if observer is not None else [], "stats": Counter()})

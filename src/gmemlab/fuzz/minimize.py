@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .machine import SIDES, KernelPair
+from .machine import REFERENCE, SIDES, KernelPair
 from .steps import Handle, Outcome, Ref, Region, Step, run_side
 
 
 def replay(steps: list[Step], factories: KernelPair) -> list[Step]:
     """Run steps on fresh kernels; the steps that ran, up to the first divergence."""
-    kernels = {"model": factories[0](), "host": factories[1]()}
+    kernels = {"a": factories[0](), "b": factories[1]()}
     bound: dict[str, Handle | Region] = {}
     done: list[Step] = []
     try:
@@ -36,7 +36,7 @@ def replay(steps: list[Step], factories: KernelPair) -> list[Step]:
             done.append(step)
             if not step.agreed:
                 break
-            if step.bind and step.outcomes["host"].kind == "ok":
+            if step.bind and step.outcomes[REFERENCE].kind == "ok":
                 bound[step.bind] = _new_target(old, step)
     finally:
         for kernel in kernels.values():
@@ -56,24 +56,25 @@ def _rebind(value: Any, bound: dict[str, Handle | Region]) -> Any:
 
 def _new_target(old: Step, step: Step) -> Handle | Region:
     assert step.bind is not None
-    model, host = step.outcomes["model"].raw, step.outcomes["host"].raw
+    a, b = step.outcomes["a"].raw, step.outcomes["b"].raw
     if old.op == "mmap":
-        return Region(step.bind, model, host, max(1, step.args.get("length", 0) >> 12))
-    return Handle(step.bind, "fd", model, host)
+        return Region(step.bind, a, b, max(1, step.args.get("length", 0) >> 12))
+    return Handle(step.bind, "fd", a, b)
 
 
-def _signature(steps: list[Step]) -> tuple[str, str, str] | None:
+def signature(steps: list[Step]) -> tuple[str, str, str] | None:
+    """What the divergence is: the operation and what each kernel answered."""
     if not steps or steps[-1].agreed:
         return None
     last = steps[-1]
-    return (last.op, last.outcomes["model"].kind, last.outcomes["host"].kind)
+    return (last.op, last.outcomes["a"].describe(), last.outcomes["b"].describe())
 
 
 def minimize(steps: list[Step], factories: KernelPair, budget: int = 400) -> list[Step]:
     """The shortest replay (greedily) that still ends in the same divergence."""
-    target = _signature(steps)
+    target = signature(steps)
     best = replay(steps, factories)
-    if target is None or _signature(best) != target:
+    if target is None or signature(best) != target:
         return steps  # not reproducible by replay: keep what Hypothesis found
     changed = True
     while changed and budget > 0:
@@ -82,7 +83,7 @@ def minimize(steps: list[Step], factories: KernelPair, budget: int = 400) -> lis
         while i >= 0 and budget > 0:
             budget -= 1
             candidate = replay(best[:i] + best[i + 1:], factories)
-            if _signature(candidate) == target and len(candidate) < len(best):
+            if signature(candidate) == target and len(candidate) < len(best):
                 best, changed = candidate, True
             i -= 1
     return best

@@ -16,7 +16,7 @@ from .. import uapi
 from ..errors import MemorySignal, UsageError
 from ..interface import GuestAccess, Stat
 
-Side = str  # "model" or "host"
+Side = str  # "a" (the first kernel of the pair) or "b" (the second: the reference)
 
 
 @dataclass(eq=False)
@@ -25,12 +25,12 @@ class Handle:
 
     name: str
     kind: str  # "kvm", "vm", "gmem", "memfd", "vcpu"
-    model: int
-    host: int
+    a: int  # the fd on each kernel of the pair
+    b: int
     vm: Handle | None = None  # the VM of a guest_memfd or vCPU
 
     def on(self, side: Side) -> int:
-        return self.model if side == "model" else self.host
+        return self.a if side == "a" else self.b
 
 
 @dataclass(eq=False)
@@ -38,12 +38,12 @@ class Region:
     """A range of address space both kernels mapped, kept mapped until munmap retires it."""
 
     name: str
-    model: int
-    host: int
+    a: int  # the address on each kernel of the pair
+    b: int
     pages: int
 
     def on(self, side: Side) -> int:
-        return self.model if side == "model" else self.host
+        return self.a if side == "a" else self.b
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class Step:
     def agreed(self) -> bool:
         if len(self.outcomes) < 2:
             return True
-        return self.outcomes["model"].key == self.outcomes["host"].key
+        return self.outcomes["a"].key == self.outcomes["b"].key
 
 
 def _value(v: Any) -> str:
@@ -188,11 +188,13 @@ def render_step(step: Step, reference: Side, full: bool) -> str:
 
 
 def render_case(steps: list[Step], case_id: str, reference: Side, requires: list[str],
-                about: str) -> str:
+                about: str, labels: dict[Side, str], header: dict[str, str] | None = None) -> str:
     """A runnable case file: every step up to the divergence, the last one expecting
     the reference kernel's outcome, with both outcomes in a comment."""
-    lines = ["# Found by gmemlab fuzz (differential: model against host).", "", "[[case]]",
+    pair = " against ".join(labels[s] for s in ("a", "b"))
+    lines = [f"# Found by gmemlab fuzz (differential: {pair}).", "", "[[case]]",
              f'id = "{case_id}"', f'about = "{about}"']
+    lines.extend(f'{key} = "{value}"' for key, value in (header or {}).items())
     if requires:
         lines.append("requires = [" + ", ".join(f'"{r}"' for r in requires) + "]")
     lines.append("steps = [")
@@ -202,7 +204,7 @@ def render_case(steps: list[Step], case_id: str, reference: Side, requires: list
             continue  # refused by both: no kernel saw it
         if last:
             for side, outcome in step.outcomes.items():
-                lines.append(f"  # {side}: {outcome.describe()}")
+                lines.append(f"  # {labels[side]}: {outcome.describe()}")
         lines.append(render_step(step, reference, full=last))
     lines.append("]")
     return "\n".join(lines) + "\n"
