@@ -59,9 +59,30 @@ def test_model_and_host_agree_on_a_short_run() -> None:
 
 
 def test_cli_refuses_unknown_pairs() -> None:
-    result = CliRunner().invoke(app, ["fuzz", "--kernel-pair", "model,model", "--examples", "1"])
-    assert result.exit_code == 2
-    assert "kernel-pair" in result.output
+    for pair in ("model,model", "host,model", "model:nope,host", "model:gmem-6.18"):
+        result = CliRunner().invoke(app, ["fuzz", "--kernel-pair", pair, "--examples", "1"])
+        assert result.exit_code == 2, pair
+        assert "kernel-pair" in result.output or "unknown design" in result.output
+
+
+def test_two_designs_every_difference_is_a_minimal_runnable_case() -> None:
+    """gmem-6.8 against gmem-6.18: what a VMM sees change when guest_memfd learns mmap."""
+    report = run_fuzz(120, "model:gmem-6.8,model:gmem-6.18", seed=4)
+    assert report.differences and not report.divergence
+    seen = set()
+    for n, diff in enumerate(report.differences):
+        last = diff.steps[-1]
+        seen.add(last.op)
+        assert last.outcomes["a"].key != last.outcomes["b"].key
+        text = diff.case(f"d{n}")
+        case = parse(tomllib.loads(text), "d.toml").cases[0]
+        assert case.error is None and case.design == "gmem-6.18" and case.kernel == "model"
+        # The case states what the second design does, and the first does something else.
+        assert run_case(case, "model", lambda c: ModelKernel("gmem-6.18")).status == "PASS"
+        failing = run_case(case, "model", lambda c: ModelKernel("gmem-6.8"))
+        assert failing.status == "FAIL" and failing.step == len(case.steps), text
+    # 6.18's creation flags are among the first differences anyone meets.
+    assert "create_guest_memfd" in seen or "check_extension" in seen
 
 
 def test_kernel_protocol_still_holds() -> None:
