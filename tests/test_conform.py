@@ -67,7 +67,8 @@ def test_verdicts(tmp_path: Path) -> None:
     assert got["wrong-expectation"].startswith(
         "FAIL step 2 (create_guest_memfd): expected errno EINVAL, got success")
     assert got["unmet"].startswith("SKIP requires cap:GUEST_MEMFD_FLAGS&4 (the kernel reports 0x3)")
-    assert got["unknown-op"].startswith("FAIL step 1 (frobnicate): unknown operation 'frobnicate'")
+    assert got["unknown-op"].startswith("FAIL bad case: step 1 (frobnicate): unknown operation "
+                                        "'frobnicate'")
     assert got["model-only"].startswith("PASS")
     assert "$nothing is not bound" in got["unbound"]
     assert got["bad-arg"].startswith("FAIL") and "unknown name 'frob'" in got["bad-arg"]
@@ -103,10 +104,24 @@ def test_malformed_cases_are_reported(text: str, message: str) -> None:
     assert any(e and message in e for e in errors), errors
 
 
-def test_duplicate_ids() -> None:
+def test_duplicate_ids_fail_the_file() -> None:
     parsed = parse(__import__("tomllib").loads(
         '[[case]]\nid="a"\nsteps=[{op="create_vm"}]\n[[case]]\nid="a"\nsteps=[{op="create_vm"}]'))
-    assert parsed.cases[1].error == "duplicate id 'a' in this file"
+    assert parsed.error == "duplicate case id 'a': ids name cases, so each is used once"
+    assert parsed.cases == []
+
+
+@pytest.mark.parametrize("step, message", [
+    ('{op = "create_guest_memfd", vm = 3, length = 4096}',
+     "step 1 (create_guest_memfd): unknown argument 'length' (did you mean 'size'?)"),
+    ('{op = "creat_vm"}', "unknown operation 'creat_vm' (did you mean 'create_vm'?)"),
+    ('{op = "create_guest_memfd", vm = 3}', "missing argument 'size'"),
+    ('{op = "mmap", fd = 3, length = 4096, prot = "READ|WRTE", flags = "SHARED"}',
+     "unknown name 'WRTE'"),
+])
+def test_bad_names_are_reported_at_load_with_a_suggestion(step: str, message: str) -> None:
+    parsed = parse(__import__("tomllib").loads(f'[[case]]\nid="x"\nsteps=[{step}]'))
+    assert message in str(parsed.cases[0].error)
 
 
 def test_every_bundled_case_passes_on_the_model() -> None:
@@ -140,7 +155,8 @@ def test_cli_lines_summary_exit_and_json(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     proc = _cli("conform", str(f), "--kernel", "model", "--json", str(out))
     lines = proc.stdout.splitlines()
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # two cases are malformed: bad input
+    assert "2 malformed" in proc.stderr
     assert lines[0] == f"PASS {f}::ok"
     assert lines[-1] == "2 passed, 4 failed, 1 skipped"
     doc = json.loads(out.read_text())

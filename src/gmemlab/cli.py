@@ -169,6 +169,10 @@ def conform(
                "summary": {"passed": summary.passed, "failed": summary.failed,
                            "skipped": summary.skipped}}
         _write(json_file, json.dumps(doc, indent=2) + "\n")
+    if summary.malformed:
+        typer.echo(f"gmemlab: {summary.malformed} malformed case file(s) or case(s): see the "
+                   "FAIL lines that say 'bad case'", err=True)
+        raise typer.Exit(2)
     raise typer.Exit(1 if summary.failed else 0)
 
 

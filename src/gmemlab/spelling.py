@@ -1,4 +1,4 @@
-"""How case files and scenarios spell values, in one place.
+"""How case files and scenarios spell operations and values, in one place.
 
 A step's arguments are written with bound names ("$vm", "$a+4096"), flag
 names ("READ|WRITE") and hex strings (data_hex).  The conformance runner, the
@@ -9,6 +9,7 @@ them the same way, through these two functions.
 from __future__ import annotations
 
 import re
+from difflib import get_close_matches
 from typing import Any
 
 from . import uapi
@@ -70,3 +71,54 @@ def call_arguments(call: str, args: dict[str, Any]) -> dict[str, Any]:
                 raise UsageError(str(exc)) from None
         out[key] = value
     return out
+
+
+# Names people write for an argument that the kernel's struct or syscall names otherwise.
+SYNONYMS = {"length": ("size", "memory_size"), "len": ("length", "size"), "size": ("length",),
+            "address": ("addr", "guest_phys_addr"), "addr": ("address", "userspace_addr"),
+            "gpa": ("guest_phys_addr", "address"), "offset": ("guest_memfd_offset",),
+            "prot": ("attributes",), "type": ("flags",), "fd": ("vm", "guest_memfd", "vcpu")}
+
+
+def _near(word: str, choices: list[str]) -> str:
+    close = get_close_matches(word, choices, n=1, cutoff=0.6) or \
+        [c for c in SYNONYMS.get(word, ()) if c in choices][:1]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def vocabulary_problem(op: str, args: dict[str, Any]) -> str | None:
+    """What is wrong with a step's operation or argument names, said as a user can fix it."""
+    from .interface import INTERFACE_OPS, MODEL_ONLY_OPS, op_signature
+
+    ops = list(INTERFACE_OPS + MODEL_ONLY_OPS)
+    if op not in ops:
+        return f"unknown operation {op!r}{_near(op, ops)} (gmemlab list ops shows them all)"
+    params = op_signature(op).parameters
+    spelt = {"data_hex" if name == "data" else name for name in params}
+    for name in args:
+        if name not in spelt:
+            expected = ", ".join(sorted(spelt))
+            return f"unknown argument {name!r}{_near(name, sorted(spelt))}; {op} takes {expected}"
+    for name, value in args.items():
+        names = uapi.FLAG_ARGUMENTS.get((op, name))
+        if names is None or not isinstance(value, str) or value.startswith("$"):
+            continue
+        try:
+            uapi.parse_flags(value, names, f"{name}")
+        except ValueError as exc:
+            bad = next((part.strip() for part in value.split("|")
+                        if not _parses(part.strip(), names)), value)
+            return f"{exc}{_near(bad.upper(), [n.upper() for n in names])}"
+    given = {"data" if name == "data_hex" else name for name in args}
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in given]
+    if missing:
+        return f"missing argument {missing[0]!r} ({op} takes {', '.join(params)})"
+    return None
+
+
+def _parses(part: str, names: Any) -> bool:
+    try:
+        uapi.parse_flags(part, names)
+    except ValueError:
+        return False
+    return True

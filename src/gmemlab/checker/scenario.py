@@ -23,9 +23,9 @@ from typing import Any
 
 from .. import uapi
 from ..errors import UsageError
-from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, op_signature
+from ..interface import op_signature
 from ..model.designs import make_design
-from ..spelling import REF, call_arguments
+from ..spelling import REF, call_arguments, vocabulary_problem
 
 P = uapi.PAGE_SIZE
 GPA_BASE = 0x100000  # guest physical address of the file's first page
@@ -224,6 +224,13 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
     for raw in _list(doc, "symmetry"):
         if not isinstance(raw, dict) or set(raw) != {"pages", "actors"}:
             raise ScenarioError("a [[symmetry]] table has pages = [...] and actors = [...]")
+        pages, actors_ = raw["pages"], raw["actors"]
+        if not isinstance(pages, list) or not all(isinstance(p, int) and not isinstance(p, bool)
+                                                  and p >= 0 for p in pages):
+            raise ScenarioError(f"[[symmetry]]: pages must be a list of page numbers, not {pages!r}")
+        if not isinstance(actors_, list) or not all(isinstance(a, str) for a in actors_):
+            raise ScenarioError(f"[[symmetry]]: actors must be a list of actor names, not "
+                                f"{actors_!r}")
         symmetry.append(Symmetry(tuple(raw["pages"]), tuple(raw["actors"])))
     promises = doc.get("promises", [])
     if not isinstance(promises, list) or not all(isinstance(p, str) for p in promises):
@@ -338,13 +345,19 @@ def validate(sc: Scenario) -> None:
     for sym in sc.symmetry:
         if len(sym.pages) != len(sym.actors) or len(set(sym.pages)) != len(sym.pages) or \
                 len(sym.pages) < 2 or not set(sym.actors) <= set(names):
+            unknown = sorted(set(sym.actors) - set(names))
+            why = f" (no actor {', '.join(unknown)}; actors: {', '.join(names)})" if unknown else ""
             raise ScenarioError("[[symmetry]]: as many distinct pages as actors (at least 2), "
-                                "actors of this scenario")
+                                f"actors of this scenario{why}")
+        if not sc.setup and max(sym.pages) >= c.pages:
+            raise ScenarioError(f"[[symmetry]]: page {max(sym.pages)} is beyond the file's "
+                                f"{c.pages} pages ([config] pages)")
 
 
 def _check_action(a: Action, where: str, known: set[str]) -> None:
-    if a.op not in INTERFACE_OPS and a.op not in MODEL_ONLY_OPS:
-        raise ScenarioError(f"{where}: unknown operation {a.op!r}")
+    problem = vocabulary_problem(a.op, dict(a.args))
+    if problem:
+        raise ScenarioError(f"{where} ({a.op}): {problem}")
     missing = a.refs() - known
     if missing:
         raise ScenarioError(f"{where} ({a.op}): ${sorted(missing)[0]} is not bound by the setup "

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import uapi
 from ..guestaccess import GUEST_PATHS
+from ..spelling import vocabulary_problem
 
 KERNELS = ("any", "model", "host")
 EXPECT_KEYS = ("errno", "signal", "ret", "all_bytes", "bytes_hex")
@@ -115,7 +116,10 @@ def parse(doc: dict[str, Any], name: str = "<cases>") -> CaseFile:
                                   design=DEFAULT_DESIGN, requires=(), steps=(), error=str(exc)))
             continue
         if case.id in seen:
-            case = Case(**{**case.__dict__, "error": f"duplicate id {case.id!r} in this file"})
+            # Which of the two a result would name is ambiguous: the file is wrong.
+            out.error = f"duplicate case id {case.id!r}: ids name cases, so each is used once"
+            out.cases = []
+            return out
         seen.add(case.id)
         out.cases.append(case)
     return out
@@ -187,6 +191,9 @@ def _parse_step(index: int, raw: Any) -> Step:
     if outcomes > 1:
         raise CaseError(f"step {index} ({op}): expect an errno, a signal or a result, not several")
     args = {k: v for k, v in raw.items() if k not in STEP_META_KEYS}
+    problem = vocabulary_problem(op, args)
+    if problem:
+        raise CaseError(f"step {index} ({op}): {problem}")
     return Step(index=index, op=op, args=args, bind=bind, errno=errno_value, signal=signal_value,
                 ret=raw.get("ret"), has_ret="ret" in raw, all_bytes=all_bytes, bytes_hex=bytes_hex)
 

@@ -59,6 +59,11 @@ class Summary:
     def skipped(self) -> int:
         return sum(r.status == "SKIP" for r in self.results)
 
+    @property
+    def malformed(self) -> int:
+        """Case files or cases that do not follow the format (bad input, not a kernel's answer)."""
+        return sum(r.reason == "bad input" for r in self.results)
+
     def line(self) -> str:
         return f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped"
 
@@ -77,7 +82,8 @@ def run_files(files: list[CaseFile], kernel_kind: str, factory: KernelFactory,
         if case_file.error is not None:
             bad = Case(file=case_file.path, id="<file>", about="", kernel="any", design="",
                        requires=(), steps=())
-            yield Result(bad, "FAIL", f"bad case file: {case_file.error}", kernel=kernel_kind)
+            yield Result(bad, "FAIL", f"bad case file: {case_file.error}", kernel=kernel_kind,
+                         reason="bad input")
             continue
         for case in case_file.cases:
             yield run_case(case, kernel_kind, factory, unavailable)
@@ -86,7 +92,8 @@ def run_files(files: list[CaseFile], kernel_kind: str, factory: KernelFactory,
 def run_case(case: Case, kernel_kind: str, factory: KernelFactory,
              unavailable: str | None = None) -> Result:
     if case.error is not None:
-        return Result(case, "FAIL", f"bad case: {case.error}", kernel=kernel_kind)
+        return Result(case, "FAIL", f"bad case: {case.error}", kernel=kernel_kind,
+                      reason="bad input")
     if case.kernel not in ("any", kernel_kind):
         return Result(case, "SKIP", f"written for the {case.kernel} kernel only", kernel=kernel_kind,
                       reason=f"written for the {case.kernel} kernel only")
