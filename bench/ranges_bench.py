@@ -9,7 +9,7 @@ Measures, side by side in one run:
      naive model (a Python list with one entry per page);
   2. the time of one whole-range change for ranges of 2^12 .. 2^28 pages;
   3. memory per run (tracemalloc) against memory per page of the naive model.
-Targets (issue 2): >= 200,000 single-page changes/s; whole-range change time
+Targets: >= 200,000 single-page changes/s; whole-range change time
 independent of the range's size; < 200 bytes per run.
 """
 

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from gmemlab.errors import script_main
 from gmemlab.model.designs import DESIGNS
-from gmemlab.scenarios.dma_pool import PoolResult, share_pool
+from gmemlab.pools.dma_pool import PoolResult, share_pool
 
 ORDER = ["seed", "seed-as-written", "gmem-6.8", "gmem-6.18", "page-mmap", "kvm-map", "inplace",
          "pkvm-inplace"]

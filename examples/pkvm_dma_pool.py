@@ -25,7 +25,7 @@ from rich.table import Table
 
 from gmemlab import uapi
 from gmemlab.errors import script_main
-from gmemlab.scenarios.pkvm_pool import share_pool_in_one_slot, share_pool_per_unit
+from gmemlab.pools.pkvm_pool import share_pool_in_one_slot, share_pool_per_unit
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 

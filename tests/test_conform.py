@@ -194,6 +194,6 @@ def test_cli_run_main_job() -> None:
     text = " ".join(proc.stdout.split())
     assert "verdict: ok" in text
     assert "model and kernel agree" in text or "host not run" in text
-    # The checker's verdicts on the default scenario (issue 6).
+    # The checker's verdicts on the default scenario.
     assert "checker: seed holds; seed-as-written violates P1, P2, P3, P4, P5, P8" in \
         " ".join(proc.stdout.split())

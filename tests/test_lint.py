@@ -1,4 +1,4 @@
-"""ruff and mypy keep the code as DEVELOPERS.md asks: these fail when they complain."""
+"""ruff and mypy keep the code as CONTRIBUTING.md asks: these fail when they complain."""
 
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ def test_snapshot_is_cheap_for_a_terabyte(model: ModelKernel) -> None:
 
 
 def test_map_count_limit_as_measured(model: ModelKernel) -> None:
-    """machine.md section 4: 2 VMAs per isolated page; at the limit the next
+    """As measured on Linux 6.18: 2 VMAs per isolated page; at the limit the next
     splitting mprotect fails with ENOMEM after its first split, merges still work."""
     _vm, f = _gmem(model, size=1 << 20)
     a = model.mmap(f, 1 << 20, 3, 1)

@@ -26,7 +26,7 @@ from gmemlab.model.invariants import (
     violations,
 )
 from gmemlab.model.pkvm import OWNED, SHARED_BORROWED
-from gmemlab.scenarios.dma_pool import share_pool
+from gmemlab.pools.dma_pool import share_pool
 
 P = 4096
 G = 0x80000

@@ -6,7 +6,7 @@ import pytest
 
 from gmemlab import UsageError, uapi
 from gmemlab.model import ModelKernel
-from gmemlab.scenarios.pkvm_pool import share_pool_in_one_slot, share_pool_per_unit
+from gmemlab.pools.pkvm_pool import share_pool_in_one_slot, share_pool_per_unit
 
 P = 4096
 

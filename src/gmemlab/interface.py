@@ -139,7 +139,7 @@ class GuestHypercall:
 
 @runtime_checkable
 class Kernel(Protocol):
-    """The operations of ../shared/spec/CASES.md, with their parameter names."""
+    """The operations of docs/CASES.md, with their parameter names."""
 
     name: str
 
@@ -328,7 +328,7 @@ class PkvmPage:
 
 
 class ModelOnly(Protocol):
-    """Operations only the model has (MODEL_OPS.md): kernel-internal users and
+    """Operations only the model has (docs/CASES.md, "Model-only operations"): kernel-internal users and
     hypervisor calls that no system call reaches.  Cases using them say
     kernel = "model"."""
 

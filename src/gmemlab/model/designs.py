@@ -216,7 +216,7 @@ class SeedAsWritten(Seed):
 
 
 class PageMmap(Seed):
-    """Page-granular mmap/munmap of the restricted memfd (design_history.md 2.B)."""
+    """Page-granular mmap/munmap of the restricted memfd (docs/DESIGNS.md, page-mmap)."""
 
     name = "page-mmap"
     summary = ("the restricted memfd mapped page by page at its canonical address; a page "
@@ -240,7 +240,7 @@ class PageMmap(Seed):
 
 
 class KvmMap(PageMmap):
-    """KVM maps shared pages for the host (design_history.md 2.C)."""
+    """KVM maps shared pages for the host (docs/DESIGNS.md, kvm-map)."""
 
     name = "kvm-map"
     summary = ("only KVM maps the restricted memfd (kvm_map_shared), refusing private pages; "
@@ -257,7 +257,7 @@ class KvmMap(PageMmap):
 
 
 class Inplace(Design):
-    """In-place conversion under review upstream (design_history.md 2.F, mainline track)."""
+    """In-place conversion under review upstream (docs/DESIGNS.md, inplace)."""
 
     name = "inplace"
     summary = ("guest_memfd with per-page shared/private state on the file; conversion to "
@@ -278,7 +278,7 @@ class Inplace(Design):
 
 
 class PkvmInplace(Inplace):
-    """pKVM's in-place sharing (design_history.md 2.F, pKVM lineage)."""
+    """pKVM's in-place sharing (docs/DESIGNS.md, pkvm-inplace)."""
 
     name = "pkvm-inplace"
     summary = ("the pKVM variant of in-place sharing: all-shared / guest-shared / none-shared "

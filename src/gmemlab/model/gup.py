@@ -9,7 +9,7 @@ call with the same addr and length.
 
 The designs read the pins (Inode.pins) when they decide whether a page may
 become private: page-mmap and kvm-map refuse with EBUSY, inplace with EAGAIN,
-and pkvm-inplace waits for the last reference (design_history.md 2.B, 2.C, 2.F).
+and pkvm-inplace waits for the last reference (docs/DESIGNS.md).
 """
 
 from __future__ import annotations

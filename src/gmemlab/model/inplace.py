@@ -1,6 +1,6 @@
 """In-place conversion on guest_memfd: designs inplace and pkvm-inplace.
 
-inplace follows the mainline track (design_history.md 2.F, v8 2026-06-18):
+inplace follows the mainline track (the series "guest_memfd: In-place conversion support", v8 of 2026-06-18):
 the guest_memfd inode keeps a shared/private attribute for every page
 (``Inode.attributes``, a RangeMap as the patches' maple tree is), PRIVATE
 from creation or SHARED with GUEST_MEMFD_FLAG_INIT_SHARED.  Every page may be

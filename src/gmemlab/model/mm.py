@@ -8,8 +8,9 @@ are equal, so splitting and merging fall out of the range structure: an
 mprotect of one page in the middle of a VMA makes three runs, and the
 mprotect that restores it makes one again.  map_count is kept alongside and
 vm.max_map_count is enforced where the kernel checks it (split_vma, do_mmap,
-the first split of munmap), which reproduces the limits measured on this
-machine (../shared/reference/machine.md section 4).
+the first split of munmap), which reproduces the limits Linux shows: two
+VMAs per isolated page, ENOMEM for the split past vm.max_map_count, merges
+that still succeed there.
 
 Faults are decided per kind of file (``_fault_<kind>``): guest_memfd raises
 SIGBUS beyond i_size or without INIT_SHARED, shmem beyond i_size.

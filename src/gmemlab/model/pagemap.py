@@ -4,7 +4,7 @@ Both answer pKVM's 2022 objection (a guest shares its DMA pool page by page)
 on top of the same restricted memfd, KVM notifier and host address space as
 the seed design; they change what the seed restricts.
 
-page-mmap (design_history.md 2.B, the fragmentation objection): host
+page-mmap (docs/DESIGNS.md, page-mmap, the fragmentation objection): host
 userspace maps any page range of the file, MAP_SHARED, and may split, merge
 and move the mappings.  Offset o of a file always goes to the file's
 canonical address (the place its first mapping chose for offset 0, plus o),

@@ -1,6 +1,6 @@
 """The pKVM hypervisor: who owns each physical page, host, hyp or a guest.
 
-Follows arch/arm64/kvm/hyp/nvhe/mem_protect.c (design_history.md section 3):
+Follows arch/arm64/kvm/hyp/nvhe/mem_protect.c (docs/DESIGNS.md, "The pKVM hypervisor"):
 every physical page has a state per component, PKVM_PAGE_OWNED,
 PKVM_PAGE_SHARED_OWNED, PKVM_PAGE_SHARED_BORROWED or the meta-state
 PKVM_NOPAGE, kept for the host and the hypervisor in struct hyp_page (with the

@@ -4,7 +4,7 @@ A VMA says what a virtual page *may* map; a host PTE says that the page is
 mapped now, and in the kernel a PTE of a shared file mapping holds a
 reference on the folio.  Several designs turn on the difference:
 
-* in-place conversion (design_history.md 2.F) zaps PTEs with
+* in-place conversion (docs/DESIGNS.md, inplace) zaps PTEs with
   unmap_mapping_pages and then refuses while references beyond the page cache
   remain (a GUP pin, a get_pfn reference);
 * pKVM's variant counts PTEs among those references, and finishes an unshare

@@ -1,7 +1,8 @@
 """The 2022 restricted memfd (designs seed and seed-as-written).
 
-What Sean Christopherson proposed on 2022-09-19 (../shared/seed/,
-design_history.md 2.A): host userspace may mmap() the restricted memfd, but
+What Sean Christopherson proposed on 2022-09-19 (docs/DESIGNS.md, "The
+restricted memfd, as intended"): host userspace may mmap() the restricted
+memfd, but
 
 1. only the whole file, in one mapping (offset 0, length = size, MAP_SHARED);
 2. get_pfn() is refused while the file is mapped;

@@ -43,7 +43,7 @@ class Notifier:
 
 @dataclass
 class RestrictedState:
-    """The per-file state of the 2022 restricted memfd (design_history.md 2.A)."""
+    """The per-file state of the 2022 restricted memfd (docs/DESIGNS.md, seed)."""
 
     has_mapping: bool = False
     destroyed: bool = False

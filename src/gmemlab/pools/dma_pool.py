@@ -1,6 +1,6 @@
 """A pKVM guest shares its restricted DMA pool page by page, under any design.
 
-The situation of Fuad Tabba's 2022 objection (design_history.md 3.4): at
+The situation of Fuad Tabba's 2022 objection (docs/DESIGNS.md, page-mmap): at
 boot a protected guest's memory is private, owned by the guest at EL2.  Its
 swiotlb restricted DMA pool is then shared with the host one granule at a
 time (set_memory_decrypted issues one MEM_SHARE per page), and later some
