@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -154,14 +154,23 @@ def conform(
     from .conform import conform as run_conform
 
     _apply_mask(mask)
+    progress = _case_progress(paths)
+
     def show(result: object) -> None:
         print(result.line(), flush=True)  # type: ignore[attr-defined]
+        if progress is not None:
+            progress.advance(progress.task_ids[0])
 
     try:
+        if progress is not None:
+            progress.start()
         summary = run_conform(paths, kernel, design, on_result=show)
     except UsageError as exc:
         _fail_usage(str(exc))
         return
+    finally:
+        if progress is not None:
+            progress.stop()
     print(summary.line())
     if json_file:
         doc = {"kernel": kernel, "design": design,
@@ -174,6 +183,24 @@ def conform(
                    "FAIL lines that say 'bad case'", err=True)
         raise typer.Exit(2)
     raise typer.Exit(1 if summary.failed else 0)
+
+
+def _case_progress(paths: list[str]) -> Any:
+    """A progress bar on a terminal's stderr for runs over many cases (else None)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .conform import collect
+
+    total = sum(len(f.cases) + bool(f.error) for f in collect(paths))
+    if total < 20:
+        return None
+    progress = Progress(TextColumn("cases"), BarColumn(), MofNCompleteColumn(),
+                        console=Console(stderr=True), transient=True)
+    progress.add_task("cases", total=total)
+    return progress
 
 
 @app.command()
