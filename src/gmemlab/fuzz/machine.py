@@ -130,7 +130,8 @@ class Offer:
     def files(self) -> tuple[str, ...]:
         """The kinds of fd mmap draws from (anon stands for MAP_ANONYMOUS)."""
         gmem = ("gmem",) * 3 if self.guest_memfd else ()
-        return (*gmem, "memfd", "memfd", "anon", "vm")
+        restricted = ("restricted",) * 2 if self.model_only else ()
+        return (*gmem, *restricted, "memfd", "memfd", "anon", "vm")
 
 
 class DifferentialMachine(RuleBasedStateMachine):
@@ -236,10 +237,15 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     # --- fds ----------------------------------------------------------------------------------
 
-    @initialize(data=st.data(), cpu=st.integers(0, 4), setup=st.integers(0, 2))
-    def start(self, data: st.DataObject, cpu: int, setup: int) -> None:
-        """Most examples are about one VM with a vCPU and guest memory: start with them."""
-        vm = self._new_fd("create_vm", "vm", "vm", type=0)
+    @initialize(data=st.data(), cpu=st.integers(0, 4), setup=st.integers(0, 2),
+                kind=st.integers(0, 3))
+    def start(self, data: st.DataObject, cpu: int, setup: int, kind: int) -> None:
+        """Most examples are about one VM with a vCPU and guest memory: start with them
+        (between two models, a VM with private memory half of the time)."""
+        vm_type = 0
+        if self.offer.private_vms and kind >= 2:
+            vm_type = (uapi.KVM_X86_SW_PROTECTED_VM, uapi.MODEL_PKVM_VM)[kind - 2]
+        vm = self._new_fd("create_vm", "vm", "vm", type=vm_type)
         if vm is not None and cpu:
             self._new_fd("create_vcpu", "vcpu", "cpu", vm, vm=Ref(vm), id=0)
         if vm is not None and setup and self.offer.guest_memfd:
@@ -247,11 +253,12 @@ class DifferentialMachine(RuleBasedStateMachine):
                            data.draw(st.sampled_from((1, 2, 4))), data.draw(st.sampled_from((3, 3, 1))),
                            data.draw(st.integers(0, 3)), 0)
 
-    @rule(vm_type=st.sampled_from((0, 0, 0, 2, 5, -1, 1, 1)))
+    @rule(vm_type=st.sampled_from((0, 0, 0, 2, 5, -1, 1, 1, uapi.MODEL_PKVM_VM)))
     def create_vm(self, vm_type: int) -> None:
         if len(self.fds) >= MAX_FDS:
             return
-        if vm_type == uapi.KVM_X86_SW_PROTECTED_VM and not self.offer.private_vms:
+        if vm_type in (uapi.KVM_X86_SW_PROTECTED_VM, uapi.MODEL_PKVM_VM) and \
+                not self.offer.private_vms:
             vm_type = 0
         if vm_type < 0:
             self._new_fd("open_kvm", "kvm", "kvm")
@@ -347,10 +354,19 @@ class DifferentialMachine(RuleBasedStateMachine):
             if handle is not None:
                 self.call("ftruncate", fd=Ref(handle), length=size)
 
-    @precondition(lambda self: self._has("memfd", "gmem"))
+    @precondition(lambda self: self.offer.model_only)
+    @rule(size=st.sampled_from((2 * P, 4 * P, 4 * P, 0)))
+    def restricted_memfd(self, size: int) -> None:
+        """The 2022 proposal's memfd_restricted (model only; ENOSYS outside its designs)."""
+        if len(self.fds) < MAX_FDS:
+            handle = self._new_fd("memfd_restricted", "restricted", "r", flags=0)
+            if handle is not None:
+                self.call("ftruncate", fd=Ref(handle), length=size)
+
+    @precondition(lambda self: self._has("memfd", "gmem", "restricted"))
     @rule(data=st.data(), size=st.sampled_from((0, P, 8 * P, 5000, -1)))
     def ftruncate(self, data: st.DataObject, size: int) -> None:
-        f = self._pick(data, ("memfd", "gmem"))
+        f = self._pick(data, ("memfd", "gmem", "restricted"))
         assert f is not None
         self.call("ftruncate", fd=Ref(f), length=size)
 
@@ -397,13 +413,13 @@ class DifferentialMachine(RuleBasedStateMachine):
         elif cap == uapi.KVM_CAP_EXIT_HYPERCALL or data.draw(st.booleans()):
             self.call("enable_cap", vm=Ref(vm), cap=uapi.KVM_CAP_EXIT_HYPERCALL, args=[arg])
 
-    @precondition(lambda self: self._has("gmem") and self.offer.model_only)
+    @precondition(lambda self: self._has("gmem", "restricted") and self.offer.model_only)
     @rule(data=st.data(), attributes=st.sampled_from((0, 8, 8)), first=pages(4),
           npages=st.sampled_from((1, 2, 4)))
     def convert_in_place(self, data: st.DataObject, attributes: int, first: int,
                          npages: int) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd (the in-place designs; ENOTTY elsewhere)."""
-        f = self._pick(data, ("gmem",))
+        f = self._pick(data, ("gmem", "restricted"))
         assert f is not None
         self.call("set_memory_attributes2", fd=Ref(f), offset=first * P, size=npages * P,
                   attributes=attributes)
@@ -542,6 +558,14 @@ class DifferentialMachine(RuleBasedStateMachine):
             payload = bytes((byte + i) & 0xFF for i in range(length))
             self.call("write_mem", addr=Ref(region, start), data=payload)
 
+    @precondition(lambda self: bool(self.regions) and self.offer.model_only)
+    @rule(data=st.data(), unpin=st.booleans())
+    def pin(self, data: st.DataObject, unpin: bool) -> None:
+        """A long-term GUP pin (O_DIRECT, VFIO) on mapped pages, or its release (model only)."""
+        region, first, count = self._range(data)
+        op = "gup_unpin" if unpin else "gup_pin"
+        self.call(op, addr=Ref(region, first * P), length=count * P)
+
     @precondition(lambda self: bool(self.regions))
     @rule(data=st.data())
     def read_mem(self, data: st.DataObject) -> None:
@@ -574,7 +598,8 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.call("set_user_memory_region", vm=Ref(vm), slot=slot, flags=flags,
                       guest_phys_addr=base, memory_size=npages * P, userspace_addr=uaddr)
         else:
-            gmem = self._pick(data, ("gmem",)) if flags & uapi.KVM_MEM_GUEST_MEMFD else None
+            gmem = self._pick(data, ("gmem", "restricted")) if flags & uapi.KVM_MEM_GUEST_MEMFD \
+                else None
             extra: dict[str, Any] = {}
             if gmem is not None:
                 extra = {"guest_memfd": Ref(gmem), "guest_memfd_offset": gmem_page * P}

@@ -224,13 +224,29 @@ def run_fuzz(examples: int, pair: str = "model,host", seed: int | None = None,
     return report
 
 
+def kind_of(d: Divergence) -> tuple[str, str, str]:
+    """What kind of difference: the operation and each side's kind of answer (an errno's
+    name, a guest exit's name, "returned"), not the particular values."""
+    last = d.steps[-1]
+
+    def answer(side: str) -> str:
+        out = last.outcomes[side]
+        if out.kind == "ok" and isinstance(out.value, dict) and "exit" in out.value:
+            return f"exit {out.value['exit']}"
+        if out.kind == "ok":
+            return "returned"
+        return out.describe()
+
+    return (last.op, answer("a"), answer("b"))
+
+
 def distinct(found: list[Divergence], factories: KernelPair) -> list[Divergence]:
     """One minimal divergence per distinct difference (operation and both answers)."""
-    from .minimize import minimize, signature
+    from .minimize import minimize
 
     shortest: dict[tuple[str, str, str], Divergence] = {}
     for d in found:
-        key = signature(d.steps)
+        key = kind_of(d)
         if key is not None and (key not in shortest or len(d.steps) < len(shortest[key].steps)):
             shortest[key] = d
     out = []
@@ -241,7 +257,7 @@ def distinct(found: list[Divergence], factories: KernelPair) -> list[Divergence]
     seen: set[tuple[str, str, str] | None] = set()
     unique = []
     for d in sorted(out, key=lambda d: len(d.steps)):
-        key = signature(d.steps)
+        key = kind_of(d)
         if key not in seen:
             seen.add(key)
             unique.append(d)
