@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gmemlab.errors import script_main
 from gmemlab.model import ModelKernel
-from gmemlab.model.ranges import RangeMap
+from gmemlab.rangemap import RangeMap
 
 PRIVATE = 8
 

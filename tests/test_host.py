@@ -94,8 +94,7 @@ def test_bulk_fill_and_read(host: HostKernel) -> None:
 @needs_kvm
 def test_vm_ioctl_from_forked_child_is_eio(host: HostKernel) -> None:
     """[A11] a VM ioctl from another mm (a forked child) is EIO."""
-    from gmemlab import uapi
-    from gmemlab.host import libc
+    from gmemlab import libc, uapi
     vm = host.create_vm(0)
     pid = os.fork()
     if pid == 0:
@@ -112,8 +111,7 @@ def test_vm_ioctl_from_forked_child_is_eio(host: HostKernel) -> None:
 @needs_kvm
 def test_bad_struct_pointer_is_efault(host: HostKernel) -> None:
     """[B21] a struct pointer the kernel cannot read is EFAULT (copy_from_user)."""
-    from gmemlab import uapi
-    from gmemlab.host import libc
+    from gmemlab import libc, uapi
     vm = host.create_vm(0)
     with pytest.raises(OSError) as err:
         libc.ioctl_int(vm, uapi.KVM_SET_USER_MEMORY_REGION, 0x10)
@@ -123,8 +121,7 @@ def test_bad_struct_pointer_is_efault(host: HostKernel) -> None:
 @needs_gmem_mmap
 def test_bad_guest_memfd_struct_pointer_is_efault(host: HostKernel) -> None:
     """[B21] KVM_CREATE_GUEST_MEMFD copies its struct in first: EFAULT."""
-    from gmemlab import uapi
-    from gmemlab.host import libc
+    from gmemlab import libc, uapi
     vm = host.create_vm(0)
     with pytest.raises(OSError) as err:
         libc.ioctl_int(vm, uapi.KVM_CREATE_GUEST_MEMFD, 0x10)

@@ -8,7 +8,7 @@ import hypothesis.strategies as st
 from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from gmemlab.model.ranges import RangeMap
+from gmemlab.rangemap import RangeMap
 
 LIMIT = 64
 

@@ -44,8 +44,8 @@ from itertools import compress
 from operator import and_
 from typing import Any
 
-from ..model.ranges import RangeMap
 from ..model.state import State
+from ..rangemap import RangeMap
 
 Key = tuple[Any, ...]
 EXCLUDED = frozenset({"counters", "audit"})

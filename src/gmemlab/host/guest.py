@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import struct
 from dataclasses import dataclass
 
-from .. import uapi
+from .. import libc, uapi
 from ..errors import UsageError
 from ..interface import GuestAccess
 from ..vmm import asm, modes
@@ -43,7 +42,6 @@ from ..vmm.errors import VmmError
 from ..vmm.exits import IoExit, MemoryFaultExit, MmioExit
 from ..vmm.regs import DTable, Regs
 from ..vmm.vcpu import Vcpu, phys_bits, supported_cpuid, vcpu_mmap_size
-from . import libc
 
 MIB = 1 << 20
 LARGE = modes.LARGE_PAGE
@@ -192,49 +190,3 @@ class GuestRunner:
             raise VmmError(f"guest_access: the access program took exception {vector} "
                            f"(cr2 {cr2:#x}, rsp {regs.rsp:#x})")
         raise VmmError(f"guest_access: unexpected exit {exit!r}")
-
-
-def probe_access_path(has_guest_memfd: bool) -> str:
-    """Who executes a guest access on this kernel: "mmu" or "emulator".
-
-    With guest_memfd, a guest reads a guest_memfd-only memslot whose
-    userspace_addr maps a memfd page of 0x5a: the MMU path is served by
-    guest_memfd (zero), the emulator reads userspace_addr (guestaccess.py).
-    Without it, the guest reads an ordinary memslot whose userspace_addr is
-    mapped PROT_NONE: the emulator's copy from userspace fails and becomes an
-    MMIO exit, the MMU's fault on that address fails KVM_RUN with EFAULT.
-    The caller (probe.profile) keeps the answer for the process.
-    """
-    from .kernel import HostKernel
-
-    page = uapi.PAGE_SIZE
-    gpa = 1 << 20
-    with HostKernel() as k:
-        vm = k.create_vm(0)
-        memfd = k.memfd_create("gmemlab-probe", 0)
-        k.ftruncate(memfd, page)
-        addr = k.mmap(memfd, page, uapi.PROT_READ | uapi.PROT_WRITE, uapi.MAP_SHARED)
-        k.write_mem(addr, fill=0x5A, length=page)
-        vcpu = k.create_vcpu(vm, 0)
-        if has_guest_memfd:
-            gmem = k.create_guest_memfd(vm, page, uapi.GUEST_MEMFD_FLAG_MMAP
-                                        | uapi.GUEST_MEMFD_FLAG_INIT_SHARED)
-            k.set_user_memory_region2(vm, 0, uapi.KVM_MEM_GUEST_MEMFD, gpa, page, addr, gmem, 0)
-            result = k.guest_access(vcpu, gpa, 1)
-            paths = {"00": "mmu", "5a": "emulator"}
-            if result.exit == "none" and result.data_hex in paths:
-                return paths[result.data_hex]
-        else:
-            k.mprotect(addr, page, uapi.PROT_NONE)
-            k.set_user_memory_region(vm, 0, 0, gpa, page, addr)
-            try:
-                result = k.guest_access(vcpu, gpa, 1)
-            except OSError as exc:
-                if exc.errno == errno.EFAULT:
-                    return "mmu"
-                raise
-            if result.exit == "mmio":
-                return "emulator"
-            if result.exit == "memory_fault":
-                return "mmu"
-    raise VmmError(f"cannot tell how this kernel runs guest accesses: the probe gave {result}")

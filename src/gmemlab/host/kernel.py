@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import uapi
+from .. import libc, uapi
 from ..errors import MemorySignal, UsageError, kernel_error
 from ..guestaccess import check_call
 from ..interface import GuestAccess, Stat, checked
-from ..model.ranges import RangeMap
-from . import libc, probe
+from ..rangemap import RangeMap
+from . import probe
 
 if TYPE_CHECKING:
     from ..vmm.vcpu import Vcpu

@@ -18,14 +18,15 @@ environment variable GMEMLAB_HOST_MASK (a comma-separated list).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .. import uapi
+from .. import libc, uapi
 from ..errors import UsageError
-from . import libc
 
 KVM_DEV = "/dev/kvm"
 MASK_ENV = "GMEMLAB_HOST_MASK"
@@ -294,9 +295,74 @@ def _access_path(partial: KernelProfile) -> tuple[str | None, str | None]:
     why = asm.missing_reason()
     if why is not None:
         return None, why
-    from .guest import probe_access_path
-
     try:
         return probe_access_path(partial.has_guest_memfd), None
     except (OSError, VmmError, UsageError) as exc:
         return None, f"the guest-path probe failed: {exc}"
+
+
+def probe_access_path(has_guest_memfd: bool) -> str:
+    """Who executes a guest access on this kernel: "mmu" or "emulator".
+
+    With guest_memfd, a guest reads a guest_memfd-only memslot whose
+    userspace_addr maps a memfd page of 0x5a: the MMU path is served by
+    guest_memfd (zero), the emulator reads userspace_addr (guestaccess.py).
+    Without it, the guest reads an ordinary memslot whose userspace_addr is
+    mapped PROT_NONE: the emulator's copy from userspace fails and becomes an
+    MMIO exit, the MMU's fault on that address fails KVM_RUN with EFAULT.
+    The raw ioctls are made here (not through HostKernel, which asks the
+    profile this fills in).
+    """
+    from ..vmm.errors import VmmError
+    from ..vmm.vcpu import Vcpu
+    from .guest import GuestRunner, VcpuState
+
+    page, gpa = uapi.PAGE_SIZE, 1 << 20
+    rw = uapi.PROT_READ | uapi.PROT_WRITE
+    fds: list[int] = []
+    addr = 0
+    kvm = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
+    fds.append(kvm)
+    runner = GuestRunner(kvm)
+    try:
+        vm = libc.ioctl_int(kvm, uapi.KVM_CREATE_VM, 0)
+        fds.append(vm)
+        memfd = os.memfd_create("gmemlab-probe", os.MFD_CLOEXEC)
+        fds.append(memfd)
+        os.ftruncate(memfd, page)
+        addr = libc.mmap(0, page, rw, uapi.MAP_SHARED, memfd, 0)
+        ctypes.memset(addr, 0x5A, page)
+        if has_guest_memfd:
+            gmem = libc.ioctl_buf(vm, uapi.KVM_CREATE_GUEST_MEMFD, bytearray(
+                uapi.KVM_CREATE_GUEST_MEMFD_STRUCT.pack(
+                    page, uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED,
+                    *[0] * 6)))
+            fds.append(gmem)
+            libc.ioctl_buf(vm, uapi.KVM_SET_USER_MEMORY_REGION2, bytearray(
+                uapi.KVM_USERSPACE_MEMORY_REGION2_STRUCT.pack(
+                    0, uapi.KVM_MEM_GUEST_MEMFD, gpa, page, addr, 0, gmem, 0, *([0] * 14))))
+        else:
+            libc.mprotect(addr, page, uapi.PROT_NONE)
+            libc.ioctl_buf(vm, uapi.KVM_SET_USER_MEMORY_REGION, bytearray(
+                uapi.KVM_USERSPACE_MEMORY_REGION_STRUCT.pack(0, 0, gpa, page, addr)))
+        with Vcpu.create(vm, 0, kvm) as vcpu:
+            try:
+                result = runner.access(vcpu, VcpuState(), vm, uapi.KVM_USER_MEM_SLOTS - 1,
+                                       [(gpa, page)], gpa, 1, False, b"")
+            except OSError as exc:
+                if exc.errno == errno.EFAULT and not has_guest_memfd:
+                    return "mmu"
+                raise
+    finally:
+        runner.close()
+        if addr:
+            libc.munmap(addr, page)
+        for fd in reversed(fds):
+            os.close(fd)
+    if has_guest_memfd and result.exit == "none":
+        paths = {"00": "mmu", "5a": "emulator"}
+        if result.data_hex in paths:
+            return paths[result.data_hex]
+    if not has_guest_memfd and result.exit in ("mmio", "memory_fault"):
+        return "emulator" if result.exit == "mmio" else "mmu"
+    raise VmmError(f"cannot tell how this kernel runs guest accesses: the probe gave {result}")

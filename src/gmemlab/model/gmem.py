@@ -14,9 +14,9 @@ from typing import Any
 
 from .. import uapi
 from ..errors import kernel_error
+from ..rangemap import RangeMap
 from . import pages
 from .base import ModelBase
-from .ranges import RangeMap
 from .state import GFN_LIMIT, Inode, Mapping, Memslot, OpenFile, Vm
 
 P = uapi.PAGE_SIZE

@@ -46,9 +46,9 @@ from typing import Any
 
 from .. import uapi
 from ..errors import ConversionError, kernel_error
+from ..rangemap import RangeMap
 from .pagemap import PageMapOps
 from .pages import PAGE_INDEX_LIMIT
-from .ranges import RangeMap
 from .state import Inode, Mapping, OpenFile, Vm
 from .steps import Outcome, Pending
 

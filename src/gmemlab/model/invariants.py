@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import uapi
+from ..rangemap import RangeMap
 from .designs import Design
 from .pkvm import NOPAGE, OWNED, SHARED_BORROWED, SHARED_OWNED, STATE_NAMES
-from .ranges import RangeMap
 from .state import PFN_LIMIT, HypPage, Inode, OpenFile, State
 
 PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE

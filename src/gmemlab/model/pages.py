@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT, PAGE_SIZE
-from .ranges import RangeMap
 
 Page = bytes | None
 PageStore = RangeMap[Page]

@@ -44,9 +44,9 @@ from typing import Any
 from .. import uapi
 from ..errors import UsageError, kernel_error
 from ..interface import PkvmPage
+from ..rangemap import RangeMap
 from . import pages
 from .pfns import PfnOps
-from .ranges import RangeMap
 from .state import GFN_LIMIT, PFN_LIMIT, GuestPte, HypPage, Inode, Mapping, PkvmState, Vm
 
 P = uapi.PAGE_SIZE

@@ -36,9 +36,9 @@ from typing import Any
 from .. import uapi
 from ..errors import UsageError, kernel_error
 from ..interface import FileState
+from ..rangemap import RangeMap
 from . import pages
 from .kvm import KvmOps
-from .ranges import RangeMap
 from .state import GFN_LIMIT, Inode, Mapping, Memslot, Notifier, OpenFile, RestrictedState, Vm
 
 P = uapi.PAGE_SIZE

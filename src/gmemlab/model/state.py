@@ -18,9 +18,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT
 from .pages import PAGE_INDEX_LIMIT, PageStore, new_store
-from .ranges import RangeMap
 
 GFN_LIMIT = 1 << (64 - PAGE_SHIFT)
 # Physical frame numbers of a 64-bit physical address.

@@ -12,8 +12,7 @@ import ctypes
 import os
 import weakref
 
-from .. import uapi
-from ..host import libc
+from .. import libc, uapi
 from .vcpu import KVM_DEV, CpuidEntry, Vcpu, phys_bits, supported_cpuid, vcpu_mmap_size
 
 

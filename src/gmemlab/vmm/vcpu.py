@@ -20,8 +20,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 
-from .. import uapi
-from ..host import libc
+from .. import libc, uapi
 from . import timer
 from .errors import GuestTimeout
 from .exits import Exit, IoExit, MemoryFaultExit, decode
