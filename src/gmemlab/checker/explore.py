@@ -425,14 +425,3 @@ class Explorer:
                 g = self.sym.actor_perm(self.edge_perm[k])
                 h = tuple(g[h[b]] for b in range(n))
         return out
-
-
-def _changes(s: tuple[int, ...], t: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """The components (slot, old, new) that differ between s and t."""
-    n, m = len(s), len(t)
-    out = [(i, a, b) for i, (a, b) in enumerate(zip(s, t, strict=False)) if a != b]
-    if n > m:
-        out += [(i, s[i], 0) for i in range(m, n) if s[i]]
-    elif m > n:
-        out += [(i, 0, t[i]) for i in range(n, m) if t[i]]
-    return out

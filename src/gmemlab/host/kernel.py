@@ -48,8 +48,6 @@ SHIFT = uapi.PAGE_SHIFT
 KVM_DEV = probe.KVM_DEV
 CAP_NAMES = {number: name for name, number in uapi.CAPS.items()}
 VPAGES = 1 << (64 - SHIFT)
-MADV_POPULATE_READ = 22
-MADV_POPULATE_WRITE = 23
 LOADABLE, STORABLE = 1, 2  # what the fast path knows a populated page allows
 
 
@@ -467,7 +465,7 @@ class HostKernel:
         self._check_range(addr, n, what)
         if not self._own.all_equal(first, last, True):
             return False
-        advice = MADV_POPULATE_WRITE if level == STORABLE else MADV_POPULATE_READ
+        advice = uapi.MADV_POPULATE_WRITE if level == STORABLE else uapi.MADV_POPULATE_READ
         try:
             # Faults in the pages exactly as the access would, but answers a
             # fault the kernel would signal with an error.

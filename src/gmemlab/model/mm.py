@@ -51,13 +51,13 @@ FLAG_ADVICE = {
     uapi.MADV_DOFORK: (0, VM_DONTCOPY),
     uapi.MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE),
     uapi.MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
-    16: (VM_DONTDUMP, 0),  # MADV_DONTDUMP
-    17: (0, VM_DONTDUMP),  # MADV_DODUMP
-    18: (VM_WIPEONFORK, 0),  # MADV_WIPEONFORK
-    19: (0, VM_WIPEONFORK),  # MADV_KEEPONFORK
+    uapi.MADV_DONTDUMP: (VM_DONTDUMP, 0),
+    uapi.MADV_DODUMP: (0, VM_DONTDUMP),
+    uapi.MADV_WIPEONFORK: (VM_WIPEONFORK, 0),
+    uapi.MADV_KEEPONFORK: (0, VM_WIPEONFORK),
 }
-NOOP_ADVICE = frozenset({uapi.MADV_WILLNEED, 12, 13, 20, 21})  # MERGEABLE, UNMERGEABLE, COLD, PAGEOUT
-MADV_POPULATE_READ, MADV_POPULATE_WRITE = 22, 23
+NOOP_ADVICE = frozenset({uapi.MADV_WILLNEED, uapi.MADV_MERGEABLE, uapi.MADV_UNMERGEABLE,
+                         uapi.MADV_COLD, uapi.MADV_PAGEOUT})
 
 
 def page_align(n: int) -> int:
@@ -423,7 +423,7 @@ class MmOps(PteOps):
     def madvise(self, addr: int, length: int, advice: int) -> int:
         valid = set(FLAG_ADVICE) | NOOP_ADVICE | {uapi.MADV_DONTNEED, uapi.MADV_FREE,
                                                   uapi.MADV_REMOVE, uapi.MADV_COLLAPSE,
-                                                  MADV_POPULATE_READ, MADV_POPULATE_WRITE}
+                                                  uapi.MADV_POPULATE_READ, uapi.MADV_POPULATE_WRITE}
         if advice not in valid:
             raise kernel_error(errno.EINVAL, f"unknown advice {advice}")
         if addr & (P - 1):
@@ -483,8 +483,8 @@ class MmOps(PteOps):
         elif advice == uapi.MADV_COLLAPSE:
             if f is not None and f.kind != "memfd":
                 raise kernel_error(errno.EINVAL, f"a {f.kind} mapping cannot be collapsed")
-        elif advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
-            write = advice == MADV_POPULATE_WRITE
+        elif advice in (uapi.MADV_POPULATE_READ, uapi.MADV_POPULATE_WRITE):
+            write = advice == uapi.MADV_POPULATE_WRITE
             _, fault = self._resolve(first << SHIFT, (last - first) << SHIFT, write)
             if fault is not None:
                 raise kernel_error(errno.EFAULT if fault.signo == uapi.SIGBUS else errno.ENOMEM,
