@@ -26,7 +26,7 @@ from .conform.runner import Result, run_case, run_files
 
 # Designs that stand for a mainline kernel: a case written for one of them is
 # compared with the host under the design that matches the host's profile.
-MAINLINE = ("gmem-6.8", "gmem-6.18")
+MAINLINE = ("gmem-6.8", "gmem-6.18", "gmem-6.19")
 
 
 @dataclass
