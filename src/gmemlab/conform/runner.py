@@ -232,7 +232,9 @@ def _check_error_offset(step: Step, exc: OSError, env: dict[str, Any]) -> None:
     if got is None:
         raise StepFailure(f"expected error_offset {want!r}, but the error reports none")
     if not _equal(got, want):
-        raise StepFailure(f"expected error_offset {_show(want)}, got {_show(got)}")
+        def show(v: Any) -> str:
+            return f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) else repr(v)
+        raise StepFailure(f"expected error_offset {show(want)}, got {show(got)}")
 
 
 def _expected(step: Step) -> str:
