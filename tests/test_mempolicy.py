@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from gmemlab import MemorySignal, UsageError, uapi
+from gmemlab import UsageError, uapi
 from gmemlab.host import HostKernel, libc
 from gmemlab.interface import Mempolicy
 from gmemlab.model import ModelKernel
@@ -178,9 +177,3 @@ def test_model_and_host_agree(data: st.DataObject) -> None:
     finally:
         model.shutdown()
         host.shutdown()
-
-
-def test_case_ops_never_escape_on_the_model() -> None:
-    k = ModelKernel("gmem-6.19")
-    with contextlib.suppress(OSError, MemorySignal):
-        k.mbind(0, P, "BIND", [1], 64)
