@@ -22,10 +22,12 @@ GMEM_MISSING = HOST_MISSING or (None if PROFILE.has_guest_memfd else
 MMAP_MISSING = GMEM_MISSING or (None if PROFILE.gmem_flags & uapi.GUEST_MEMFD_FLAG_MMAP else
                                 "the kernel's guest_memfd has no MMAP flag (before Linux 6.18)")
 GUEST_MISSING = HOST_MISSING or PROFILE.access_missing
+NUMA_MISSING = PROFILE.numa_missing
 
 needs_kvm = pytest.mark.skipif(HOST_MISSING is not None, reason=str(HOST_MISSING))
 needs_gmem = pytest.mark.skipif(GMEM_MISSING is not None, reason=str(GMEM_MISSING))
 needs_gmem_mmap = pytest.mark.skipif(MMAP_MISSING is not None, reason=str(MMAP_MISSING))
+needs_numa = pytest.mark.skipif(NUMA_MISSING is not None, reason=str(NUMA_MISSING))
 needs_guest = pytest.mark.skipif(GUEST_MISSING is not None,
                                  reason=f"no guest can run here: {GUEST_MISSING}")
 

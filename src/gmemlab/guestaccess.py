@@ -30,6 +30,10 @@ How KVM resolves each step depends on who executes the guest's instruction
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from . import uapi
+
 GUEST_ACCESS_LIMIT = 1 << 20
 GUEST_PATHS = ("mmu", "emulator")
 WIDTHS = (8, 4, 2, 1)
@@ -43,8 +47,44 @@ def step_width(addr: int, remaining: int) -> int:
     raise ValueError("nothing remains to move")
 
 
+# Who says whether an access is private.  On SEV-SNP the guest's page tables
+# carry the C-bit, reported in the #NPF error code (PFERR_GUEST_ENC_MASK); on
+# TDX the GPA's shared bit.  For every other VM type KVM sets
+# PFERR_PRIVATE_ACCESS itself, exactly when kvm_mem_is_private() says the gfn
+# is private (kvm_mmu_page_fault, arch/x86/kvm/mmu/mmu.c): the per-VM memory
+# attributes, or the guest_memfd's own under in-place conversion.  A pKVM
+# protected guest has no such bit either: it converts pages with the
+# MEM_SHARE/MEM_UNSHARE hypercalls, which reach the host, and its faults are
+# resolved from the attributes the host keeps.
+GUEST_CHOOSES_PRIVATE = frozenset({uapi.KVM_X86_SNP_VM, uapi.KVM_X86_TDX_VM})
+
+
+def guest_chooses_private(vm_type: int) -> bool:
+    """Whether the guest itself marks an access private (SNP, TDX)."""
+    return vm_type in GUEST_CHOOSES_PRIVATE
+
+
+def check_private(vm_type: int, private: bool | None, gpa: int, length: int,
+                  gfn_private: Callable[[int], bool]) -> None:
+    """On a VM type whose attributes decide, an explicit `private` must say
+    what KVM decides for every page of the access (gfn_private), else no
+    guest instruction could make the access asked for (UsageError)."""
+    from .errors import UsageError
+
+    if private is None or guest_chooses_private(vm_type):
+        return
+    shift = uapi.PAGE_SHIFT
+    for gfn in range(gpa >> shift, ((gpa + length - 1) >> shift) + 1):
+        if gfn_private(gfn) != private:
+            state = "private" if gfn_private(gfn) else "shared"
+            raise UsageError(f"guest_access: gfn {gfn:#x} is {state}, and on a VM of type "
+                             f"{vm_type} KVM, not the guest, decides from the memory attributes "
+                             f"that an access to it is {state}: private = {str(private).lower()} "
+                             "names an access no guest can make (omit private)")
+
+
 def check_call(has_private_mem: bool, vm_type: int, gpa: int, length: int, write: bool,
-               private: bool, data: bytes) -> None:
+               private: bool | None, data: bytes) -> None:
     """The guest accesses no kernel can perform (UsageError), checked the same on both."""
     from .errors import UsageError
 

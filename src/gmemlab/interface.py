@@ -115,6 +115,18 @@ class GuestAccess:
 
 
 @dataclass(frozen=True)
+class Mempolicy:
+    """What get_mempolicy reports: the mode (with its mode flags) and the node
+    mask, as the words of the unsigned long array the kernel fills."""
+
+    mode: int
+    nodemask: tuple[int, ...] = ()
+
+    def as_table(self) -> dict[str, Any]:
+        return {"mode": self.mode, "nodemask": list(self.nodemask)}
+
+
+@dataclass(frozen=True)
 class GuestHypercall:
     """The outcome of a guest hypercall (vmcall) as KVM handles it.
 
@@ -203,6 +215,20 @@ class Kernel(Protocol):
     def write_mem(self, addr: ULong, data: bytes = b"", fill: Annotated[int, U8] | None = None,
                   length: ULong | None = None) -> int: ...
 
+    # NUMA memory policy (mm/mempolicy.c).  A node mask is the unsigned long
+    # array of the system call, as a list of words; an empty list is NULL.
+
+    def mbind(self, addr: ULong, len: ULong, mode: Int, nodemask: Sequence[ULong] = (),
+              maxnode: ULong = 0, flags: UInt = 0) -> int: ...
+
+    def get_mempolicy(self, maxnode: ULong = 64, addr: ULong = 0, flags: ULong = 0) -> Mempolicy:
+        """get_mempolicy(&mode, nodemask, maxnode, addr, flags); maxnode 0 passes a NULL mask."""
+        ...
+
+    def set_mempolicy(self, mode: Int, nodemask: Sequence[ULong] = (), maxnode: ULong = 0) -> int:
+        """The calling thread's policy; the kernel object restores the old one when it ends."""
+        ...
+
     # --- KVM -----------------------------------------------------------------
 
     def set_user_memory_region(self, vm: Fd, slot: UInt, flags: UInt, guest_phys_addr: ULong,
@@ -218,10 +244,20 @@ class Kernel(Protocol):
 
     def enable_cap(self, vm: Fd, cap: UInt, args: Sequence[ULong] = (), flags: UInt = 0) -> int: ...
 
+    def set_memory_attributes2(self, fd: Fd, offset: ULong, size: ULong, attributes: ULong,
+                               flags: ULong = 0) -> int:
+        """KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd (in-place conversion): EAGAIN
+        while a page is referenced, as errors.ConversionError with its error_offset."""
+        ...
+
     def create_vcpu(self, vm: Fd, id: ULong = 0) -> int: ...
 
     def guest_access(self, vcpu: Fd, gpa: ULong, length: ULong, write: bool = False,
-                     private: bool = False, data: bytes = b"") -> GuestAccess: ...
+                     private: bool | None = None, data: bytes = b"") -> GuestAccess:
+        """A guest's loads or stores.  private: the guest's choice where it has
+        one (SNP, TDX; default shared); elsewhere KVM decides from the memory
+        attributes, and a given value must agree with them (guestaccess.py)."""
+        ...
 
     # --- housekeeping --------------------------------------------------------
 
@@ -231,6 +267,10 @@ class Kernel(Protocol):
 
     def access_path(self) -> str:
         """Who executes guest_access here: "mmu" or "emulator" (see guestaccess.py)."""
+        ...
+
+    def behaves_as(self) -> str:
+        """The model design whose guest_memfd behaves as this kernel's does."""
         ...
 
     def shutdown(self) -> None:
@@ -401,12 +441,6 @@ class ModelOnly(Protocol):
 
     # --- in-place designs (inplace, pkvm-inplace) -----------------------------------
 
-    def set_memory_attributes2(self, fd: Fd, offset: ULong, size: ULong, attributes: ULong,
-                               flags: ULong = 0) -> int:
-        """KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd: EAGAIN (with
-        error_offset on the exception) while a page is referenced."""
-        ...
-
     def page_attr(self, fd: Fd, index: ULong) -> str:
         """"shared" or "private" (pkvm-inplace also "none_shared") of a page."""
         ...
@@ -464,7 +498,8 @@ def _ops_of(proto: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 # The operations of the interface, in the order above: the case-file vocabulary.
-INTERFACE_OPS: tuple[str, ...] = _ops_of(Kernel, ("unsupported", "access_path", "shutdown"))
+INTERFACE_OPS: tuple[str, ...] = _ops_of(Kernel, ("unsupported", "access_path", "behaves_as",
+                                                  "shutdown"))
 MODEL_ONLY_OPS: tuple[str, ...] = _ops_of(ModelOnly)
 
 
@@ -550,6 +585,14 @@ REFUSED_ADVICE = {
 
 
 def _refuse(op: str, args: dict[str, Any]) -> None:
+    if op == "mbind" and args["flags"] & uapi.MPOL_MF_VALID \
+            and not args["flags"] & ~uapi.MPOL_MF_VALID:
+        raise UsageError("mbind: flags MPOL_MF_STRICT, MOVE and MOVE_ALL refused: where pages "
+                         "lie and their migration are not modelled")
+    if op == "get_mempolicy" and args["flags"] & uapi.MPOL_F_NODE \
+            and not args["flags"] & ~(uapi.MPOL_F_NODE | uapi.MPOL_F_ADDR):
+        raise UsageError("get_mempolicy: MPOL_F_NODE refused: the node of a page or the next "
+                         "interleave node is not modelled")
     if op == "madvise" and args["advice"] in REFUSED_ADVICE:
         raise UsageError(f"madvise: advice {args['advice']} refused: "
                          f"{REFUSED_ADVICE[args['advice']]}")

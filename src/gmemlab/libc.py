@@ -19,6 +19,9 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 
 SYS_mmap = 9
 SYS_mremap = 25
+SYS_mbind = 237
+SYS_set_mempolicy = 238
+SYS_get_mempolicy = 239
 
 
 def _fail() -> OSError:
@@ -107,6 +110,58 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     if _fallocate(fd, mode, offset, length) < 0:
         raise _fail()
     return 0
+
+
+# --- NUMA memory policy: the raw system calls (libnuma is not needed) ---------------
+
+
+def _words(mask: list[int]) -> ctypes.Array[ctypes.c_ulong] | None:
+    return (_c_ulong * len(mask))(*mask) if mask else None
+
+
+def mbind(addr: int, length: int, mode: int, nodemask: list[int], maxnode: int,
+          flags: int) -> int:
+    """mbind(2); an empty nodemask is NULL, else the words the kernel may read."""
+    buf = _words(nodemask)
+    r = _syscall6(SYS_mbind, addr & (2**64 - 1), length & (2**64 - 1), mode & (2**64 - 1),
+                  ctypes.addressof(buf) if buf is not None else 0, maxnode & (2**64 - 1),
+                  flags & 0xFFFFFFFF, 0)
+    if r == -1:
+        raise _fail()
+    return 0
+
+
+def set_mempolicy(mode: int, nodemask: list[int], maxnode: int) -> int:
+    buf = _words(nodemask)
+    r = _syscall6(SYS_set_mempolicy, mode & (2**64 - 1),
+                  ctypes.addressof(buf) if buf is not None else 0, maxnode & (2**64 - 1),
+                  0, 0, 0, 0)
+    if r == -1:
+        raise _fail()
+    return 0
+
+
+def get_mempolicy(words: int | None, maxnode: int, addr: int, flags: int) -> tuple[int, list[int]]:
+    """get_mempolicy(2) with a mask of `words` words (None: a NULL mask): (mode, the words)."""
+    mode = ctypes.c_int(0)
+    buf = (_c_ulong * max(words or 0, 1))()
+    r = _syscall6(SYS_get_mempolicy, ctypes.addressof(mode),
+                  ctypes.addressof(buf) if words is not None else 0, maxnode & (2**64 - 1),
+                  addr & (2**64 - 1), flags & (2**64 - 1), 0, 0)
+    if r == -1:
+        raise _fail()
+    return mode.value, [int(w) for w in buf[:words or 0]]
+
+
+_fstatfs = _checked("fstatfs", [_c_int, _c_void_p])
+
+
+def fstatfs_type(fd: int) -> int:
+    """statfs.f_type of the filesystem fd lives on (the first field, a long on x86-64)."""
+    buf = ctypes.create_string_buffer(120)
+    if _fstatfs(fd, buf) < 0:
+        raise _fail()
+    return int(ctypes.c_long.from_buffer(buf).value) & 0xFFFFFFFF
 
 
 class _IoVec(ctypes.Structure):

@@ -27,7 +27,7 @@ from .errors import UsageError
 
 # Designs that stand for a mainline kernel: a case written for one of them is
 # compared with the host under the design that matches the host's profile.
-MAINLINE = ("gmem-6.8", "gmem-6.18")
+MAINLINE = ("gmem-6.8", "gmem-6.18", "gmem-6.19")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """How case files and scenarios spell operations and values, in one place.
 
-A step's arguments are written with bound names ("$vm", "$a+4096"), flag
-names ("READ|WRITE") and hex strings (data_hex).  The conformance runner, the
+A step's arguments are written with bound names ("$vm", "$a+4096", a
+table result's field "$st.ino", "align_up($r, 0x200000)"), flag names
+("READ|WRITE") and hex strings (data_hex).  The conformance runner, the
 checker's scenarios and the model's case operations (actor_begin) all read
 them the same way, through these two functions.
 """
@@ -15,7 +16,10 @@ from typing import Any
 from . import uapi
 from .errors import UsageError
 
-REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(0[xX][0-9a-fA-F]+|\d+))?$")
+NUMBER = r"0[xX][0-9a-fA-F]+|\d+"
+REF = re.compile(r"^\$(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\.(?P<field>[A-Za-z_][A-Za-z0-9_]*))?"
+                 rf"\s*(?:(?P<sign>[+-])\s*(?P<offset>{NUMBER}))?$")
+ALIGN_UP = re.compile(rf"^align_up\(\s*(\$[^,]+?)\s*,\s*({NUMBER})\s*\)$")
 
 
 class Unbound(LookupError):
@@ -27,17 +31,22 @@ class Unbound(LookupError):
 
 
 def resolve(value: Any, env: dict[str, Any]) -> Any:
-    """Replace "$name" and "$name+N" (or -N) by bound values, recursively."""
+    """Replace "$name", "$name.field", "$name+N" (or -N) and "align_up($name..., N)"
+    by the values they name, recursively."""
     if isinstance(value, str):
+        if value.startswith("align_up("):
+            return _align_up(value, env)
         if not value.startswith("$"):
             return value
         m = REF.match(value.strip())
         if m is None:
-            raise UsageError(f"bad reference {value!r} (use $name or $name+N)")
-        name, sign, offset = m.groups()
+            raise UsageError(f"bad reference {value!r} (use $name, $name.field or $name+N)")
+        name, field, sign, offset = m.groups()
         if name not in env or env[name] is None:
             raise Unbound(name)
         base = env[name]
+        if field is not None:
+            base = _field(name, base, field)
         if offset is None:
             return base
         if not isinstance(base, int) or isinstance(base, bool):
@@ -49,6 +58,29 @@ def resolve(value: Any, env: dict[str, Any]) -> Any:
     if isinstance(value, dict):
         return {k: resolve(v, env) for k, v in value.items()}
     return value
+
+
+def _field(name: str, value: Any, field: str) -> Any:
+    """One field of a bound table result (fstat's ino, get_mempolicy's mode, ...)."""
+    table = value.as_table() if hasattr(value, "as_table") else value
+    if not isinstance(table, dict):
+        raise UsageError(f"${name} is not a table result, so it has no field {field!r}")
+    if field not in table:
+        raise UsageError(f"${name} has no field {field!r} (it has {', '.join(sorted(table))})")
+    return table[field]
+
+
+def _align_up(text: str, env: dict[str, Any]) -> int:
+    """align_up(REF, N): the reference's value rounded up to a multiple of N."""
+    m = ALIGN_UP.match(text.strip())
+    if m is None:
+        raise UsageError(f"bad expression {text!r} (use align_up($name, N) or "
+                         "align_up($name+N, N))")
+    base = resolve(m.group(1), env)
+    align = int(m.group(2), 0)
+    if not isinstance(base, int) or isinstance(base, bool) or align <= 0:
+        raise UsageError(f"{text}: align_up needs a number and a positive alignment")
+    return -(-base // align) * align
 
 
 def call_arguments(call: str, args: dict[str, Any]) -> dict[str, Any]:

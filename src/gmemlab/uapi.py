@@ -65,6 +65,9 @@ KVM_USERSPACE_MEMORY_REGION_STRUCT = struct.Struct("<IIQQQ")
 KVM_USERSPACE_MEMORY_REGION2_STRUCT = struct.Struct("<IIQQQQII14Q")
 # struct kvm_memory_attributes { u64 address, size, attributes, flags; }
 KVM_MEMORY_ATTRIBUTES_STRUCT = struct.Struct("<QQQQ")
+# struct kvm_memory_attributes2 (in-place conversion, v8): offset, size, attributes,
+# flags, error_offset (written back on EAGAIN and ENOMEM), reserved[11]
+KVM_MEMORY_ATTRIBUTES2_STRUCT = struct.Struct("<QQQQQ11Q")
 # struct kvm_enable_cap { u32 cap; u32 flags; u64 args[4]; u8 pad[64]; }
 KVM_ENABLE_CAP_STRUCT = struct.Struct("<II4Q64x")
 # struct kvm_pre_fault_memory { u64 gpa, size, flags, padding[5]; }
@@ -74,6 +77,7 @@ assert KVM_CREATE_GUEST_MEMFD_STRUCT.size == 64
 assert KVM_USERSPACE_MEMORY_REGION_STRUCT.size == 32
 assert KVM_USERSPACE_MEMORY_REGION2_STRUCT.size == 160
 assert KVM_MEMORY_ATTRIBUTES_STRUCT.size == 32
+assert KVM_MEMORY_ATTRIBUTES2_STRUCT.size == 128
 assert KVM_ENABLE_CAP_STRUCT.size == 104
 assert KVM_PRE_FAULT_MEMORY_STRUCT.size == 64
 
@@ -158,6 +162,9 @@ KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, KVM_CPUID2_HEADER.size)
 KVM_ENABLE_CAP = _IOW(KVMIO, 0xA3, KVM_ENABLE_CAP_STRUCT.size)
 KVM_SET_MEMORY_ATTRIBUTES = _IOW(KVMIO, 0xD2, KVM_MEMORY_ATTRIBUTES_STRUCT.size)
 KVM_CREATE_GUEST_MEMFD = _IOWR(KVMIO, 0xD4, KVM_CREATE_GUEST_MEMFD_STRUCT.size)
+# A guest_memfd ioctl of the in-place conversion series (v8): the same number
+# as the VM's KVM_SET_MEMORY_ATTRIBUTES, another direction and size.
+KVM_SET_MEMORY_ATTRIBUTES2 = _IOWR(KVMIO, 0xD2, KVM_MEMORY_ATTRIBUTES2_STRUCT.size)
 KVM_PRE_FAULT_MEMORY = _IOWR(KVMIO, 0xD5, KVM_PRE_FAULT_MEMORY_STRUCT.size)
 
 assert KVM_CREATE_VM == 0xAE01
@@ -166,6 +173,7 @@ assert KVM_SET_USER_MEMORY_REGION2 == 0x40A0AE49
 assert KVM_ENABLE_CAP == 0x4068AEA3
 assert KVM_SET_MEMORY_ATTRIBUTES == 0x4020AED2
 assert KVM_CREATE_GUEST_MEMFD == 0xC040AED4
+assert KVM_SET_MEMORY_ATTRIBUTES2 == 0xC080AED2
 assert KVM_PRE_FAULT_MEMORY == 0xC040AED5
 assert KVM_GET_SUPPORTED_CPUID == 0xC008AE05
 assert KVM_GET_REGS == 0x8090AE81
@@ -230,6 +238,8 @@ KVM_CAP_GUEST_MEMFD = 234
 KVM_CAP_VM_TYPES = 235
 KVM_CAP_PRE_FAULT_MEMORY = 236
 KVM_CAP_GUEST_MEMFD_FLAGS = 244
+# In-place conversion (v8, not merged): which attributes a guest_memfd keeps itself.
+KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES = 250
 
 CAPS: Mapping[str, int] = {
     "NR_MEMSLOTS": KVM_CAP_NR_MEMSLOTS,
@@ -244,6 +254,7 @@ CAPS: Mapping[str, int] = {
     "VM_TYPES": KVM_CAP_VM_TYPES,
     "PRE_FAULT_MEMORY": KVM_CAP_PRE_FAULT_MEMORY,
     "GUEST_MEMFD_FLAGS": KVM_CAP_GUEST_MEMFD_FLAGS,
+    "GUEST_MEMFD_MEMORY_ATTRIBUTES": KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES,
 }
 
 KVM_HC_MAP_GPA_RANGE = 12
@@ -359,8 +370,34 @@ MFD_HUGETLB = 0x0004
 
 S_IFREG = 0o100000
 
-# statfs f_type of 6.18's anon-inode based guest_memfd
+# statfs f_type of 6.18's anon-inode based guest_memfd, and of the guest_memfd
+# pseudo-filesystem every guest_memfd lives on from Linux 6.19
 ANON_INODE_FS_MAGIC = 0x09041934
+GUEST_MEMFD_MAGIC = 0x474D454D
+
+# --- NUMA memory policy (uapi/linux/mempolicy.h) ------------------------------------------
+
+MPOL_DEFAULT = 0
+MPOL_PREFERRED = 1
+MPOL_BIND = 2
+MPOL_INTERLEAVE = 3
+MPOL_LOCAL = 4
+MPOL_PREFERRED_MANY = 5
+MPOL_WEIGHTED_INTERLEAVE = 6  # Linux 6.9
+# Mode flags, or-ed into the mode of mbind and set_mempolicy.
+MPOL_F_NUMA_BALANCING = 1 << 13
+MPOL_F_RELATIVE_NODES = 1 << 14
+MPOL_F_STATIC_NODES = 1 << 15
+MPOL_MODE_FLAGS = MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES | MPOL_F_NUMA_BALANCING
+# get_mempolicy flags
+MPOL_F_NODE = 1 << 0
+MPOL_F_ADDR = 1 << 1
+MPOL_F_MEMS_ALLOWED = 1 << 2
+# mbind flags
+MPOL_MF_STRICT = 1 << 0
+MPOL_MF_MOVE = 1 << 1
+MPOL_MF_MOVE_ALL = 1 << 2
+MPOL_MF_VALID = MPOL_MF_STRICT | MPOL_MF_MOVE | MPOL_MF_MOVE_ALL
 
 # --- named flag sets for case files ----------------------------------------------------
 
@@ -400,6 +437,18 @@ MADV_NAMES: Mapping[str, int] = {
     "COLD": MADV_COLD, "PAGEOUT": MADV_PAGEOUT, "POPULATE_READ": MADV_POPULATE_READ,
     "POPULATE_WRITE": MADV_POPULATE_WRITE,
 }
+MPOL_MODE_NAMES: Mapping[str, int] = {
+    "DEFAULT": MPOL_DEFAULT, "PREFERRED": MPOL_PREFERRED, "BIND": MPOL_BIND,
+    "INTERLEAVE": MPOL_INTERLEAVE, "LOCAL": MPOL_LOCAL, "PREFERRED_MANY": MPOL_PREFERRED_MANY,
+    "WEIGHTED_INTERLEAVE": MPOL_WEIGHTED_INTERLEAVE, "STATIC_NODES": MPOL_F_STATIC_NODES,
+    "RELATIVE_NODES": MPOL_F_RELATIVE_NODES, "NUMA_BALANCING": MPOL_F_NUMA_BALANCING,
+}
+MPOL_GET_FLAG_NAMES: Mapping[str, int] = {
+    "NODE": MPOL_F_NODE, "ADDR": MPOL_F_ADDR, "MEMS_ALLOWED": MPOL_F_MEMS_ALLOWED,
+}
+MBIND_FLAG_NAMES: Mapping[str, int] = {
+    "STRICT": MPOL_MF_STRICT, "MOVE": MPOL_MF_MOVE, "MOVE_ALL": MPOL_MF_MOVE_ALL,
+}
 SEEK_NAMES: Mapping[str, int] = {"SET": SEEK_SET, "CUR": SEEK_CUR, "END": SEEK_END}
 MFD_NAMES: Mapping[str, int] = {
     "CLOEXEC": MFD_CLOEXEC, "ALLOW_SEALING": MFD_ALLOW_SEALING, "HUGETLB": MFD_HUGETLB,
@@ -428,6 +477,10 @@ FLAG_ARGUMENTS: Mapping[tuple[str, str], Mapping[str, int]] = {
     ("lseek", "whence"): SEEK_NAMES,
     ("memfd_create", "flags"): MFD_NAMES,
     ("create_vm", "type"): VM_TYPES,
+    ("mbind", "mode"): MPOL_MODE_NAMES,
+    ("mbind", "flags"): MBIND_FLAG_NAMES,
+    ("set_mempolicy", "mode"): MPOL_MODE_NAMES,
+    ("get_mempolicy", "flags"): MPOL_GET_FLAG_NAMES,
     ("check_extension", "cap"): CAPS,
     ("enable_cap", "cap"): CAPS,
 }
@@ -466,7 +519,8 @@ def parse_flags(value: int | str, names: Mapping[str, int], what: str = "flags")
 
 
 _PREFIXES = ("KVM_CAP_", "KVM_X86_", "KVM_MEMORY_ATTRIBUTE_", "GUEST_MEMFD_FLAG_", "KVM_MEM_",
-             "FALLOC_FL_", "PROT_", "MAP_", "MADV_", "MREMAP_", "SEEK_", "MFD_")
+             "FALLOC_FL_", "PROT_", "MAP_", "MADV_", "MREMAP_", "SEEK_", "MFD_", "MPOL_MF_",
+             "MPOL_F_", "MPOL_")
 
 
 # --- errno ------------------------------------------------------------------------------

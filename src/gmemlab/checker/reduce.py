@@ -394,8 +394,8 @@ class Symmetries:
                 args[key] = self._gpa(args[key], gi, args.get("size", args.get("length", 1)))
         if isinstance(args.get("addr"), str):
             m = REF.match(args["addr"].strip())
-            if m and m.group(3):
-                off = int(m.group(3), 0) * (1 if m.group(2) == "+" else -1)
+            if m and m.group("offset") and not m.group("field"):
+                off = int(m.group("offset"), 0) * (1 if m.group("sign") == "+" else -1)
                 length = args.get("length", P) if isinstance(args.get("length"), int) else P
                 if (off + length - 1) // P == off // P:
                     p = off // P

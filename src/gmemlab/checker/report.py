@@ -275,14 +275,15 @@ def case_text(scenario: Scenario, verdict: Verdict, cex: Counterexample, rp: Rep
             m = REF.match(value.strip())
             if m is None:
                 return value
-            name, sign, offset = m.groups()
+            name, field, sign, offset = m.groups()
             delta = 0 if offset is None else int(offset, 0) * (1 if sign == "+" else -1)
-            if name in fixed:
+            if name in fixed and field is None:
                 return fixed[name] + delta
             name = aliases.get(name, name)
             if actor is not None and name not in rp.program.env:
                 name = f"{actor}_{name}"
-            return f"${name}" + (f"{sign}{offset}" if offset is not None else "")
+            return f"${name}" + (f".{field}" if field is not None else "") + \
+                (f"{sign}{offset}" if offset is not None else "")
         if isinstance(value, list):
             return [ref(v, actor) for v in value]
         if isinstance(value, dict):

@@ -17,7 +17,7 @@ from ..guestaccess import GUEST_PATHS
 from ..spelling import vocabulary_problem
 
 KERNELS = ("any", "model", "host")
-EXPECT_KEYS = ("errno", "signal", "ret", "all_bytes", "bytes_hex")
+EXPECT_KEYS = ("errno", "error_offset", "signal", "ret", "differs", "all_bytes", "bytes_hex")
 STEP_META_KEYS = ("op", "as", *EXPECT_KEYS)
 CASE_KEYS = ("id", "about", "kernel", "design", "requires", "steps")
 DEFAULT_DESIGN = "gmem-6.18"
@@ -39,6 +39,9 @@ class Step:
     has_ret: bool = False
     all_bytes: int | None = None
     bytes_hex: str | None = None
+    differs: Any = None  # the result (or the table keys given) must differ from this
+    has_differs: bool = False
+    error_offset: Any = None  # with errno: the offset the error reports (EAGAIN's error_offset)
 
     @property
     def expects_success(self) -> bool:
@@ -187,22 +190,34 @@ def _parse_step(index: int, raw: Any) -> Step:
         except (TypeError, ValueError):
             raise CaseError(f"step {index} ({op}): bytes_hex is not hex") from None
     outcomes = sum(x is not None for x in (errno_value, signal_value)) + \
-        int("ret" in raw or all_bytes is not None or bytes_hex is not None)
+        int("ret" in raw or "differs" in raw or all_bytes is not None or bytes_hex is not None)
     if outcomes > 1:
         raise CaseError(f"step {index} ({op}): expect an errno, a signal or a result, not several")
+    error_offset = raw.get("error_offset")
+    if error_offset is not None:
+        if errno_value is None:
+            raise CaseError(f"step {index} ({op}): error_offset goes with the errno it comes with")
+        if isinstance(error_offset, bool) or not isinstance(error_offset, (int, str)):
+            raise CaseError(f"step {index} ({op}): error_offset must be an integer or a $reference")
+    if "differs" in raw and raw["differs"] is None:
+        raise CaseError(f"step {index} ({op}): differs needs a value")
     args = {k: v for k, v in raw.items() if k not in STEP_META_KEYS}
     problem = vocabulary_problem(op, args)
     if problem:
         raise CaseError(f"step {index} ({op}): {problem}")
     return Step(index=index, op=op, args=args, bind=bind, errno=errno_value, signal=signal_value,
-                ret=raw.get("ret"), has_ret="ret" in raw, all_bytes=all_bytes, bytes_hex=bytes_hex)
+                ret=raw.get("ret"), has_ret="ret" in raw, all_bytes=all_bytes, bytes_hex=bytes_hex,
+                differs=raw.get("differs"), has_differs="differs" in raw,
+                error_offset=error_offset)
 
 
 @dataclass(frozen=True)
 class Requirement:
     text: str
     cap: str
-    cmp: str  # "nonzero", "&", "&=", "=", ">=", "<=", or "guest" (then cap holds the guest path)
+    # "nonzero", "&", "&=", "=", ">=", "<=", or "guest" / "design" (then cap holds
+    # the guest path / the design name)
+    cmp: str
     value: int
     mask: int = 0  # for "&=": the bits compared
 
@@ -216,16 +231,24 @@ class Requirement:
 
 def parse_requirement(text: str) -> Requirement:
     """cap:NAME, cap:NAME&MASK, cap:NAME&MASK=VALUE, cap:NAME=VALUE, cap:NAME>=VALUE,
-    cap:NAME<=VALUE, or guest:PATH."""
+    cap:NAME<=VALUE, guest:PATH, or design:NAME."""
     if text.startswith("guest:"):
         path = text[6:].strip()
         if path not in GUEST_PATHS:
             raise CaseError(f"requirement {text!r}: the guest path is one of "
                             f"{', '.join(GUEST_PATHS)}")
         return Requirement(text=text, cap=path, cmp="guest", value=0)
+    if text.startswith("design:"):
+        from ..model.designs import DESIGNS
+
+        name = text[7:].strip()
+        if name not in DESIGNS:
+            raise CaseError(f"requirement {text!r}: no design {name!r} "
+                            f"(known: {', '.join(sorted(DESIGNS))})")
+        return Requirement(text=text, cap=name, cmp="design", value=0)
     if not text.startswith("cap:"):
         raise CaseError(f"unknown requirement {text!r} (known forms: cap:NAME[&MASK|&MASK=N|=N|>=N|<=N], "
-                        f"guest:{'|'.join(GUEST_PATHS)})")
+                        f"guest:{'|'.join(GUEST_PATHS)}, design:NAME)")
     body = text[4:]
     if "&" in body and "=" in body.partition("&")[2]:
         cap, _, rest = body.partition("&")

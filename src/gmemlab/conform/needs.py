@@ -9,7 +9,9 @@ with the reason instead of a FAIL that looks like a disagreement:
 * creating a VM of type T (1..31) needs bit T of KVM_CAP_VM_TYPES;
 * a KVM_SET_USER_MEMORY_REGION2 needs KVM_CAP_USER_MEMORY2, and one with
   KVM_MEM_GUEST_MEMFD needs KVM_CAP_GUEST_MEMFD;
-* KVM_SET_MEMORY_ATTRIBUTES needs KVM_CAP_MEMORY_ATTRIBUTES;
+* KVM_SET_MEMORY_ATTRIBUTES needs KVM_CAP_MEMORY_ATTRIBUTES, and the
+  guest_memfd's KVM_SET_MEMORY_ATTRIBUTES2 (in-place conversion)
+  KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES;
 * a guest access expected to end in a memory-fault exit needs
   KVM_CAP_MEMORY_FAULT_INFO;
 * enabling a capability needs the kernel to report it.
@@ -110,6 +112,9 @@ def _step_needs(step: Step, kinds: dict[str, str]) -> list[tuple[str, str, int |
             out.append(("cap:GUEST_MEMFD", "binds a guest_memfd", errno.EINVAL))
     elif op == "set_memory_attributes":
         out.append(("cap:MEMORY_ATTRIBUTES", "sets memory attributes", errno.ENOTTY))
+    elif op == "set_memory_attributes2":
+        out.append(("cap:GUEST_MEMFD_MEMORY_ATTRIBUTES", "sets a guest_memfd's own attributes",
+                    errno.ENOTTY))
     elif op == "guest_access":
         if isinstance(step.ret, dict) and step.ret.get("exit") == "memory_fault":
             out.append(("cap:MEMORY_FAULT_INFO", "expects a memory-fault exit", None))

@@ -154,6 +154,9 @@ def _unmet(kernel: Kernel, req: Requirement) -> str | None:
             return missing
         path = kernel.access_path()
         return None if path == req.cap else f"guest accesses on this kernel go through the {path}"
+    if req.cmp == "design":
+        design = kernel.behaves_as()
+        return None if design == req.cap else f"this kernel's guest_memfd behaves as {design}"
     cap = uapi.parse_flags(req.cap, uapi.CAPS, "capability")
     try:
         value = kernel.check_extension(cap)
@@ -218,6 +221,7 @@ def run_step(kernel: Kernel, step: Step, env: dict[str, Any]) -> None:
     except OSError as exc:
         got = uapi.errno_name(exc.errno) if exc.errno is not None else str(exc)
         if step.errno is not None and exc.errno == step.errno:
+            _check_error_offset(step, exc, env)
             return
         raise StepFailure(f"expected {_expected(step)}, got {got} ({exc.strerror})") from None
     if not step.expects_success:
@@ -225,6 +229,19 @@ def run_step(kernel: Kernel, step: Step, env: dict[str, Any]) -> None:
     if step.bind:
         env[step.bind] = result
     _check_result(step, result, env)
+
+
+def _check_error_offset(step: Step, exc: OSError, env: dict[str, Any]) -> None:
+    if step.error_offset is None:
+        return
+    want = resolve(step.error_offset, env)
+    got = getattr(exc, "error_offset", None)
+    if got is None:
+        raise StepFailure(f"expected error_offset {want!r}, but the error reports none")
+    if not _equal(got, want):
+        def show(v: Any) -> str:
+            return f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) else repr(v)
+        raise StepFailure(f"expected error_offset {show(want)}, got {show(got)}")
 
 
 def _expected(step: Step) -> str:
@@ -268,6 +285,8 @@ def _check_result(step: Step, result: Any, env: dict[str, Any]) -> None:
                                   f"{data[bad]:#04x} ({len(data)} bytes read)")
         if step.bytes_hex is not None and data != bytes.fromhex(step.bytes_hex):
             raise StepFailure(f"expected bytes {step.bytes_hex}, got {data.hex()}")
+    if step.has_differs:
+        _check_differs(step, result, env)
     if not step.has_ret:
         return
     want = resolve(step.ret, env)
@@ -288,6 +307,33 @@ def _check_result(step: Step, result: Any, env: dict[str, Any]) -> None:
         return
     if not _equal(result, want):
         raise StepFailure(f"expected {want!r}, got {_show(result)}")
+
+
+def _check_differs(step: Step, result: Any, env: dict[str, Any]) -> None:
+    """differs = VALUE: the result differs from VALUE; for a table result,
+    each key given differs from its value."""
+    other = resolve(step.differs, env)
+    if hasattr(result, "as_table"):
+        if not isinstance(other, dict):
+            raise StepFailure(f"{step.op} returns a table; differs must be a table")
+        table = result.as_table()
+        for key, value in other.items():
+            if key not in table:
+                raise StepFailure(f"result has no {key!r} (it has {sorted(table)})")
+            if _equal(table[key], value):
+                raise StepFailure(f"expected {key} to differ from {value!r}, it is the same "
+                                  f"(result {table})")
+        return
+    if isinstance(result, bytes):
+        try:
+            same = isinstance(other, str) and bytes.fromhex(other) == result
+        except ValueError:
+            raise StepFailure(f"differs: {other!r} is not hex") from None
+        if same:
+            raise StepFailure(f"expected bytes other than {other}")
+        return
+    if _equal(result, other):
+        raise StepFailure(f"expected a result other than {_show(other)}")
 
 
 def _equal(got: Any, want: Any) -> bool:

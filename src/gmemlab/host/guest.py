@@ -182,7 +182,8 @@ class GuestRunner:
             vcpu.complete_pending()
             return GuestAccess(exit="mmio", gpa=exit.gpa, size=exit.length, write=exit.write)
         if isinstance(exit, MemoryFaultExit):
-            return GuestAccess(exit="memory_fault", gpa=exit.gpa, size=exit.size, flags=exit.flags)
+            return GuestAccess(exit="memory_fault", gpa=exit.gpa, size=exit.size, flags=exit.flags,
+                               errno=uapi.errno_name(exit.errno))
         if isinstance(exit, IoExit) and exit.port == self.fault_port:
             vector = exit.value
             regs = vcpu.get_regs()

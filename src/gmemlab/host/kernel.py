@@ -27,15 +27,16 @@ import contextlib
 import ctypes
 import errno
 import os
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import libc, uapi
-from ..errors import MemorySignal, UsageError, kernel_error
-from ..guestaccess import check_call
-from ..interface import GuestAccess, Stat, checked
+from ..errors import ConversionError, MemorySignal, UsageError, kernel_error
+from ..guestaccess import check_call, check_private, guest_chooses_private
+from ..interface import GuestAccess, Mempolicy, Stat, checked
 from ..rangemap import RangeMap
 from . import probe
 
@@ -49,6 +50,25 @@ KVM_DEV = probe.KVM_DEV
 CAP_NAMES = {number: name for name, number in uapi.CAPS.items()}
 VPAGES = 1 << (64 - SHIFT)
 LOADABLE, STORABLE = 1, 2  # what the fast path knows a populated page allows
+
+
+# A node mask the kernel reads or writes is at most a page of bits (get_nodes,
+# copy_nodes_to_user); the thread's own policy is saved with 1024 nodes.
+MASK_WORDS_MAX = P // 8 + 1
+SAVED_WORDS = 16
+
+
+def _mask_words(maxnode: int) -> int:
+    """The unsigned longs of a mask of maxnode - 1 bits (the kernel drops one)."""
+    return (((maxnode - 1) & ((1 << 64) - 1)) + 63) // 64
+
+
+def _user_nodemask(nodemask: Sequence[int], maxnode: int) -> list[int]:
+    """The words to pass for a case's mask: as many as the kernel may read, zero-padded."""
+    if not nodemask:
+        return []
+    words = max(1, min(_mask_words(maxnode), MASK_WORDS_MAX))
+    return (list(nodemask) + [0] * words)[:words]
 
 
 def host_unavailable() -> str | None:
@@ -67,14 +87,37 @@ def read_maps() -> list[tuple[int, int, str]]:
     return out
 
 
+PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+GFNS = 1 << (64 - SHIFT)
+
+
+@dataclass
+class _GmemInfo:
+    """A guest_memfd the case created: its own attributes on a kernel with
+    in-place conversion (gfn -> attribute bits by file page), else None."""
+
+    attributes: RangeMap[int] | None
+
+
+@dataclass
+class _Slot:
+    gpa: int
+    size: int
+    uaddr: int
+    gmem: _GmemInfo | None = None  # a KVM_MEM_GUEST_MEMFD slot's file
+    offset: int = 0
+
+
 @dataclass
 class _VmInfo:
     """A VM the case created, whichever of its fds (dups) the case uses."""
 
     type: int
-    # Memslots the case has, by slot (as_id << 16 | id):
-    # (guest_phys_addr, memory_size, userspace_addr).
-    slots: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # Memslots the case has, by slot (as_id << 16 | id).
+    slots: dict[int, _Slot] = field(default_factory=dict)
+    # KVM_SET_MEMORY_ATTRIBUTES that succeeded, per gfn: which gfns KVM
+    # holds private (guest accesses, the access program's placement).
+    attributes: RangeMap[int] = field(default_factory=lambda: RangeMap(0, GFNS))
     # gmemlab's own dup of the VM fd, held while the VM has vCPU fds, so that
     # guest_access can add its runner's memslot after the case closed its VM
     # fds (a vCPU keeps the VM alive anyway, so the dup changes no lifetime).
@@ -101,9 +144,16 @@ class _Held:
     own: RangeMap[bool] = field(default_factory=lambda: RangeMap(False, 1 << (64 - SHIFT)))
     vcpus: list[Vcpu] = field(default_factory=list)
     runner: list[GuestRunner] = field(default_factory=list)
+    # The thread's memory policy before the case's first set_mempolicy, and the thread.
+    task_policy: tuple[int, list[int], int] | None = None
 
     def release(self) -> None:
         """Unmap what we mapped and close what we opened (also run by the finalizer)."""
+        if self.task_policy is not None and self.task_policy[2] == threading.get_ident():
+            mode, words, _ = self.task_policy
+            with contextlib.suppress(OSError):
+                libc.set_mempolicy(mode, words, 64 * len(words) + 1)
+            self.task_policy = None
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()
@@ -144,6 +194,7 @@ class HostKernel:
         self._own = self._held.own
         self._vms: dict[int, _VmInfo] = {}
         self._vcpus: dict[int, _VcpuInfo] = {}
+        self._gmems: dict[int, _GmemInfo] = {}
         # Pages populated for loads or stores since the last operation that
         # could unmap, reprotect or zap them (_changed() forgets them all).
         self._populated: RangeMap[int] = RangeMap(0, VPAGES)
@@ -163,7 +214,12 @@ class HostKernel:
     def unsupported(self, op: str) -> str | None:
         if op == "guest_access":
             return probe.profile().access_missing
+        if op in ("mbind", "get_mempolicy", "set_mempolicy"):
+            return probe.profile().numa_missing
         return None
+
+    def behaves_as(self) -> str:
+        return probe.profile().design
 
     def access_path(self) -> str:
         """Probed once per process (probe.profile)."""
@@ -280,7 +336,18 @@ class HostKernel:
         if self._mask:
             self._masked_create(self._fd(vm), flags)
         buf = bytearray(uapi.KVM_CREATE_GUEST_MEMFD_STRUCT.pack(size, flags, *res))
-        return self._adopt(libc.ioctl_buf(self._fd(vm), uapi.KVM_CREATE_GUEST_MEMFD, buf))
+        fd = self._adopt(libc.ioctl_buf(self._fd(vm), uapi.KVM_CREATE_GUEST_MEMFD, buf))
+        attributes = None
+        if self._inplace():
+            start = 0 if flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
+            attributes = RangeMap(start, GFNS)
+        self._gmems[fd] = _GmemInfo(attributes)
+        return fd
+
+    @staticmethod
+    def _inplace() -> bool:
+        """Whether guest_memfds keep the PRIVATE attribute themselves (in-place conversion)."""
+        return bool(probe.profile().cap("GUEST_MEMFD_MEMORY_ATTRIBUTES") & PRIVATE)
 
     def memfd_create(self, name: str = "gmemlab", flags: int = 0) -> int:
         if "\0" in name:
@@ -297,6 +364,7 @@ class HostKernel:
         if vcpu is not None:
             self._forget_vcpu_fd(vcpu, fd)
         self._vms.pop(fd, None)
+        self._gmems.pop(fd, None)
         os.close(fd)
         self._fds.discard(fd)
         return 0
@@ -323,6 +391,8 @@ class HostKernel:
         if fd in self._vcpus:
             self._vcpus[new] = self._vcpus[fd]
             self._vcpus[new].fds.add(new)
+        if fd in self._gmems:
+            self._gmems[new] = self._gmems[fd]
         return new
 
     def fstat(self, fd: int) -> Stat:
@@ -516,6 +586,30 @@ class HostKernel:
             done += libc.copy_to(addr + done, pattern[:n % chunk])
         return done
 
+    # --- NUMA memory policy ------------------------------------------------------------------
+
+    def mbind(self, addr: int, len: int, mode: int, nodemask: Sequence[int] = (),
+              maxnode: int = 0, flags: int = 0) -> int:
+        size = (len + P - 1) & ~(P - 1) & ((1 << 64) - 1)
+        if not addr & (P - 1) and size and addr + size <= 1 << 64:
+            # Only a call the kernel could carry out needs the range to be ours.
+            self._check_range(addr, size, "mbind")
+        return libc.mbind(addr, len, mode, _user_nodemask(nodemask, maxnode), maxnode, flags)
+
+    def get_mempolicy(self, maxnode: int = 64, addr: int = 0, flags: int = 0) -> Mempolicy:
+        if flags & uapi.MPOL_F_ADDR:
+            self._check_range(addr, 1, "get_mempolicy")
+        words = None if maxnode == 0 else min(_mask_words(maxnode), MASK_WORDS_MAX)
+        mode, mask = libc.get_mempolicy(words, maxnode, addr, flags)
+        return Mempolicy(mode, tuple(mask))
+
+    def set_mempolicy(self, mode: int, nodemask: Sequence[int] = (), maxnode: int = 0) -> int:
+        if self._held.task_policy is None:
+            # The thread's own policy, to give back when the case ends.
+            old_mode, old_mask = libc.get_mempolicy(SAVED_WORDS, 64 * SAVED_WORDS + 1, 0, 0)
+            self._held.task_policy = (old_mode, old_mask, threading.get_ident())
+        return libc.set_mempolicy(mode, _user_nodemask(nodemask, maxnode), maxnode)
+
     # --- KVM -------------------------------------------------------------------------------
 
     def set_user_memory_region(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
@@ -523,7 +617,7 @@ class HostKernel:
         buf = bytearray(uapi.KVM_USERSPACE_MEMORY_REGION_STRUCT.pack(
             slot, flags, guest_phys_addr, memory_size, userspace_addr))
         result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION, buf)
-        self._record_memslot(vm, slot, guest_phys_addr, memory_size, userspace_addr)
+        self._record_memslot(vm, slot, _Slot(guest_phys_addr, memory_size, userspace_addr))
         return result
 
     def set_user_memory_region2(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
@@ -535,23 +629,65 @@ class HostKernel:
         if self._mask:
             self._masked_memslot(self._fd(vm), flags)
         result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_USER_MEMORY_REGION2, buf)
-        self._record_memslot(vm, slot, guest_phys_addr, memory_size, userspace_addr)
+        gmem = self._gmems.get(guest_memfd) if flags & uapi.KVM_MEM_GUEST_MEMFD else None
+        self._record_memslot(vm, slot, _Slot(guest_phys_addr, memory_size, userspace_addr, gmem,
+                                             guest_memfd_offset))
         return result
 
-    def _record_memslot(self, vm: int, slot: int, gpa: int, size: int, uaddr: int) -> None:
+    def _record_memslot(self, vm: int, slot: int, new: _Slot) -> None:
         """A memslot call succeeded: remember the VM's slots for guest_access."""
         info = self._vms.get(vm)
         if info is None:
             return
-        if size == 0:
+        if new.size == 0:
             info.slots.pop(slot, None)
         else:
-            info.slots[slot] = (gpa, size, uaddr)
+            info.slots[slot] = new
 
     def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
                               flags: int = 0) -> int:
         buf = bytearray(uapi.KVM_MEMORY_ATTRIBUTES_STRUCT.pack(address, size, attributes, flags))
-        return libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_MEMORY_ATTRIBUTES, buf)
+        result = libc.ioctl_buf(self._fd(vm), uapi.KVM_SET_MEMORY_ATTRIBUTES, buf)
+        info = self._vms.get(vm)
+        if info is not None:
+            info.attributes.set(address >> SHIFT, (address + size) >> SHIFT, attributes)
+        return result
+
+    def set_memory_attributes2(self, fd: int, offset: int, size: int, attributes: int,
+                               flags: int = 0) -> int:
+        buf = bytearray(uapi.KVM_MEMORY_ATTRIBUTES2_STRUCT.pack(offset, size, attributes, flags, 0,
+                                                                *[0] * 11))
+        self._changed()  # a conversion to private zaps host page tables
+        try:
+            result = libc.ioctl_buf(self._fd(fd), uapi.KVM_SET_MEMORY_ATTRIBUTES2, buf)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+                # The kernel wrote error_offset back into the struct.
+                error_offset = uapi.KVM_MEMORY_ATTRIBUTES2_STRUCT.unpack(bytes(buf))[4]
+                raise ConversionError(exc.errno, exc.strerror or "", error_offset) from None
+            raise
+        info = self._gmems.get(fd)
+        if info is not None and info.attributes is not None:
+            info.attributes.set(offset >> SHIFT, (offset + size) >> SHIFT, attributes)
+        return result
+
+    def _kvm_private(self, vm: _VmInfo, gfn: int) -> bool:
+        """kvm_mem_is_private as the case's own calls left it."""
+        if vm.type == uapi.KVM_X86_DEFAULT_VM:
+            return False
+        if not self._inplace():
+            return bool(vm.attributes[gfn] & PRIVATE)
+        for slot in vm.slots.values():
+            first = slot.gpa >> SHIFT
+            if first <= gfn < first + (slot.size >> SHIFT):
+                if slot.gmem is None or slot.gmem.attributes is None:
+                    return False
+                return bool(slot.gmem.attributes[(slot.offset >> SHIFT) + gfn - first] & PRIVATE)
+        return False
+
+    def _private_ranges(self, vm: _VmInfo) -> list[tuple[int, int]]:
+        """(gpa, size) of every gfn range KVM holds private, by the VM's attributes."""
+        return [(s << SHIFT, (e - s) << SHIFT) for s, e, a in vm.attributes.runs() if a & PRIVATE]
 
     def enable_cap(self, vm: int, cap: int, args: Sequence[int] = (), flags: int = 0) -> int:
         if len(args) > 4:
@@ -573,7 +709,7 @@ class HostKernel:
         return fd
 
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
-                     private: bool = False, data: bytes = b"") -> GuestAccess:
+                     private: bool | None = None, data: bytes = b"") -> GuestAccess:
         info = self._vcpus.get(self._fd(vcpu))
         if info is None:
             # Not a vCPU: KVM_RUN gives that fd's answer (ENOTTY, or EINVAL on /dev/kvm).
@@ -581,9 +717,11 @@ class HostKernel:
             raise kernel_error(errno.ENOTTY, f"fd {vcpu} is not a vCPU")
         check_call(info.vm.type != uapi.KVM_X86_DEFAULT_VM, info.vm.type, gpa, length, write,
                    private, data)
-        if private:
-            raise UsageError("guest_access: private accesses are not implemented on the host "
-                             "(this machine has no VM type with private memory)")
+        check_private(info.vm.type, private, gpa, length,
+                      lambda gfn: self._kvm_private(info.vm, gfn))
+        if private and guest_chooses_private(info.vm.type):
+            raise UsageError("guest_access: a private access of an SNP or TDX guest (C-bit, "
+                             "shared bit in its page tables) is not implemented on the host")
         from ..vmm.vcpu import Vcpu
         from .guest import GuestRunner, VcpuState
 
@@ -599,17 +737,18 @@ class HostKernel:
         assert vm.hidden_fd is not None
         # KVM may load or store at userspace_addr for this access (always on
         # the emulator path): it must not be the interpreter's memory.
-        for base, size, uaddr in vm.slots.values():
-            lo, hi = max(gpa, base), min(gpa + length, base + size)
+        for slot in vm.slots.values():
+            lo, hi = max(gpa, slot.gpa), min(gpa + length, slot.gpa + slot.size)
             if lo < hi:
-                self._check_range(uaddr + lo - base, hi - lo, "guest_access")
+                self._check_range(slot.uaddr + lo - slot.gpa, hi - lo, "guest_access")
         used = {key & 0xFFFF for key in vm.slots if key >> 16 == 0}
         slot_id = next(i for i in range(uapi.KVM_USER_MEM_SLOTS - 1, -2, -1) if i not in used)
         if slot_id < 0:
             raise UsageError("guest_access: every memslot id is taken; gmemlab needs one for "
                              "its access program")
         return runner.access(info.runner, info.state, vm.hidden_fd, slot_id,
-                             [(base, size) for base, size, _ in vm.slots.values()], gpa, length,
+                             [(slot.gpa, slot.size) for slot in vm.slots.values()]
+                             + self._private_ranges(vm), gpa, length,
                              write, data)
 
     def __repr__(self) -> str:

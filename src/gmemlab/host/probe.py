@@ -23,7 +23,7 @@ import errno
 import functools
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import libc, uapi
 from ..errors import UsageError
@@ -40,12 +40,13 @@ MASKS: dict[str, str] = {
 
 # The capabilities the profile reads on /dev/kvm, in the order it shows them.
 PROFILE_CAPS = ("VM_TYPES", "GUEST_MEMFD", "GUEST_MEMFD_FLAGS", "MEMORY_ATTRIBUTES",
-                "USER_MEMORY2", "MEMORY_FAULT_INFO", "NR_MEMSLOTS", "EXIT_HYPERCALL")
+                "GUEST_MEMFD_MEMORY_ATTRIBUTES", "USER_MEMORY2", "MEMORY_FAULT_INFO",
+                "NR_MEMSLOTS", "EXIT_HYPERCALL")
 
 # Capabilities a mask forces to zero on /dev/kvm.
 _HIDDEN_CAPS = {
-    "guest_memfd": frozenset({"GUEST_MEMFD", "GUEST_MEMFD_FLAGS"}),
-    "mmap": frozenset({"GUEST_MEMFD_FLAGS"}),
+    "guest_memfd": frozenset({"GUEST_MEMFD", "GUEST_MEMFD_FLAGS", "GUEST_MEMFD_MEMORY_ATTRIBUTES"}),
+    "mmap": frozenset({"GUEST_MEMFD_FLAGS", "GUEST_MEMFD_MEMORY_ATTRIBUTES"}),
 }
 
 _MASK: list[frozenset[str]] = []  # set_mask()'s choice; empty: the environment decides
@@ -86,6 +87,9 @@ class KernelProfile:
     access_path: str | None = None  # "mmu" or "emulator"
     access_missing: str | None = None  # why guest accesses cannot run here
     max_map_count: int | None = None
+    gmem_fs_magic: int | None = None  # statfs f_type of a guest_memfd, when one could be made
+    numa_missing: str | None = None  # why mbind and get/set_mempolicy cannot run here
+    numa_nodes: int | None = None  # online NUMA nodes
 
     @property
     def usable(self) -> bool:
@@ -111,9 +115,19 @@ class KernelProfile:
 
     @property
     def design(self) -> str:
-        """The model design whose guest_memfd behaves as this kernel's does."""
+        """The model design whose guest_memfd behaves as this kernel's does.
+
+        A guest_memfd that cannot be mapped is 6.8's (to 6.17); one that
+        keeps memory attributes itself is the in-place series'; one that
+        lives on the guest_memfd pseudo-filesystem (statfs magic "GMEM") came
+        with 6.19's NUMA policy in one series, so it is 6.19's; else 6.18's.
+        """
         if self.has_guest_memfd and not self.gmem_flags & uapi.GUEST_MEMFD_FLAG_MMAP:
             return "gmem-6.8"
+        if self.cap("GUEST_MEMFD_MEMORY_ATTRIBUTES") & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+            return "inplace"
+        if self.gmem_fs_magic == uapi.GUEST_MEMFD_MAGIC:
+            return "gmem-6.19"
         return "gmem-6.18"
 
     @property
@@ -125,6 +139,10 @@ class KernelProfile:
             return "KVM without guest_memfd"
         if not self.gmem_flags & uapi.GUEST_MEMFD_FLAG_MMAP:
             return "guest_memfd without mmap (as 6.8 to 6.17)"
+        if self.design == "inplace":
+            return "guest_memfd with in-place conversion"
+        if self.design == "gmem-6.19":
+            return "guest_memfd with mmap and NUMA policy (as 6.19)"
         return "guest_memfd with mmap (as 6.18)"
 
     def line(self) -> str:
@@ -157,6 +175,16 @@ class KernelProfile:
                      self.access_missing or _PATH_MEANING.get(self.access_path or "", "")))
         rows.append(("vm.max_map_count", str(self.max_map_count) if self.max_map_count else "unknown",
                      "VMAs one process may have: page-granular sharing stops there"))
+        rows.append(("NUMA", "unavailable" if self.numa_missing else
+                     f"{self.numa_nodes or '?'} node(s) online",
+                     self.numa_missing or "mbind, get_mempolicy and set_mempolicy run here (the "
+                     "model has one node: cases name node 0, or nodes no machine has)"))
+        if self.has_guest_memfd:
+            fs = {uapi.GUEST_MEMFD_MAGIC: "guest_memfd pseudo-filesystem (6.19 and later)",
+                  uapi.ANON_INODE_FS_MAGIC: "anon-inode filesystem (before 6.19)"}
+            rows.append(("guest_memfd filesystem",
+                         f"{self.gmem_fs_magic:#x}" if self.gmem_fs_magic is not None else "unknown",
+                         fs.get(self.gmem_fs_magic or 0, "not probed")))
         rows.append(("model design compared", self.design,
                      "the host's results are compared with the model under this design"))
         return rows
@@ -186,6 +214,11 @@ class KernelProfile:
             return "KVM_SET_MEMORY_ATTRIBUTES exists" if value else \
                 ("no KVM_SET_MEMORY_ATTRIBUTES: cases that set attributes are not applicable "
                  "(those that expect its ENOTTY still run)")
+        if name == "GUEST_MEMFD_MEMORY_ATTRIBUTES":
+            return ("guest_memfd keeps its own attributes (in-place conversion): compared with "
+                    "design inplace") if value else \
+                ("no in-place conversion: cases that convert a guest_memfd "
+                 "(KVM_SET_MEMORY_ATTRIBUTES2) are not applicable")
         if name == "USER_MEMORY2":
             return "KVM_SET_USER_MEMORY_REGION2 exists" if value else \
                 "no KVM_SET_USER_MEMORY_REGION2: cases that use it are not applicable"
@@ -209,7 +242,8 @@ _PATH_MEANING = {
 
 
 def _show(name: str, value: int) -> str:
-    if name in ("VM_TYPES", "GUEST_MEMFD_FLAGS", "MEMORY_ATTRIBUTES", "EXIT_HYPERCALL"):
+    if name in ("VM_TYPES", "GUEST_MEMFD_FLAGS", "MEMORY_ATTRIBUTES", "GUEST_MEMFD_MEMORY_ATTRIBUTES",
+                "EXIT_HYPERCALL"):
         return f"{value:#x}"
     return str(value)
 
@@ -255,21 +289,23 @@ def reset() -> None:
 def _probe(mask: frozenset[str]) -> KernelProfile:
     release = os.uname().release
     missing = kvm_missing(mask)
+    numa_missing, numa_nodes = _numa()
     if missing is not None:
         return KernelProfile(release=release, mask=mask, kvm_missing=missing,
-                             access_missing="no usable /dev/kvm", max_map_count=_max_map_count())
+                             access_missing="no usable /dev/kvm", max_map_count=_max_map_count(),
+                             numa_missing=numa_missing, numa_nodes=numa_nodes)
     fd = os.open(KVM_DEV, os.O_RDWR | os.O_CLOEXEC)
     try:
         version = libc.ioctl_int(fd, uapi.KVM_GET_API_VERSION, 0)
         caps = {name: masked_cap(mask, name, _check(fd, uapi.CAPS[name])) for name in PROFILE_CAPS}
+        magic = _gmem_fs_magic(fd) if caps["GUEST_MEMFD"] else None
     finally:
         os.close(fd)
     partial = KernelProfile(release=release, mask=mask, kvm_missing=None, api_version=version,
-                            caps=caps, max_map_count=_max_map_count())
+                            caps=caps, max_map_count=_max_map_count(), gmem_fs_magic=magic)
     path, why = _access_path(partial)
-    return KernelProfile(release=release, mask=mask, kvm_missing=None, api_version=version,
-                         caps=caps, access_path=path, access_missing=why,
-                         max_map_count=partial.max_map_count)
+    return replace(partial, access_path=path, access_missing=why, numa_missing=numa_missing,
+                   numa_nodes=numa_nodes)
 
 
 def _check(fd: int, cap: int) -> int:
@@ -277,6 +313,47 @@ def _check(fd: int, cap: int) -> int:
         return libc.ioctl_int(fd, uapi.KVM_CHECK_EXTENSION, cap)
     except OSError:
         return 0
+
+
+def _gmem_fs_magic(kvm_fd: int) -> int | None:
+    """The statfs magic of the filesystem a guest_memfd lives on (None if none can be made)."""
+    try:
+        vm = libc.ioctl_int(kvm_fd, uapi.KVM_CREATE_VM, uapi.KVM_X86_DEFAULT_VM)
+    except OSError:
+        return None
+    try:
+        buf = bytearray(uapi.KVM_CREATE_GUEST_MEMFD_STRUCT.pack(uapi.PAGE_SIZE, 0, *[0] * 6))
+        gmem = libc.ioctl_buf(vm, uapi.KVM_CREATE_GUEST_MEMFD, buf)
+        try:
+            return libc.fstatfs_type(gmem)
+        finally:
+            os.close(gmem)
+    except OSError:
+        return None
+    finally:
+        os.close(vm)
+
+
+def _numa() -> tuple[str | None, int | None]:
+    """Why the NUMA policy calls cannot run here (None if they can), and the online nodes."""
+    try:
+        libc.get_mempolicy(None, 0, 0, 0)
+    except OSError as exc:
+        why = {errno.ENOSYS: "the kernel is built without NUMA (CONFIG_NUMA): mbind, "
+                             "get_mempolicy and set_mempolicy are ENOSYS",
+               errno.EPERM: "the NUMA policy calls are forbidden here (EPERM, a seccomp "
+                            "filter?)"}
+        return why.get(exc.errno or 0, f"get_mempolicy fails: {exc.strerror}"), None
+    try:
+        with open("/sys/devices/system/node/online") as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None, None
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1 if lo.strip().isdigit() else 0
+    return None, count or None
 
 
 def _max_map_count() -> int | None:

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from .. import uapi
 from ..errors import UsageError
+from ..guestaccess import guest_chooses_private
 
 
 class Design:
@@ -68,6 +69,36 @@ class Design:
     def gmem_only_slots(self) -> bool:
         """Whether binding an MMAP file makes the slot KVM_MEMSLOT_GMEM_ONLY."""
         return True
+
+    def cap_gmem_memory_attributes(self, vm_type: int | None) -> int:
+        """KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES: the attributes a guest_memfd
+        keeps itself (in-place conversion); 0 where the capability does not exist."""
+        return 0
+
+    def guest_chooses_private(self, vm_type: int) -> bool:
+        """Whether the guest's own page tables say which accesses are private
+        (SNP's C-bit, TDX's shared bit), rather than KVM's memory attributes
+        (kvm_mem_is_private), which decide for every other VM type."""
+        return guest_chooses_private(vm_type)
+
+    # --- NUMA memory policy and the file's filesystem (Linux 6.19) ----------------
+
+    def gmem_shared_policy(self) -> bool:
+        """Whether mbind on a guest_memfd mapping sets a policy on the file's
+        page range (kvm_gmem_set_policy, shared by every mapping and honoured
+        by every allocation) instead of on the VMA alone."""
+        return False
+
+    def gmem_own_filesystem(self) -> bool:
+        """Whether guest_memfd inodes live on their own pseudo-filesystem
+        ("guest_memfd", its own st_dev) rather than on the anon-inode one that
+        VM and vCPU files share."""
+        return False
+
+    def mpol_max(self) -> int:
+        """MPOL_MAX: the memory-policy modes below it exist (MPOL_WEIGHTED_INTERLEAVE
+        from Linux 6.9)."""
+        return uapi.MPOL_WEIGHTED_INTERLEAVE + 1
 
     # --- the file that backs private memory ------------------------------------
 
@@ -164,6 +195,23 @@ class Gmem68(Design):
     def gmem_only_slots(self) -> bool:
         return False
 
+    def mpol_max(self) -> int:
+        return uapi.MPOL_PREFERRED_MANY + 1  # no MPOL_WEIGHTED_INTERLEAVE before 6.9
+
+
+class Gmem619(Design):
+    """guest_memfd from Linux 6.19: NUMA policy on the file, its own pseudo-filesystem."""
+
+    name = "gmem-6.19"
+    summary = ("guest_memfd as from Linux 6.19: mbind sets a NUMA policy on the file's page "
+               "range, shared by every mapping; inodes on their own pseudo-filesystem")
+
+    def gmem_shared_policy(self) -> bool:
+        return True
+
+    def gmem_own_filesystem(self) -> bool:
+        return True
+
 
 class Seed(Design):
     """The restricted memfd of the 2022 proposal, as its text intends."""
@@ -256,8 +304,9 @@ class KvmMap(PageMmap):
         return "pte"
 
 
-class Inplace(Design):
-    """In-place conversion under review upstream (docs/DESIGNS.md, inplace)."""
+class Inplace(Gmem619):
+    """In-place conversion under review upstream (docs/DESIGNS.md, inplace), on a tree
+    that has 6.19's guest_memfd."""
 
     name = "inplace"
     summary = ("guest_memfd with per-page shared/private state on the file; conversion to "
@@ -275,6 +324,12 @@ class Inplace(Design):
 
     def inplace_attributes(self) -> bool:
         return True
+
+    def cap_gmem_memory_attributes(self, vm_type: int | None) -> int:
+        # PRIVATE when the VM has private memory (on /dev/kvm: when any VM can).
+        if vm_type is None or self.has_private_mem(vm_type):
+            return uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+        return 0
 
 
 class PkvmInplace(Inplace):
@@ -298,6 +353,7 @@ def register(cls: type[Design]) -> type[Design]:
 
 register(Design)
 register(Gmem68)
+register(Gmem619)
 register(Seed)
 register(SeedAsWritten)
 register(PageMmap)

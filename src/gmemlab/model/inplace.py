@@ -112,14 +112,18 @@ class InplaceOps(PageMapOps):
         f = self._file(fd)
         inode = self.state.inodes[f.inode]
         if f.kind != "gmem" or inode.attributes is None:
-            raise kernel_error(errno.ENOTTY, f"KVM_SET_MEMORY_ATTRIBUTES2 needs a guest_memfd of "
-                               f"an in-place design (fd {fd} is a {f.kind} fd in {self.design.name})")
+            # Not a guest_memfd ioctl here: /dev/kvm and vCPU fds answer EINVAL,
+            # the rest ENOTTY (as any unknown ioctl).
+            raise kernel_error(errno.EINVAL if f.kind in ("kvm", "vcpu") else errno.ENOTTY,
+                               f"KVM_SET_MEMORY_ATTRIBUTES2 needs a guest_memfd of an in-place "
+                               f"design (fd {fd} is a {f.kind} fd in {self.design.name})")
         kvm = self.state.vms.get(inode.vm) if inode.vm is not None else None
-        supported = PRIVATE if kvm is not None and self.design.has_private_mem(kvm.type) else 0
         if flags:
             raise kernel_error(errno.EINVAL, "flags must be 0")
-        if attributes & ~supported:
-            raise kernel_error(errno.EINVAL, f"attributes {attributes:#x} outside {supported:#x}")
+        if kvm is None or not self.design.has_private_mem(kvm.type):
+            raise kernel_error(errno.EINVAL, "the file's VM has no private memory")
+        if attributes & ~PRIVATE:
+            raise kernel_error(errno.EINVAL, f"attributes {attributes:#x} outside {PRIVATE:#x}")
         if size == 0 or offset + size > U64:
             raise kernel_error(errno.EINVAL, "size 0 or range wraps")
         if offset & (P - 1) or size & (P - 1):

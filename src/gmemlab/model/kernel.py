@@ -12,13 +12,14 @@ from ..guestaccess import GUEST_PATHS
 from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, Costs, checked
 from .designs import DEFAULT_DESIGN, Design, make_design
 from .inplace import InplaceOps
+from .mempolicy import MempolicyOps
 from .observe import ObserveOps
 from .vfs import VfsOps
 
 # Host loads/stores and guest accesses are not system calls.
 NOT_SYSCALLS = frozenset({"read_mem", "write_mem", "guest_access"})
 # Model-only operations that are ioctls in the designs that have them.
-SYSCALL_MODEL_OPS = frozenset({"set_memory_attributes2", "kvm_map_shared"})
+SYSCALL_MODEL_OPS = frozenset({"kvm_map_shared"})
 COST_FIELDS = tuple(f.name for f in fields(Costs) if f.name != "vma_count")
 K = TypeVar("K")
 
@@ -44,7 +45,7 @@ def counted(cls: type[K]) -> type[K]:
 
 @counted
 @checked
-class ModelKernel(ObserveOps, InplaceOps, VfsOps):
+class ModelKernel(ObserveOps, InplaceOps, MempolicyOps, VfsOps):
     """The model of a kernel built as `design` ("gmem-6.18", "gmem-6.8", ...).
 
     Pure Python and deterministic: no /dev/kvm needed.  snapshot() and
@@ -79,6 +80,9 @@ class ModelKernel(ObserveOps, InplaceOps, VfsOps):
 
     def access_path(self) -> str:
         return self.guest_path
+
+    def behaves_as(self) -> str:
+        return self.design.name
 
     def __repr__(self) -> str:
         extra = f", guest_path={self.guest_path!r}" if self.guest_path != "mmu" else ""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from .. import uapi
 from ..errors import UsageError, kernel_error
-from ..guestaccess import check_call, step_width
+from ..guestaccess import check_call, check_private, step_width
 from ..interface import GuestAccess, GuestHypercall
 from . import pages
 from .gmem import GmemOps
@@ -85,6 +85,8 @@ class KvmOps(GmemOps, MmOps):
             return self.design.cap_guest_memfd(vm_type)
         if cap == uapi.KVM_CAP_GUEST_MEMFD_FLAGS:
             return self.design.cap_guest_memfd_flags(vm_type)
+        if cap == uapi.KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES:
+            return self.design.cap_gmem_memory_attributes(vm_type)
         if cap == uapi.KVM_CAP_MEMORY_ATTRIBUTES:
             supported = kvm is not None and self.design.supports_attributes(kvm.type)
             return uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE if supported else 0
@@ -277,12 +279,13 @@ class KvmOps(GmemOps, MmOps):
         return bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
-                     private: bool = False, data: bytes = b"") -> GuestAccess:
+                     private: bool | None = None, data: bytes = b"") -> GuestAccess:
         f = self._ioctl_file(vcpu, "vcpu")
         assert f.vm is not None
         kvm = self.state.vms[f.vm]
         check_call(self.design.has_private_mem(kvm.type), kvm.type, gpa, length, write, private,
                    data)
+        check_private(kvm.type, private, gpa, length, lambda gfn: self._kvm_private(kvm, gfn))
         if self.guest_path == "emulator" and self.design.has_private_mem(kvm.type):
             raise UsageError("guest_access: the emulator guest path is modelled for VMs without "
                              "private memory only")
@@ -305,21 +308,37 @@ class KvmOps(GmemOps, MmOps):
             pos = stop
         return GuestAccess(exit="none", data_hex="" if write else out.hex())
 
-    def _guest_page(self, kvm: Vm, gpa: int, n: int, write: bool, private: bool,
+    def _kvm_private(self, kvm: Vm, gfn: int) -> bool:
+        """kvm_mem_is_private: whether KVM holds gfn private (an unshare still
+        pending counts: the guest asked for it)."""
+        return self.design.has_private_mem(kvm.type) and self._gfn_private(kvm, gfn) is not False
+
+    def _guest_page(self, kvm: Vm, gpa: int, n: int, write: bool, private: bool | None,
                     data: bytes | None) -> bytes | GuestAccess:
         """One access within a page: its bytes, or the exit it causes."""
         emulated = self.guest_path == "emulator"
         gfn = gpa >> SHIFT
+        if self.design.has_private_mem(kvm.type):
+            attr = self._gfn_private(kvm, gfn)
+            if self.design.guest_chooses_private(kvm.type):
+                # The guest's C-bit or shared bit says; KVM checks it against
+                # its own view (kvm_mmu_faultin_pfn) and exits on a mismatch.
+                private = bool(private)
+                mismatch = attr is None or attr != private
+            else:
+                # kvm_mmu_page_fault: private exactly when KVM holds the gfn private.
+                private = attr is not False
+                mismatch = attr is None  # an unshare waiting for the host (pkvm-inplace)
+        else:
+            private, mismatch = False, False
 
         def fault(err: int = errno.EFAULT) -> GuestAccess:
             return GuestAccess(exit="memory_fault", gpa=gfn << SHIFT, size=P,
                                flags=uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE if private else 0,
                                errno=uapi.errno_name(err))
 
-        if self.design.has_private_mem(kvm.type):
-            attr_private = self._gfn_private(kvm, gfn)
-            if attr_private is None or attr_private != private:
-                return fault()
+        if mismatch:
+            return fault()
         if emulated and gfn == uapi.APIC_DEFAULT_PHYS_BASE >> SHIFT:
             # vcpu_is_mmio_gpa: "For APIC access vmexit", memslot or not.
             return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)

@@ -57,6 +57,23 @@ class RestrictedState:
     mmap_range: tuple[int, int] = (0, 0)
 
 
+@dataclass(frozen=True)
+class Policy:
+    """A NUMA memory policy (struct mempolicy) as get_mempolicy and mpol_equal see it.
+
+    nodes is the policy's node set after the intersection with the nodes that
+    have memory (0 for MPOL_LOCAL); user_nodes the node set as the caller gave
+    it, kept only with MPOL_F_STATIC_NODES or MPOL_F_RELATIVE_NODES.  Equal
+    values are equal policies, so adjacent VMAs merge exactly when the kernel's
+    vma_merge would.
+    """
+
+    mode: int
+    flags: int = 0  # MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, MPOL_F_NUMA_BALANCING
+    nodes: int = 0
+    user_nodes: int = 0
+
+
 @dataclass
 class Inode:
     """An inode: the memory and the per-file facts that outlive any one fd."""
@@ -85,6 +102,9 @@ class Inode:
     # In-place designs: the file's own shared/private state per page
     # (model/inplace.py); None where attributes live in the VM.
     attributes: RangeMap[int] | None = None
+    # The file's shared NUMA policy per page index (shmem, and guest_memfd from
+    # Linux 6.19), created by the first mbind that sets one; None: no policy anywhere.
+    policy: RangeMap[Policy | None] | None = None
 
 
 @dataclass
@@ -157,6 +177,7 @@ class Mapping:
     advice: int = 0  # VM_* bits set by madvise (hugepage, random, ...)
     overlay: int | None = None  # private pages (COW or anonymous): State.overlays key
     tag: int = 0  # distinguishes VMAs the kernel left unmerged
+    policy: Policy | None = None  # vma->vm_policy (mbind); None: no policy of its own
 
 
 @dataclass(frozen=True)
@@ -228,6 +249,7 @@ class State:
     # Long-term pins by (addr, length) of the gup_pin call, oldest first.
     gup_pins: dict[tuple[int, int], list[GupPin]] = field(default_factory=dict)
     pkvm: PkvmState | None = None  # created by the first pKVM hypercall
+    task_policy: Policy | None = None  # the process's policy (set_mempolicy); None: default
     counters: Counter[str] = field(default_factory=Counter)
     # Stepwise execution (model/steps.py): each actor's operation in progress,
     # and who holds the mm's mmap_lock and each restricted memfd's lock.

@@ -279,14 +279,20 @@ class StepOps(RestrictedOps):
         """(vm, slot, gfn) when the access is a one-page private access to a
         restricted memfd with a matching attribute; None otherwise."""
         f = self._file_or_none(args["vcpu"])
-        if f is None or f.kind != "vcpu" or not args["private"]:
+        if f is None or f.kind != "vcpu":
             return None
         gpa, length = args["gpa"], args["length"]
         if length < 1 or (gpa & (P - 1)) + length > P:
             return None
         kvm = self.state.vms[f.vm]
         gfn = gpa >> SHIFT
-        if not kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+        held_private = bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        # The guest's own choice where it has one (SNP, TDX), else KVM's; an
+        # explicit choice KVM would not make is the atomic path's usage error.
+        private = args["private"]
+        if not self.design.guest_chooses_private(kvm.type) and private is None:
+            private = held_private
+        if not private or not held_private:
             return None
         key = kvm.gfn_slots[gfn]
         slot = kvm.memslots.get(key) if key is not None else None

@@ -44,6 +44,15 @@ MODES = {
 }
 
 
+# st_dev of each filesystem the model's files live on: the numbers are the
+# model's own (a real kernel hands out anonymous device numbers at boot); only
+# which files share one is meant.
+FS_DEVS = {"devtmpfs": 0x5, "anon_inodefs": 0xE, "shmem": 0x1, "guest_memfd": 0x2C,
+           "restrictedmem": 0x2D}
+INODE_FS = {"chardev": "devtmpfs", "anon": "anon_inodefs", "gmem": "anon_inodefs",
+            "memfd": "shmem", "shmem": "shmem", "restricted": "restrictedmem"}
+
+
 class VfsOps(ModelBase):
     def _handler(self, call: str, f: OpenFile) -> Any:
         return getattr(self, f"_{call}_{f.kind}", None)
@@ -84,7 +93,13 @@ class VfsOps(ModelBase):
             blocks = pages.present(inode.pages) * (uapi.PAGE_SIZE // 512)
         return Stat(size=inode.size if f.kind in REGULAR else 0, mode=inode.mode,
                     blksize=uapi.PAGE_SIZE, blocks=blocks, nlink=inode.nlink,
-                    ino=inode.ino, dev=0)
+                    ino=inode.ino, dev=FS_DEVS[self._filesystem(inode.kind)])
+
+    def _filesystem(self, kind: str) -> str:
+        """The filesystem an inode of this kind lives on."""
+        if kind == "gmem" and self.design.gmem_own_filesystem():
+            return "guest_memfd"  # the guest_memfd pseudo-filesystem (6.19)
+        return INODE_FS[kind]
 
     def fchmod(self, fd: int, mode: int) -> int:
         f = self._file(fd)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import uapi
-from ..errors import MemorySignal
+from ..errors import MemorySignal, UsageError
 from ..interface import Costs
 from ..model import ModelKernel
 
@@ -207,7 +207,10 @@ class _Vmm:
 
     def kept(self, i: int) -> bool:
         """The guest still reads its own marker, now privately."""
-        got = self.k.guest_access(self.cpu, self.gfn(i) * P, 5, private=True)
+        try:
+            got = self.k.guest_access(self.cpu, self.gfn(i) * P, 5, private=True)
+        except UsageError:  # the page stayed shared: no private access to make
+            return False
         return got.exit == "none" and bytes.fromhex(got.data_hex)[3:] == b"ok"
 
 
