@@ -66,7 +66,7 @@ def test_mbind_splits_and_merges_vmas_as_any_vma_property() -> None:
 def test_guest_memfd_policy_lives_where_the_design_says(design: str, shared: bool) -> None:
     k = ModelKernel(design)
     vm = k.create_vm("sw_protected")
-    flags = uapi.GUEST_MEMFD_FLAG_MMAP if k.design.gmem_mmap_supported() else 0
+    flags = uapi.GUEST_MEMFD_FLAG_MMAP if k.design.kvm.gmem_mmap else 0
     f = k.create_guest_memfd(vm, 4 * P, flags)
     if not flags:
         assert _errno(k.mmap, f, 4 * P, "READ|WRITE", "SHARED") == 19

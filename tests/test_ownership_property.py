@@ -35,6 +35,7 @@ from gmemlab import MemorySignal, uapi
 from gmemlab.errors import UsageError
 from gmemlab.model import ModelKernel, inplace, pagemap, pkvm
 from gmemlab.model.invariants import violations
+from gmemlab.model.policies import MapScope, PrivateFile
 
 P = 4096
 G = 0x80000  # first gfn of guest memory
@@ -64,12 +65,12 @@ def _world(design: str, init_shared: bool) -> World:
     pvm = k.create_vm(uapi.MODEL_PKVM_VM)
     nvm = k.create_vm(0)
     cpu = k.create_vcpu(pvm, 0)
-    if k.design.private_file_kind() == "restricted":
+    if k.design.kvm.private_file is PrivateFile.RESTRICTED:
         f = k.memfd_restricted(0)
         k.ftruncate(f, FILE_PAGES * P)
     else:
         flags = uapi.GUEST_MEMFD_FLAG_MMAP
-        if init_shared and k.design.gmem_supported_flags(uapi.MODEL_PKVM_VM) & \
+        if init_shared and k.design.gmem_flags(uapi.MODEL_PKVM_VM) & \
                 uapi.GUEST_MEMFD_FLAG_INIT_SHARED:
             flags |= uapi.GUEST_MEMFD_FLAG_INIT_SHARED
         f = k.create_guest_memfd(pvm, FILE_PAGES * P, flags)
@@ -235,13 +236,13 @@ def op_guest_shares(w: World, d: st.DataObject) -> Any:
     """The guest shares a page; the VMM converts it and makes it reachable."""
     gfn = _gfn(w, d)
     w.k.pkvm_guest_share_host(w.pvm, gfn)
-    if w.k.design.inplace_attributes():
+    if w.k.design.conversion.in_place:
         w.k.set_memory_attributes2(w.f, (gfn - G) * P, P, 0)
     else:
         w.k.set_memory_attributes(w.pvm, gfn * P, P, 0)
-    if w.k.design.restricted_mmap() == "kvm":
+    if w.k.design.mapping.scope is MapScope.KVM_ONLY:
         w.addrs.append(w.k.kvm_map_shared(w.pvm, gfn * P, P))
-    elif w.k.design.restricted_mmap() == "pages":
+    elif w.k.design.mapping.scope is MapScope.PAGES:
         w.addrs.append(w.k.mmap(w.f, P, uapi.PROT_READ | uapi.PROT_WRITE, uapi.MAP_SHARED, (gfn - G) * P))
 
 
@@ -283,7 +284,7 @@ def op_hyp_unshare(w: World, d: st.DataObject) -> Any:
 def op_guest_unshares(w: World, d: st.DataObject) -> Any:
     """The VMM takes a page back from the host, then the guest unshares it."""
     gfn = _gfn(w, d)
-    if w.k.design.inplace_attributes():
+    if w.k.design.conversion.in_place:
         w.k.set_memory_attributes2(w.f, (gfn - G) * P, P, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
     else:
         w.k.set_memory_attributes(w.pvm, gfn * P, P, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)

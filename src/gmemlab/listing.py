@@ -24,7 +24,7 @@ def listing(what: str) -> list[tuple[str, str]]:
 def _designs() -> list[tuple[str, str]]:
     from .model.designs import DESIGNS
 
-    return [(name, make().summary) for name, make in DESIGNS.items()]
+    return [(name, design.summary) for name, design in DESIGNS.items()]
 
 
 def _scenarios() -> list[tuple[str, str]]:

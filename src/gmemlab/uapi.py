@@ -189,6 +189,9 @@ KVM_API_VERSION = 12
 
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
 GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
+# Proposed (Patrick Roy's series for Firecracker's secret hiding, not merged as
+# of 2026): the file's folios leave the kernel's direct map.
+GUEST_MEMFD_FLAG_NO_DIRECT_MAP = 1 << 2
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
@@ -418,6 +421,7 @@ FALLOC_NAMES: Mapping[str, int] = {
 }
 GUEST_MEMFD_FLAG_NAMES: Mapping[str, int] = {
     "MMAP": GUEST_MEMFD_FLAG_MMAP, "INIT_SHARED": GUEST_MEMFD_FLAG_INIT_SHARED,
+    "NO_DIRECT_MAP": GUEST_MEMFD_FLAG_NO_DIRECT_MAP,
 }
 MEMSLOT_FLAG_NAMES: Mapping[str, int] = {
     "LOG_DIRTY_PAGES": KVM_MEM_LOG_DIRTY_PAGES, "READONLY": KVM_MEM_READONLY,

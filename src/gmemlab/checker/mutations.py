@@ -17,31 +17,22 @@ from typing import Any
 from ..errors import UsageError, kernel_error
 from ..interface import GuestAccess
 from ..model import ModelKernel
-from ..model.designs import Seed
+from ..model.designs import SEED, Design
+from ..model.policies import MappingPolicy, MmapEndTo, NotifyPolicy
 from ..model.restricted import NO_NONZERO_AFTER_LAUNCH, MmapProgress
 from ..model.state import Inode, Memslot, Vm
 from ..model.steps import Outcome, Pending
 
-
-class _NoHasMapping(Seed):
-    name = "seed"
-
-    def restricted_sets_has_mapping(self) -> bool:
-        return False
-
-
-class _EndToLast(Seed):
-    name = "seed"
-
-    def restricted_mmap_end_to_all(self) -> bool:
-        return False
+# The seed with one of the sketch's two defects each (a design is a row of policies).
+_NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(sets_has_mapping=False))
+_END_TO_LAST = replace(SEED, notify=NotifyPolicy(MmapEndTo.LAST_STARTED))
 
 
 class HasMappingAfterEnd(ModelKernel):
     """has_mapping set after the mmap_end calls (the window the checker found)."""
 
     def __init__(self, design: Any = None) -> None:
-        super().__init__(_NoHasMapping())
+        super().__init__(_NO_HAS_MAPPING)
 
     def _mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
         if p.phase == "end":
@@ -205,8 +196,8 @@ class Mutant:
     catches: frozenset[str]  # the promises it breaks on seed_default (any of them may come first)
 
 
-def _design(d: type[Seed]) -> Callable[[str], ModelKernel]:
-    return lambda _name: ModelKernel(d())
+def _design(d: Design) -> Callable[[str], ModelKernel]:
+    return lambda _name: ModelKernel(d)
 
 
 def _kernel(cls: type[ModelKernel]) -> Callable[[str], ModelKernel]:
@@ -214,10 +205,10 @@ def _kernel(cls: type[ModelKernel]) -> Callable[[str], ModelKernel]:
 
 
 MUTANTS: dict[str, Mutant] = {m.name: m for m in [
-    Mutant("no-has-mapping", "has_mapping is never set (defect 1 alone)", _design(_NoHasMapping),
+    Mutant("no-has-mapping", "has_mapping is never set (defect 1 alone)", _design(_NO_HAS_MAPPING),
            frozenset({"P2", "P3", "P4", "P1"})),
     Mutant("mmap-end-to-last", "mmap_end reaches the last notifier only (defect 2 alone)",
-           _design(_EndToLast), frozenset({"P5"})),
+           _design(_END_TO_LAST), frozenset({"P5"})),
     Mutant("has-mapping-after-mmap-end", HasMappingAfterEnd.__doc__ or "", _kernel(HasMappingAfterEnd),
            frozenset({"P2", "P4"})),
     Mutant("abort-forward", AbortForward.__doc__ or "", _kernel(AbortForward), frozenset({"P5"})),

@@ -128,7 +128,7 @@ def config_setup(c: Config, design: str) -> tuple[Action, ...]:
     """The setup for a configuration: the file, the VM, memslots and notifiers in
     the given order, vCPUs.  Names: $f, $vm, $cpu (= $cpu0) ... $cpuN-1, $gpa
     (the file's first page in the guest), $size (the file's size in bytes)."""
-    kind = make_design(design).private_file_kind()
+    kind = make_design(design).kvm.private_file.value
     size = c.pages * P
     slot_bytes = size // c.memslots
     out: list[Action] = []
@@ -313,7 +313,7 @@ def validate(sc: Scenario) -> None:
         if sorted(slots) != sorted(f"slot{i}" for i in range(c.memslots)):
             raise ScenarioError(f"[config] order must name each of slot0..slot{c.memslots - 1} once")
         notifiers = [o for o in c.slot_order() if o not in slots]
-        if notifiers and design.private_file_kind() != "restricted":
+        if notifiers and design.kvm.private_file.value != "restricted":
             raise ScenarioError(f"design {sc.design} has no notifiers ({', '.join(notifiers)})")
         if len(set(notifiers)) != len(notifiers) or not set(dict(c.fail)) <= set(notifiers):
             raise ScenarioError("[config]: notifier names must be unique and fail only names notifiers")

@@ -29,12 +29,12 @@ class GmemOps(ModelBase):
                            reserved: Sequence[int] = ()) -> int:
         # kvm_gmem_create; reserved[] is not checked by the kernel.
         kvm = self._vm_of(vm)
-        if self.design.private_file_kind() != "gmem":
+        if self.design.kvm.private_file.value != "gmem":
             raise kernel_error(errno.ENOTTY, f"KVM_CREATE_GUEST_MEMFD does not exist in design "
                                f"{self.design.name}")
-        if flags & ~self.design.gmem_supported_flags(kvm.type):
+        if flags & ~self.design.gmem_flags(kvm.type):
             raise kernel_error(errno.EINVAL, f"flags {flags:#x} outside the supported "
-                               f"{self.design.gmem_supported_flags(kvm.type):#x}")
+                               f"{self.design.gmem_flags(kvm.type):#x}")
         if size > LOFF_MAX or size == 0 or size & (P - 1):
             raise kernel_error(errno.EINVAL, "size must be positive and page-aligned")
         inode = self._new_inode("gmem", uapi.S_IFREG | 0o600, size=size)
@@ -91,7 +91,7 @@ class GmemOps(ModelBase):
     # --- mmap and faults ----------------------------------------------------------------
 
     def _mmap_gmem(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
-        if not self.design.gmem_mmap_supported():
+        if not self.design.kvm.gmem_mmap:
             raise kernel_error(errno.ENODEV, "this guest_memfd has no mmap operation")
         inode = self.state.inodes[f.inode]
         if not inode.flags & uapi.GUEST_MEMFD_FLAG_MMAP:
@@ -126,7 +126,7 @@ class GmemOps(ModelBase):
         if fid is None:
             raise kernel_error(errno.EBADF, f"fd {fd} is not open")
         f = self.state.files[fid]
-        kind = self.design.private_file_kind()
+        kind = self.design.kvm.private_file.value
         if f.kind != kind:
             raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a {kind} file")
         getattr(self, f"_bind_{kind}")(kvm, slot, f, offset)
@@ -154,7 +154,7 @@ class GmemOps(ModelBase):
             raise kernel_error(errno.EINVAL, "the file range is already bound to a memslot")
         slot.private_file = f.id
         slot.private_pgoff = first
-        slot.gmem_only = self.design.gmem_only_slots() and bool(
+        slot.gmem_only = self.design.kvm.gmem_only_slots and bool(
             inode.flags & uapi.GUEST_MEMFD_FLAG_MMAP)
         f.bindings.set(first, last, slot.key)
 

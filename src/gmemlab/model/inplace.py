@@ -68,7 +68,7 @@ RANGE_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 
 class InplaceOps(PageMapOps):
     def _gmem_inode_created(self, inode: Inode) -> None:
-        if self.design.inplace_attributes():
+        if self.design.conversion.in_place:
             start = SHARED if inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
             inode.attributes = RangeMap(start, PAGE_INDEX_LIMIT)
         super()._gmem_inode_created(inode)
@@ -120,7 +120,7 @@ class InplaceOps(PageMapOps):
         kvm = self.state.vms.get(inode.vm) if inode.vm is not None else None
         if flags:
             raise kernel_error(errno.EINVAL, "flags must be 0")
-        if kvm is None or not self.design.has_private_mem(kvm.type):
+        if kvm is None or not self.design.kvm.has_private_mem(kvm.type):
             raise kernel_error(errno.EINVAL, "the file's VM has no private memory")
         if attributes & ~PRIVATE:
             raise kernel_error(errno.EINVAL, f"attributes {attributes:#x} outside {PRIVATE:#x}")
@@ -150,7 +150,7 @@ class InplaceOps(PageMapOps):
         return inode.attributes.all_equal(first, last, SHARED)
 
     def _attributes2_zaps(self, attributes: int) -> bool:
-        return bool(attributes & PRIVATE) and not self.design.defers_unshare()
+        return bool(attributes & PRIVATE) and not self.design.conversion.defers
 
     def _attributes2_zap(self, inode: Inode, first: int, last: int) -> None:
         """unmap_mapping_pages: no host PTE of the range survives."""
@@ -173,7 +173,7 @@ class InplaceOps(PageMapOps):
         if not attributes & PRIVATE:
             inode.attributes.set(first, last, SHARED)
             return
-        if not self.design.defers_unshare():
+        if not self.design.conversion.defers:
             inode.attributes.set(first, last, PRIVATE)
         else:
             # clear_shared: free pages are private now, held ones wait.
@@ -190,7 +190,7 @@ class InplaceOps(PageMapOps):
 
     def _host_refs_dropped(self, inode: Inode, first: int, last: int) -> None:
         """The final folio_put of pkvm-inplace: a pending unshare completes."""
-        if inode.attributes is not None and self.design.defers_unshare():
+        if inode.attributes is not None and self.design.conversion.defers:
             pending = [(s, e) for s, e, a in inode.attributes.runs(first, last) if a == NONE_SHARED]
             for s, e in pending:
                 for lo, hi in self._unreferenced(inode, s, e, with_ptes=True):

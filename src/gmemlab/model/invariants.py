@@ -13,7 +13,7 @@ state reached in any way.
   and the host's records must tell the same story.
 * ``host_mapping_violations``: no host mapping covers a page the design
   considers private.  What "covers" means is the design's promise
-  (Design.host_mapping_promise): a VMA (seed, page-mmap), or a host
+  (PromisePolicy.host_mapping): a VMA (seed, page-mmap), or a host
   page-table entry (kvm-map and the guest_memfd designs, where a VMA may span
   private pages whose faults fail).  "Private" is the VM's attribute for a
   restricted memfd and for guest_memfd without in-place state, the file's
@@ -31,6 +31,7 @@ from .. import uapi
 from ..rangemap import RangeMap
 from .designs import Design
 from .pkvm import NOPAGE, OWNED, SHARED_BORROWED, SHARED_OWNED, STATE_NAMES
+from .policies import HostMappingPromise
 from .state import PFN_LIMIT, HypPage, Inode, OpenFile, State
 
 PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
@@ -140,16 +141,17 @@ def private_page_runs(state: State, inode: Inode) -> Iterator[tuple[int, int]]:
 
 
 def host_mapping_violations(state: State, design: Design) -> list[str]:
-    promise = design.host_mapping_promise()
-    if promise is None:
+    promise = design.promise.host_mapping
+    if promise is HostMappingPromise.NONE:
         return []
     out = []
     for inode in state.inodes.values():
-        held = inode.vma_cover if promise == "vma" else inode.host_ptes
+        by_vma = promise is HostMappingPromise.NO_VMA
+        held = inode.vma_cover if by_vma else inode.host_ptes
         for s, e in _private_pages(state, inode):
             hit = held.find(s, e, bool)
             if hit is not None:
-                what = "a VMA covers" if promise == "vma" else "a host PTE maps"
+                what = "a VMA covers" if by_vma else "a host PTE maps"
                 out.append(f"{what} private page {hit} of inode {inode.ino}")
                 break
     return out

@@ -61,7 +61,7 @@ class KvmOps(GmemOps, MmOps):
         return self.state.anon_ino
 
     def create_vm(self, type: int = 0) -> int:
-        if type not in self.design.vm_types:
+        if type not in self.design.kvm.vm_types:
             raise kernel_error(errno.EINVAL, f"VM type {type} is not supported")
         kvm = Vm(id=self.state.new_id(), type=type)
         self.state.vms[kvm.id] = kvm
@@ -82,16 +82,16 @@ class KvmOps(GmemOps, MmOps):
         if cap in FIXED_CAPS:
             return FIXED_CAPS[cap]
         if cap == uapi.KVM_CAP_GUEST_MEMFD:
-            return self.design.cap_guest_memfd(vm_type)
+            return self.design.kvm.cap_guest_memfd(vm_type)
         if cap == uapi.KVM_CAP_GUEST_MEMFD_FLAGS:
-            return self.design.cap_guest_memfd_flags(vm_type)
+            return self.design.gmem_flags(vm_type)
         if cap == uapi.KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES:
-            return self.design.cap_gmem_memory_attributes(vm_type)
+            return self.design.cap_file_attributes(vm_type)
         if cap == uapi.KVM_CAP_MEMORY_ATTRIBUTES:
-            supported = kvm is not None and self.design.supports_attributes(kvm.type)
+            supported = kvm is not None and self.design.vm_attributes(kvm.type)
             return uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE if supported else 0
         if cap == uapi.KVM_CAP_VM_TYPES:
-            return sum(1 << t for t in self.design.vm_types if t < 32)
+            return sum(1 << t for t in self.design.kvm.vm_types if t < 32)
         return 0
 
     def enable_cap(self, vm: int, cap: int, args: Sequence[int] = (), flags: int = 0) -> int:
@@ -145,7 +145,7 @@ class KvmOps(GmemOps, MmOps):
         # check_memory_region_flags
         gmem = bool(flags & uapi.KVM_MEM_GUEST_MEMFD)
         valid = uapi.KVM_MEM_LOG_DIRTY_PAGES
-        if self.design.gmem_memslot_allowed(kvm.type):
+        if self.design.kvm.gmem_memslot_allowed(kvm.type):
             valid |= uapi.KVM_MEM_GUEST_MEMFD
         if gmem:
             valid &= ~uapi.KVM_MEM_LOG_DIRTY_PAGES
@@ -232,7 +232,7 @@ class KvmOps(GmemOps, MmOps):
     def _attributes_checks(self, kvm: Vm, address: int, size: int, attributes: int,
                            flags: int) -> tuple[int, int, int]:
         """kvm_vm_ioctl_set_mem_attributes' checks, then the design's veto."""
-        if not self.design.supports_attributes(kvm.type):
+        if not self.design.vm_attributes(kvm.type):
             raise kernel_error(errno.ENOTTY, "KVM_SET_MEMORY_ATTRIBUTES is not available "
                                "for this VM (a kernel built without "
                                "CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES)")
@@ -283,10 +283,10 @@ class KvmOps(GmemOps, MmOps):
         f = self._ioctl_file(vcpu, "vcpu")
         assert f.vm is not None
         kvm = self.state.vms[f.vm]
-        check_call(self.design.has_private_mem(kvm.type), kvm.type, gpa, length, write, private,
+        check_call(self.design.kvm.has_private_mem(kvm.type), kvm.type, gpa, length, write, private,
                    data)
         check_private(kvm.type, private, gpa, length, lambda gfn: self._kvm_private(kvm, gfn))
-        if self.guest_path == "emulator" and self.design.has_private_mem(kvm.type):
+        if self.guest_path == "emulator" and self.design.kvm.has_private_mem(kvm.type):
             raise UsageError("guest_access: the emulator guest path is modelled for VMs without "
                              "private memory only")
         self.state.counters["exits"] += 1
@@ -311,16 +311,16 @@ class KvmOps(GmemOps, MmOps):
     def _kvm_private(self, kvm: Vm, gfn: int) -> bool:
         """kvm_mem_is_private: whether KVM holds gfn private (an unshare still
         pending counts: the guest asked for it)."""
-        return self.design.has_private_mem(kvm.type) and self._gfn_private(kvm, gfn) is not False
+        return self.design.kvm.has_private_mem(kvm.type) and self._gfn_private(kvm, gfn) is not False
 
     def _guest_page(self, kvm: Vm, gpa: int, n: int, write: bool, private: bool | None,
                     data: bytes | None) -> bytes | GuestAccess:
         """One access within a page: its bytes, or the exit it causes."""
         emulated = self.guest_path == "emulator"
         gfn = gpa >> SHIFT
-        if self.design.has_private_mem(kvm.type):
+        if self.design.kvm.has_private_mem(kvm.type):
             attr = self._gfn_private(kvm, gfn)
-            if self.design.guest_chooses_private(kvm.type):
+            if self.design.kvm.guest_chooses_private(kvm.type):
                 # The guest's C-bit or shared bit says; KVM checks it against
                 # its own view (kvm_mmu_faultin_pfn) and exits on a mismatch.
                 private = bool(private)

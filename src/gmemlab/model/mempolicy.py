@@ -39,6 +39,7 @@ from ..interface import Mempolicy
 from ..rangemap import RangeMap
 from .mm import MmOps, page_align
 from .pages import PAGE_INDEX_LIMIT
+from .policies import PolicyHome
 from .state import TASK_SIZE, Inode, Mapping, Policy
 
 P = uapi.PAGE_SIZE
@@ -81,7 +82,7 @@ class MempolicyOps(MmOps):
         """sanitize_mpol_flags: (mode, mode flags) or EINVAL."""
         flags = mode & uapi.MPOL_MODE_FLAGS
         mode = (mode & ~uapi.MPOL_MODE_FLAGS) & 0xFFFFFFFF
-        if mode >= self.design.mpol_max():
+        if mode >= self.design.kvm.mpol_max:
             raise kernel_error(errno.EINVAL, f"mode {mode} is not a memory-policy mode")
         if flags & USER_NODEMASK == USER_NODEMASK:
             raise kernel_error(errno.EINVAL, "MPOL_F_STATIC_NODES with MPOL_F_RELATIVE_NODES")
@@ -125,7 +126,8 @@ class MempolicyOps(MmOps):
         if m.file is None:
             return None
         f = self.state.files[m.file]
-        if f.kind in ("memfd", "shmem") or (f.kind == "gmem" and self.design.gmem_shared_policy()):
+        on_file = self.design.kvm.mempolicy is PolicyHome.FILE
+        if f.kind in ("memfd", "shmem") or (f.kind == "gmem" and on_file):
             return self.state.inodes[f.inode]
         return None
 

@@ -24,6 +24,7 @@ from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import Observation
 from ..spelling import call_arguments
 from .invariants import ownership_violations, private_page_runs
+from .policies import HostMappingPromise
 from .steps import StepOps
 
 SHIFT = uapi.PAGE_SHIFT
@@ -110,10 +111,10 @@ class ObserveOps(StepOps):
 
     def host_references(self) -> CountedRuns:
         """Host references per file page: what the design's host-mapping promise
-        counts (Design.host_mapping_promise: a VMA covering the page for the
+        counts (PromisePolicy.host_mapping: a VMA covering the page for the
         whole-file and page-mmap designs, whose VMAs may fault it in at any time;
         a host page-table entry for the others), plus long-term GUP pins."""
-        by_vma = (self.design.host_mapping_promise() or "vma") == "vma"
+        by_vma = self.design.promise.host_mapping is not HostMappingPromise.NO_PTE
         pieces: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
         for inode in self.state.inodes.values():
             held = inode.vma_cover if by_vma else inode.host_ptes
@@ -137,7 +138,7 @@ class ObserveOps(StepOps):
     def mapping_counts(self) -> tuple[tuple[int, int], ...]:
         """(inode, number of VMAs mapping it), for every mapped file of the kind
         that backs guest memory in this design (restricted memfd, guest_memfd)."""
-        kind = self.design.private_file_kind()
+        kind = self.design.kvm.private_file.value
         counts: dict[int, int] = defaultdict(int)
         for _, _, m in self.state.vmas.runs():
             f = self.state.files.get(m.file) if m is not None and m.file is not None else None

@@ -40,6 +40,7 @@ from .. import uapi
 from ..errors import kernel_error
 from .gup import GupOps
 from .invariants import bound_private_runs
+from .policies import HostMappingPromise, MapScope
 from .restricted import NO_NONZERO_AFTER_LAUNCH
 from .state import Inode, Mapping, Memslot, Notifier, OpenFile, Vm
 
@@ -51,7 +52,7 @@ FAULTING_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 
 class PageMapOps(GupOps):
     def _page_granular(self) -> bool:
-        return self.design.restricted_mmap() != "whole-file"
+        return self.design.mapping.scope is not MapScope.WHOLE_FILE
 
     # --- which file pages are private ------------------------------------------------------
 
@@ -68,7 +69,7 @@ class PageMapOps(GupOps):
     def _mmap_hint(self, f: OpenFile, pgoff: int, npages: int, addr: int, fixed: bool) -> int:
         inode = self.state.inodes[f.inode]
         r = inode.restricted
-        if r is None or self.design.restricted_mmap() != "pages" or r.destroyed \
+        if r is None or self.design.mapping.scope is not MapScope.PAGES or r.destroyed \
                 or pgoff + npages > inode.size >> SHIFT:
             return super()._mmap_hint(f, pgoff, npages, addr, fixed)
         if r.canonical is None:
@@ -80,13 +81,13 @@ class PageMapOps(GupOps):
         return addr if fixed else (r.canonical + pgoff) << SHIFT
 
     def _restricted_mmap_checks(self, f: OpenFile, shared: bool, pgoff: int, npages: int) -> Inode:
-        mode = self.design.restricted_mmap()
-        if mode == "whole-file":
+        mode = self.design.mapping.scope
+        if mode is MapScope.WHOLE_FILE:
             return super()._restricted_mmap_checks(f, shared, pgoff, npages)
         inode = self.state.inodes[f.inode]
         r = inode.restricted
         assert r is not None
-        if mode == "kvm":
+        if mode is MapScope.KVM_ONLY:
             raise kernel_error(errno.ENODEV, "only KVM maps this file (kvm_map_shared)")
         self._alive(r)
         if not shared:
@@ -124,7 +125,7 @@ class PageMapOps(GupOps):
             super()._mremap_check(m)
 
     def _vmas_closed(self, runs: list[tuple[int, int, Mapping]]) -> None:
-        if self.design.restricted_destroys_at_unmap():
+        if self.design.references.destroy_at_unmap:
             super()._vmas_closed(runs)
 
     # --- kvm-map: KVM maps, and KVM answers the faults -----------------------------------------
@@ -132,7 +133,7 @@ class PageMapOps(GupOps):
     def kvm_map_shared(self, vm: int, gpa: int, size: int,
                        prot: int = uapi.PROT_READ | uapi.PROT_WRITE) -> int:
         kvm = self._vm_of(vm)
-        if self.design.restricted_mmap() != "kvm":
+        if self.design.mapping.scope is not MapScope.KVM_ONLY:
             raise kernel_error(errno.ENOTTY, f"KVM maps no guest memory for the host in design "
                                f"{self.design.name}")
         if size == 0 or gpa & (P - 1) or size & (P - 1) or gpa + size >= 1 << 64:
@@ -176,14 +177,14 @@ class PageMapOps(GupOps):
 
     def _fault_restricted(self, f: OpenFile, first: int, last: int, write: bool) -> int:
         served: int = super()._fault_restricted(f, first, last, write)
-        if not self.design.host_faults_check_private():
+        if not self.design.mapping.faults_check_private:
             return served
         stop = next((s for s, _ in self._private_pages(f, first, served)), None)
         return served if stop is None else max(first, stop)
 
     def _why_sigbus(self, m: Mapping, addr: int) -> str:
         f = self.state.files.get(m.file) if m.file is not None else None
-        if f is not None and f.kind == "restricted" and self.design.host_faults_check_private():
+        if f is not None and f.kind == "restricted" and self.design.mapping.faults_check_private:
             index = (addr >> SHIFT) + m.delta
             if any(True for _ in self._private_pages(f, index, index + 1)):
                 return f"page {index} is private: KVM refuses the host's fault"
@@ -192,7 +193,7 @@ class PageMapOps(GupOps):
     def _design_blocker(self, actor: str, pending: Any) -> str | None:
         # kvm-map's faults ask KVM, which holds them off while it converts
         # (the mmu_invalidate sequence): a fault waits rather than fail.
-        if self.design.host_faults_check_private() and pending.op in FAULTING_OPS \
+        if self.design.mapping.faults_check_private and pending.op in FAULTING_OPS \
                 and any(v.converting for v in self.state.vms.values()):
             return "a host fault waits for KVM's conversion to finish"
         return super()._design_blocker(actor, pending)
@@ -214,7 +215,7 @@ class PageMapOps(GupOps):
                         raise kernel_error(errno.EPERM, "a mapped page of the file would back a "
                                            "private gfn")
         super()._bind_restricted(kvm, slot, f, offset)
-        slot.gmem_only = self.design.shared_access_in_place()
+        slot.gmem_only = self.design.mapping.shared_access_in_place
 
     def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         if not self._page_granular():
@@ -231,7 +232,7 @@ class PageMapOps(GupOps):
                         if not a & PRIVATE]
             if not changing:
                 continue
-            if self.design.restricted_mmap() == "pages":
+            if self.design.mapping.scope is MapScope.PAGES:
                 # A mapping is being set up until its VMA is in place, which is
                 # after KVM's mmap_end (when the memslot stops being pending): the
                 # file's lock, held across the whole mmap, says so.  Going by
@@ -262,13 +263,13 @@ class PageMapOps(GupOps):
         if not self._page_granular():
             super()._audit_private(kvm, first, last)
             return
-        promise = self.design.host_mapping_promise()
+        promise = self.design.promise.host_mapping
         for slot in self._restricted_slots(kvm, first, last):
             assert slot.private_file is not None
             inode = self.state.inodes[self.state.files[slot.private_file].inode]
             lo, hi = self._slot_pages(slot, first - slot.base_gfn + slot.private_pgoff,
                                       last - slot.base_gfn + slot.private_pgoff)
-            held = inode.vma_cover if promise == "vma" else inode.host_ptes
+            held = inode.vma_cover if promise is HostMappingPromise.NO_VMA else inode.host_ptes
             hit = held.find(lo, hi, bool)
             if hit is not None:
                 self.state.audit.append(("private_while_mapped", inode.ino, hit))

@@ -39,6 +39,7 @@ from ..interface import FileState
 from ..rangemap import RangeMap
 from . import pages
 from .kvm import KvmOps
+from .policies import MmapEndTo
 from .state import GFN_LIMIT, Inode, Mapping, Memslot, Notifier, OpenFile, RestrictedState, Vm
 
 P = uapi.PAGE_SIZE
@@ -65,7 +66,7 @@ class RestrictedOps(KvmOps):
     # --- creation, size, allocation -----------------------------------------------------
 
     def memfd_restricted(self, flags: int = 0) -> int:
-        if self.design.private_file_kind() != "restricted":
+        if self.design.kvm.private_file.value != "restricted":
             raise kernel_error(errno.ENOSYS, f"memfd_restricted does not exist in design "
                                f"{self.design.name}")
         if flags:
@@ -224,8 +225,9 @@ class RestrictedOps(KvmOps):
                     return replace(p, phase="abort", cursor=p.cursor - 1, error=err,
                                    refused_by=n.name)
                 return replace(p, cursor=p.cursor + 1)
-            first = 0 if self.design.restricted_mmap_end_to_all() else max(len(notifiers) - 1, 0)
-            if self.design.restricted_sets_has_mapping():
+            to_all = self.design.notify.mmap_end is MmapEndTo.EVERY_NOTIFIER
+            first = 0 if to_all else max(len(notifiers) - 1, 0)
+            if self.design.mapping.sets_has_mapping:
                 # Every notifier accepted: the mapping is committed before any of
                 # them hears mmap_end.  Set after the mmap_end calls, it would leave
                 # a window in which KVM no longer sees the mapping as starting and
@@ -435,7 +437,7 @@ class RestrictedOps(KvmOps):
 
     def populate(self, vm: int, gpa: int, data: bytes) -> int:
         kvm = self._vm_of(vm)
-        if not self.design.has_private_mem(kvm.type):
+        if not self.design.kvm.has_private_mem(kvm.type):
             raise kernel_error(errno.EINVAL, "the VM has no private memory")
         if kvm.launched and kvm.type in NO_NONZERO_AFTER_LAUNCH and any(data):
             raise kernel_error(errno.EPERM, "non-zero data after launch_finish")
@@ -459,7 +461,7 @@ class RestrictedOps(KvmOps):
 
     def launch_finish(self, vm: int) -> int:
         kvm = self._vm_of(vm)
-        if not self.design.has_private_mem(kvm.type) or kvm.launched:
+        if not self.design.kvm.has_private_mem(kvm.type) or kvm.launched:
             raise kernel_error(errno.EINVAL, "no pre-boot phase to finish")
         kvm.launched = True
         return 0

@@ -290,7 +290,7 @@ class StepOps(RestrictedOps):
         # The guest's own choice where it has one (SNP, TDX), else KVM's; an
         # explicit choice KVM would not make is the atomic path's usage error.
         private = args["private"]
-        if not self.design.guest_chooses_private(kvm.type) and private is None:
+        if not self.design.kvm.guest_chooses_private(kvm.type) and private is None:
             private = held_private
         if not private or not held_private:
             return None

@@ -97,7 +97,7 @@ class VfsOps(ModelBase):
 
     def _filesystem(self, kind: str) -> str:
         """The filesystem an inode of this kind lives on."""
-        if kind == "gmem" and self.design.gmem_own_filesystem():
+        if kind == "gmem" and self.design.kvm.own_filesystem:
             return "guest_memfd"  # the guest_memfd pseudo-filesystem (6.19)
         return INODE_FS[kind]
 

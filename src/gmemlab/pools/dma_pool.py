@@ -40,6 +40,7 @@ from .. import uapi
 from ..errors import MemorySignal, UsageError
 from ..interface import Costs
 from ..model import ModelKernel
+from ..model.policies import MapScope, PrivateFile
 
 P = uapi.PAGE_SIZE
 PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
@@ -95,17 +96,18 @@ class _Vmm:
         self.whole: int | None = None  # a mapping of the whole file
         self.failures: Counter[str] = Counter()
         size = slot_pages * P
-        if d.private_file_kind() == "restricted":
+        if d.kvm.private_file is PrivateFile.RESTRICTED:
             self.f = k.memfd_restricted(0)
             k.ftruncate(self.f, size)
         else:
-            flags = d.gmem_supported_flags(uapi.MODEL_PKVM_VM) & uapi.GUEST_MEMFD_FLAG_MMAP
+            flags = d.gmem_flags(uapi.MODEL_PKVM_VM) & uapi.GUEST_MEMFD_FLAG_MMAP
             self.f = k.create_guest_memfd(self.vm, size, flags)
         k.set_user_memory_region2(self.vm, 0, uapi.KVM_MEM_GUEST_MEMFD, GUEST_BASE_GFN * P, size,
                                   0, self.f, 0)
-        if d.supports_attributes(uapi.MODEL_PKVM_VM):
+        if d.vm_attributes(uapi.MODEL_PKVM_VM):
             k.set_memory_attributes(self.vm, GUEST_BASE_GFN * P, size, PRIVATE)  # private from boot
-        if d.private_file_kind() == "gmem" and self._try(k.mmap, self.f, size, RW, uapi.MAP_SHARED):
+        if d.kvm.private_file is PrivateFile.GUEST_MEMFD and \
+                self._try(k.mmap, self.f, size, RW, uapi.MAP_SHARED):
             self.whole = self._last
 
     _last: Any = None  # what the last successful _try returned
@@ -135,7 +137,7 @@ class _Vmm:
 
     def convert(self, i: int, attributes: int) -> bool:
         k, index = self.k, self.pool_first + i
-        if k.design.inplace_attributes():
+        if k.design.conversion.in_place:
             return self._try(k.set_memory_attributes2, self.f, index * P, P, attributes)
         return self._try(k.set_memory_attributes, self.vm, self.gfn(i) * P, P, attributes)
 
@@ -146,14 +148,15 @@ class _Vmm:
         return self.whole + index * P if self.whole is not None else None
 
     def on_share(self, i: int) -> None:
-        k, index, mode = self.k, self.pool_first + i, self.k.design.restricted_mmap()
+        k, index, mode = self.k, self.pool_first + i, self.k.design.mapping.scope
         self._try(k.pkvm_guest_share_host, self.vm, self.gfn(i))
         if not self.convert(i, 0):
             return
-        if k.design.private_file_kind() != "restricted":
+        if k.design.kvm.private_file is not PrivateFile.RESTRICTED:
             return
-        if mode in ("pages", "kvm"):
-            mapped = (self._try(k.mmap, self.f, P, RW, uapi.MAP_SHARED, index * P) if mode == "pages"
+        if mode is not MapScope.WHOLE_FILE:
+            mapped = (self._try(k.mmap, self.f, P, RW, uapi.MAP_SHARED, index * P)
+                      if mode is MapScope.PAGES
                       else self._try(k.kvm_map_shared, self.vm, self.gfn(i) * P, P))
             if mapped:
                 self.addr[index] = self._last
@@ -166,14 +169,14 @@ class _Vmm:
         """The host gives the page up; only then does the hypervisor carry out
         the guest's MEM_UNSHARE (otherwise the guest hears that it failed)."""
         k, index = self.k, self.pool_first + i
-        if k.design.restricted_mmap() == "pages" and index in self.addr:
+        if k.design.mapping.scope is MapScope.PAGES and index in self.addr:
             # page-mmap: no VMA may cover a private page.
             if not self._try(k.munmap, self.addr[index], P):
                 return
             del self.addr[index]
         if not self.convert(i, PRIVATE):
             return
-        if k.design.defers_unshare() and k.page_attr(self.f, index) == "none_shared":
+        if k.design.conversion.defers and k.page_attr(self.f, index) == "none_shared":
             # pkvm-inplace: the host lets go; the last reference completes the unshare.
             host = self.host_address(i)
             if host is None or not self._try(k.madvise, host, P, uapi.MADV_DONTNEED) \
