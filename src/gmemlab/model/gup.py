@@ -9,7 +9,9 @@ call with the same addr and length.
 
 The designs read the pins (Inode.pins) when they decide whether a page may
 become private: page-mmap and kvm-map refuse with EBUSY, inplace with EAGAIN,
-and pkvm-inplace waits for the last reference (docs/DESIGNS.md).
+and pkvm-inplace waits for the last reference (docs/DESIGNS.md).  A guest_memfd
+created with GUEST_MEMFD_FLAG_NO_DIRECT_MAP (design gmem-nodirectmap) cannot be
+pinned at all: its pages are not in the kernel's direct map.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ class GupOps(PkvmOps):
             # GUP turns VM_FAULT_SIGBUS and a missing VMA alike into -EFAULT;
             # a long-term pin is all or nothing.
             raise kernel_error(errno.EFAULT, f"page at {fault.addr:#x} cannot be pinned: {fault.why}")
+        for _store, offset, _n, m in segments:
+            inode = self._mapping_inode(m)
+            if inode is not None and inode.flags & uapi.GUEST_MEMFD_FLAG_NO_DIRECT_MAP \
+                    and self.state.files[m.file].kind == "gmem":
+                # A folio outside the direct map has no struct page address GUP
+                # can hand out: the pin fails, as for any VM_PFNMAP-like memory.
+                raise kernel_error(errno.EFAULT, f"page {offset >> SHIFT} of a guest_memfd "
+                                   "created with NO_DIRECT_MAP cannot be pinned")
         runs: list[tuple[int, int, int]] = []
         for _store, offset, n, m in segments:
             inode = self._mapping_inode(m)
