@@ -198,6 +198,7 @@ class Recorder:
         self.step: StepResult | None = None
         self.vmas = 0
         self.gmem: set[int] = set()  # fds of guest_memfds: their page work is costed apart
+        self.last = k.costs()  # the counters after the last call
 
     def __getattr__(self, op: str) -> Callable[..., Any]:
         fn = getattr(self._k, op)
@@ -207,9 +208,14 @@ class Recorder:
 
         return call
 
+    def resync(self) -> Costs:
+        """Take the counters as they are now (after calls made around the recorder)."""
+        self.last = self._k.costs()
+        return self.last
+
     def _call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         k = self._k
-        before = k.costs()
+        before = self.last
         error: str | None = None
         result: Any = None
         try:
@@ -221,7 +227,7 @@ class Recorder:
             error = sig.signal_name
             raise
         finally:
-            after = k.costs()
+            after = self.last = k.costs()
             delta = {f: getattr(after, f) - getattr(before, f) for f in COST_FIELDS
                      if getattr(after, f) != getattr(before, f)}
             if after.vma_count != self.vmas:
@@ -273,6 +279,11 @@ def trial(design: str, guest: Guest, side: type[HostSide], unit: int = P) -> str
                 k.put_pfn(fd, index)
         wrote = k.guest_access(cpu, host.gpa(a), 4, write=True, private=True, data=mark)
         if wrote.exit != "none":
+            # Say why in the design's words where sharing itself fails too.
+            try:
+                host.share(a, upages)
+            except Refused as exc:
+                return f"share: {exc}"
             return f"the guest cannot write its private memory ({wrote.exit})"
         for first in (a, b):
             if guest.name == "pkvm":
@@ -380,6 +391,7 @@ class Runner:
         self.fragments = 0
         self.progress = progress
         self.stop: str | None = None
+        self.cpu: int | None = None  # a vCPU for the snapshot's questions, made when needed
 
     # --- bookkeeping ----------------------------------------------------------------------
 
@@ -438,20 +450,27 @@ class Runner:
     # --- guest and VMM actions -------------------------------------------------------------
 
     def _donate(self, step: StepResult, first: int, npages: int) -> None:
-        """A protected guest's first touch of its memory: KVM gives EL2 each page."""
+        """A protected guest's first touch of its memory: KVM gives EL2 each page.
+
+        Boot work, the same under every design: made on the model directly (three
+        calls a page would triple the cost of counting) and charged to setup.
+        """
         todo = [(s, e) for s, e, v in self.donated.runs(first, first + npages) if not v]
         if not todo:
             return
-        saved = self.k.step
-        self.k.step = self.run.setup
+        k, side = self.model, self.side
+        before = self.k.last
         for s, e in todo:
             for page in range(s, e):
-                fd, index = self.side.private_file(page)
-                pfn = self.k.get_pfn(fd, index)
-                self.k.pkvm_host_donate_guest(pfn, self.side.gpa(page) // P, self.side.vm)
-                self.k.put_pfn(fd, index)
+                fd, index = side.private_file(page)
+                pfn = k.get_pfn(fd, index)
+                k.pkvm_host_donate_guest(pfn, side.gpa(page) // P, side.vm)
+                k.put_pfn(fd, index)
             self.donated.set(s, e, True)
-        self.k.step = saved
+        after = self.k.resync()
+        delta = {f: getattr(after, f) - getattr(before, f) for f in COST_FIELDS
+                 if getattr(after, f) != getattr(before, f)}
+        self.run.setup.events.update(op_events("pkvm_host_donate_guest", (), delta))
 
     def share(self, step: StepResult, index: int, first: int, npages: int) -> bool:
         req = self._request("share", step, index, first, npages)
@@ -606,15 +625,29 @@ class Runner:
                 step.runnable["copy_byte"] += n * P
                 continue
             step.private_pages += n
-            addr = self.side.host_address(s)
-            if addr is None:
-                continue
-            try:
-                self.model.read_mem(addr, 1)  # outside the recorder: no cost, only the answer
-            except (OSError, MemorySignal):
-                continue
-            step.leaked_pages += n
-            req.refused = "the host read private memory"
+            if self.leaks(s):
+                step.leaked_pages += n
+                req.refused = "the host read the guest's private memory"
+
+    def leaks(self, page: int) -> bool:
+        """Whether the host reads what the guest writes privately at `page` (asked of the
+        model directly: the question costs nothing)."""
+        addr = self.side.host_address(page)
+        if addr is None:
+            return False
+        model, secret = self.model, b"priv"
+        try:
+            if self.cpu is None:
+                self.cpu = model.create_vcpu(self.side.vm, 0)
+            wrote = model.guest_access(self.cpu, self.side.gpa(page), 4, write=True,
+                                       private=True, data=secret)
+            if wrote.exit != "none":
+                return False
+            return bool(model.read_mem(addr, 4) == secret)
+        except (OSError, MemorySignal):
+            return False
+        finally:
+            self.k.resync()
 
     def execute(self) -> DesignRun:
         start = time.perf_counter()

@@ -59,11 +59,25 @@ class Refused(Exception):
         self.limit = limit
 
 
+# What an errno means for a host side, where the bare errno would not say.
+HINTS = {
+    ("mmap", errno.EPERM): "the file cannot be mapped while a gfn bound to it is private",
+    ("mmap", errno.EINVAL): "the file can only be mapped whole (offset 0, its whole size)",
+    ("mmap", errno.ENODEV): "the file has no mmap",
+    ("kvm_map_shared", errno.ENOTTY): "KVM has no such mapping ioctl here",
+    ("set_memory_attributes2", errno.ENOTTY): "no conversion on the file in this design",
+    ("set_memory_attributes", errno.ENOTTY): "no per-VM memory attributes in this design",
+    ("memfd_restricted", errno.ENOSYS): "no restricted memfd in this design",
+    ("create_guest_memfd", errno.ENOTTY): "no guest_memfd in this design",
+}
+
+
 def describe(op: str, exc: BaseException) -> str:
     if isinstance(exc, MemorySignal):
         return f"{op}: {exc.signal_name}"
     if isinstance(exc, OSError):
-        return f"{op}: {uapi.errno_name(exc.errno or 0)}"
+        hint = HINTS.get((op, exc.errno or 0))
+        return f"{op}: {uapi.errno_name(exc.errno or 0)}" + (f" ({hint})" if hint else "")
     return f"{op}: {exc}"
 
 
