@@ -252,7 +252,7 @@ def compare(
                                                                       "(in-place, kvm-map, ...).")] = None,
     max_map_count: Annotated[int | None, typer.Option("--max-map-count", help="The model's "
                                                       "vm.max_map_count (default 65530).")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="Host runs per design (median).")] = 3,
+    repeats: Annotated[int, typer.Option("--repeats", help="Host runs per design (median).")] = 5,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Count designs in this many "
                                                                   "processes (default: CPUs, at "
                                                                   "most 4).")] = None,

@@ -18,7 +18,6 @@ gives them, with their sources, and every report says so.
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import json
 import os
@@ -33,7 +32,7 @@ from .. import uapi
 from ..errors import UsageError
 from ..host import libc, probe
 from . import hostops
-from .hostops import MIB, Host, P, timed
+from .hostops import MIB, Host, P
 
 FORMAT = "gmemlab-calibration/1"
 
@@ -105,54 +104,42 @@ def reference() -> Calibration:
 
 
 # --- measurements -------------------------------------------------------------------------------
+#
+# Every call is measured where a replay makes it: once per request of the doorbell guest,
+# between two of its exits, so the caches and TLBs are in the state the guest's run
+# leaves them in.  A plan prepares n operations on a fresh host and returns the i-th one
+# as a function; the measurement is the guest's run with op(i) answering request i,
+# less the same run answering nothing, per request.
 
-Batch = Callable[[Host, int], float]  # (host, n) -> seconds for n operations
-
-
-def _exit(h: Host, n: int) -> float:
-    bell = hostops.Doorbell(h, [(0, P, hostops.KINDS["noop"])] * n, 1 << 32)
-    entry = hostops.ENTRY
-    try:
-        def handle(i: int, mailbox: bytes) -> None:
-            # What the replay's loop does for a request with nothing to carry out.
-            entry.unpack(mailbox)
-            for fn, args in ():
-                fn(*args)
-
-        bell.warm()
-        return timed(lambda: bell.run(handle))
-    finally:
-        bell.close()
+Op = Callable[[int], Any]
+Prepare = Callable[[Host, int], Op]
 
 
-def _syscall(h: Host, n: int) -> float:
+def _noop(h: Host, n: int) -> Op:
+    return lambda i: None
+
+
+def _syscall(h: Host, n: int) -> Op:
     f = h.memfd()
     os.ftruncate(f.fd, P)
-    return timed(lambda: [os.ftruncate(f.fd, P) for _ in range(n)] and None)
+    fd = f.fd
+    return lambda i: os.ftruncate(fd, P)
 
 
-def _ioctl(h: Host, n: int) -> float:
+def _ioctl(h: Host, n: int) -> Op:
     cap = uapi.KVM_CAP_NR_MEMSLOTS
-    return timed(lambda: [h.check_extension(cap) for _ in range(n)] and None)
+    return lambda i: h.check_extension(cap)
 
 
-def _create_vm(h: Host, n: int) -> float:
-    def run() -> None:
-        for _ in range(n):
-            os.close(libc.ioctl_int(h.kvm, uapi.KVM_CREATE_VM, 0))
-    return timed(run)
+def _create_vm(h: Host, n: int) -> Op:
+    return lambda i: os.close(libc.ioctl_int(h.kvm, uapi.KVM_CREATE_VM, 0))
 
 
-def _memslot(h: Host, n: int) -> float:
-    f = h.memfd()
-    h.ftruncate(f, P)
+def _memslot(h: Host, n: int) -> Op:
+    f = _file(h, 1)
     h.map(f, 0, P)
-
-    def run() -> None:
-        for _ in range(n):
-            h.set_slot(0, 1 << 30, P, f.base)
-            h.set_slot(0, 1 << 30, 0, f.base)
-    return timed(run) / 2
+    # Slot ids below the doorbell's; each request creates one slot, the next deletes it.
+    return lambda i: h.set_slot(0, 1 << 30, 0 if i % 2 else P, f.base)
 
 
 def _file(h: Host, pages: int) -> hostops.HostFile:
@@ -161,111 +148,92 @@ def _file(h: Host, pages: int) -> hostops.HostFile:
     return f
 
 
-def _mmap(h: Host, n: int) -> float:
+def _mmap(h: Host, n: int) -> Op:
     f = _file(h, 2 * n)
-    t = timed(lambda: [h.map(f, 2 * i * P, P) for i in range(n)] and None)
-    for i in range(n):
-        libc.munmap(f.base + 2 * i * P, P)
-    return t
+    return lambda i: h.map(f, 2 * i * P, P)
 
 
-def _munmap(h: Host, n: int) -> float:
+def _munmap(h: Host, n: int) -> Op:
     f = _file(h, 2 * n)
     for i in range(n):
         h.map(f, 2 * i * P, P)
-    return timed(lambda: [libc.munmap(f.base + 2 * i * P, P) for i in range(n)] and None)
+    base = f.base
+    return lambda i: libc.munmap(base + 2 * i * P, P)
 
 
-def _mmap_merging(h: Host, n: int) -> float:
+def _mmap_merging(h: Host, n: int) -> Op:
     f = _file(h, n)
-    t = timed(lambda: [h.map(f, i * P, P) for i in range(n)] and None)
-    libc.munmap(f.base, n * P)
-    return t
+    return lambda i: h.map(f, i * P, P)
 
 
-def _munmap_splitting(h: Host, n: int) -> float:
+def _munmap_splitting(h: Host, n: int) -> Op:
     f = _file(h, 3 * n)
     h.map(f, 0, 3 * n * P)
-    t = timed(lambda: [libc.munmap(f.base + (3 * i + 1) * P, P) for i in range(n)] and None)
-    libc.munmap(f.base, 3 * n * P)
-    return t
+    base = f.base
+    return lambda i: libc.munmap(base + (3 * i + 1) * P, P)
 
 
-def _madvise(populated: bool) -> Batch:
-    def batch(h: Host, n: int) -> float:
+def _madvise(populated: bool) -> Prepare:
+    def prepare(h: Host, n: int) -> Op:
         f = _file(h, n)
         h.map(f, 0, n * P)
         if populated:
             h.write(f.base, n * P)
-        dontneed = uapi.MADV_DONTNEED
-        t = timed(lambda: [libc.madvise(f.base + i * P, P, dontneed) for i in range(n)] and None)
-        libc.munmap(f.base, n * P)
-        return t
-    return batch
+        base, dontneed = f.base, uapi.MADV_DONTNEED
+        return lambda i: libc.madvise(base + i * P, P, dontneed)
+    return prepare
 
 
-def _touch(state: str) -> Batch:
-    """Copy one page into n pages: populated, allocated but not mapped, or not allocated."""
-    def batch(h: Host, n: int) -> float:
+def _touch(state: str) -> Prepare:
+    """Copy one page into page i: populated, allocated but not mapped, or never allocated."""
+    def prepare(h: Host, n: int) -> Op:
         f = _file(h, n)
         h.map(f, 0, n * P)
         if state != "new":
             h.write(f.base, n * P)
         if state == "zapped":
             libc.madvise(f.base, n * P, uapi.MADV_DONTNEED)
-        src, base = h.src, f.base
-        t = timed(lambda: [ctypes.memmove(base + i * P, src, P) for i in range(n)] and None)
-        libc.munmap(f.base, n * P)
-        os.ftruncate(f.fd, 0)
-        return t
-    return batch
+        write, base = h.write, f.base
+        return lambda i: write(base + i * P, P)  # as a replayed I/O writes its buffer
+    return prepare
 
 
-def _copy(size: int) -> Batch:
-    def batch(h: Host, n: int) -> float:
+def _copy(size: int) -> Prepare:
+    def prepare(h: Host, n: int) -> Op:
         f = _file(h, max(1, size // P))
         h.map(f, 0, max(P, size))
         h.write(f.base, max(P, size))
-        src, base = h.src, f.base
-        t = timed(lambda: [ctypes.memmove(base, src, size) for _ in range(n)] and None)
-        libc.munmap(f.base, max(P, size))
-        return t
-    return batch
+        write, base = h.write, f.base
+        return lambda i: write(base, size)
+    return prepare
 
 
-def _fallocate(punch: bool, pages: int, gmem: bool) -> Batch:
-    def batch(h: Host, n: int) -> float:
+def _fallocate(punch: bool, pages: int, gmem: bool) -> Prepare:
+    def prepare(h: Host, n: int) -> Op:
         size = n * pages * P
-        if gmem:
-            f = h.guest_memfd(size, 0)
-        else:
-            f = _file(h, n * pages)
+        f = h.guest_memfd(size, 0) if gmem else _file(h, n * pages)
         keep, hole = uapi.FALLOC_FL_KEEP_SIZE, uapi.FALLOC_FL_PUNCH_HOLE
         if punch:
             libc.fallocate(f.fd, keep, 0, size)
-        mode = keep | hole if punch else keep
-        length = pages * P
-        t = timed(lambda: [libc.fallocate(f.fd, mode, i * length, length) for i in range(n)]
-                  and None)
-        libc.fallocate(f.fd, keep | hole, 0, size)
-        return t
-    return batch
+        mode, length, fd = keep | hole if punch else keep, pages * P, f.fd
+        return lambda i: libc.fallocate(fd, mode, i * length, length)
+    return prepare
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One measurement: a batch function, its batch size, and what it measures."""
+    """One measurement: how to prepare it, how many requests a run has, what it measures."""
 
-    batch: Batch
+    prepare: Prepare
     n: int
     how: str
     gmem: bool = False
 
 
 PLANS: dict[str, Plan] = {
-    "exit": Plan(_exit, 2000, "doorbell guest request round trip (exit, mailbox decode, resume)"),
-    "syscall": Plan(_syscall, 4000, "ftruncate of a memfd to its own size"),
-    "ioctl": Plan(_ioctl, 4000, "KVM_CHECK_EXTENSION on a VM"),
+    "exit": Plan(_noop, 2000, "doorbell guest request round trip (exit, mailbox decode, resume)"),
+    "syscall": Plan(_syscall, 2000, "ftruncate of a memfd to its own size"),
+    "ioctl": Plan(_ioctl, 2000, "KVM_CHECK_EXTENSION on a VM"),
     "create_vm": Plan(_create_vm, 20, "KVM_CREATE_VM and close"),
     "memslot": Plan(_memslot, 1000, "KVM_SET_USER_MEMORY_REGION, 1-page slot (create/delete)"),
     "mmap": Plan(_mmap, 2000, "mmap MAP_FIXED_NOREPLACE of 1 memfd page, no neighbour"),
@@ -277,7 +245,7 @@ PLANS: dict[str, Plan] = {
     "_touch_mapped": Plan(_touch("mapped"), 2000, "copy 4 KiB into a populated page"),
     "_touch_zapped": Plan(_touch("zapped"), 2000, "copy 4 KiB into an allocated page, no PTE"),
     "_touch_new": Plan(_touch("new"), 2000, "copy 4 KiB into a page never allocated"),
-    "copy": Plan(_copy(64), 4000, "memmove of 64 bytes (the call)"),
+    "copy": Plan(_copy(64), 2000, "copy of 64 bytes into a populated page (the call)"),
     "_copy_mib": Plan(_copy(MIB), 200, "memmove of 1 MiB"),
     "_falloc_1": Plan(_fallocate(False, 1, False), 2000, "fallocate KEEP_SIZE of 1 page"),
     "_falloc_64": Plan(_fallocate(False, 64, False), 200, "fallocate KEEP_SIZE of 64 pages"),
@@ -292,14 +260,32 @@ PLANS: dict[str, Plan] = {
 
 
 def _measure(plan: Plan, reps: int, scale: float) -> list[float]:
+    """Seconds per operation, one figure per repetition (for "exit": per request)."""
     n = max(10, int(plan.n * scale))
     out = []
     for _ in range(reps):
         h = Host()
         h.create_vm()
+        bell = None
         try:
-            out.append(plan.batch(h, n) / n)
+            op = plan.prepare(h, n)
+            bell = hostops.Doorbell(h, [(0, P, hostops.KINDS["noop"])] * n, 1 << 32)
+            bell.warm()
+            with hostops.quiet_gc():
+                base = bell.exit_cost(n)
+            if plan.prepare is _noop:
+                out.append(base)
+                continue
+            # The replay's own dispatcher, each request's one action the operation.
+            dispatch = hostops.Dispatcher([[(op, (i,))] for i in range(n)], list(range(n)),
+                                          [0] * n, [], bell.entries)
+            with hostops.quiet_gc():
+                start = hostops.clock()
+                bell.run(dispatch)
+                out.append((hostops.clock() - start) / n - base)
         finally:
+            if bell is not None:
+                bell.close()
             h.close()
     return out
 

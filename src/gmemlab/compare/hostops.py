@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .. import uapi
 from ..host import libc, probe
@@ -123,6 +125,14 @@ class Host:
         os.ftruncate(f.fd, size)
         self.place(f, size)
 
+    def unmapped_range(self, size: int) -> int:
+        """An address range nothing will map: a memslot's userspace_addr for memory KVM
+        takes from a file, not from the VMM's mappings (so the VMM's own munmap and
+        madvise never reach KVM's MMU notifier, as they would not in those designs)."""
+        base = self.next_base
+        self.next_base += (size + FILE_GAP - 1) // FILE_GAP * FILE_GAP + FILE_GAP
+        return base
+
     def place(self, f: HostFile, size: int) -> None:
         """Give f its canonical address range (once its size is known)."""
         f.size = size
@@ -178,6 +188,20 @@ def timed(fn: Callable[[], None]) -> float:
     return clock() - start
 
 
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No garbage collection inside a measurement: a full collection walks every object
+    of the interpreter (a long trace included), which no VMM loop would pay."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Doorbell:
     """The validation guest on a vCPU of `host`'s VM."""
 
@@ -212,6 +236,7 @@ class Doorbell:
         host.set_slot(RUNNER_SLOT, self.gpa, self.size, self.mem)
         self.host = host
         self.count = len(entries)
+        self.entries = list(entries)
         self.vcpu = Vcpu.create(host.vm, 0, host.kvm)
         self.vcpu.set_cpuid(cpuid)
         sregs = modes.long_mode(self.vcpu.get_sregs(), tables.cr3)
@@ -228,9 +253,23 @@ class Doorbell:
         if not (isinstance(exit, IoExit) and exit.port == self.done):
             raise VmmError(f"doorbell guest: unexpected exit {exit!r}")
 
-    def run(self, handle: Callable[[int, bytes], None], timeout: float = 600.0) -> None:
-        """Run the guest to its end; handle(i, mailbox) for every doorbell."""
-        self.vcpu.set_regs(self.regs)
+    def exit_cost(self, n: int = 2000) -> float:
+        """Seconds per request of the guest's first n requests answered with nothing (by
+        the replay's own dispatcher): the exit round trip measured on this very vCPU,
+        next to the run it prices."""
+        n = min(n, self.count)
+        if n == 0:
+            return 0.0
+        idle = Dispatcher([[] for _ in range(n)], list(range(n)), [0] * n, [], self.entries[:n])
+        start = clock()
+        self.run(idle, count=n)
+        return (clock() - start) / n
+
+    def run(self, handle: Callable[[int, bytes], None], timeout: float = 600.0,
+            count: int | None = None) -> None:
+        """Run the guest to its end (or its first `count` requests); handle(i, mailbox)
+        for every doorbell."""
+        self.vcpu.set_regs(self.regs if count is None else replace(self.regs, rcx=count))
         doorbell, done, vcpu, mailbox = self.doorbell, self.done, self.vcpu, self.mailbox
         with vcpu.deadline(timeout):
             while True:
@@ -248,3 +287,62 @@ class Doorbell:
             self.host.set_slot(RUNNER_SLOT, self.gpa, 0, self.mem)
         with contextlib.suppress(OSError):
             libc.munmap(self.mem, self.size)
+
+
+Action = tuple[Callable[..., Any], tuple[Any, ...]]
+
+
+class Dispatcher:
+    """The VMM's answer to each doorbell: check the mailbox, run the host-only requests
+    due before it, carry out the request's actions, and charge the time to its step.
+
+    Calibration's exit round trip goes through this same code with no actions, so
+    the dispatch itself is part of the exit's cost and of nothing else.
+    """
+
+    def __init__(self, actions: list[list[Action]], guest_reqs: list[int], step_of: list[int],
+                 host_only: list[int], entries: Sequence[tuple[int, int, int]]) -> None:
+        self.actions = actions
+        self.guest_reqs = guest_reqs
+        self.step_of = step_of
+        self.host_only = host_only
+        self.entries = entries
+        self.next_host_only = 0
+        self.per_step = [0.0] * (max(step_of, default=0) + 1)
+        self.step = step_of[0] if step_of else 0
+        self.since = 0.0
+
+    def start(self) -> None:
+        self.since = clock()
+
+    def enter(self, step: int) -> None:
+        # Clocks are read only where the step changes: a read per request would cost as
+        # much as a system call.
+        if step != self.step:
+            now = clock()
+            self.per_step[self.step] += now - self.since
+            self.step, self.since = step, now
+
+    def run_host_only(self, upto: int) -> None:
+        host_only, actions = self.host_only, self.actions
+        while self.next_host_only < len(host_only) and host_only[self.next_host_only] < upto:
+            i = host_only[self.next_host_only]
+            self.enter(self.step_of[i])
+            for fn, args in actions[i]:
+                fn(*args)
+            self.next_host_only += 1
+
+    def finish(self) -> None:
+        self.run_host_only(len(self.step_of))
+        now = clock()
+        self.per_step[self.step] += now - self.since
+        self.since = now
+
+    def __call__(self, n: int, mailbox: bytes) -> None:
+        i = self.guest_reqs[n]
+        if ENTRY.unpack(mailbox)[0] != self.entries[n][0]:
+            raise VmmError(f"doorbell guest: asked for {mailbox.hex()}, not request {i}")
+        self.run_host_only(i)
+        self.enter(self.step_of[i])
+        for fn, args in self.actions[i]:
+            fn(*args)

@@ -19,11 +19,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from .costmodel import ASSUMED, ordered, sensitivity  # noqa: E402
-from .report import TOLERANCE, Comparison  # noqa: E402
+from .costmodel import ASSUMED, ordered, sensitivity
+from .report import TOLERANCE, Comparison
 
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
                      "figure.dpi": 100, "savefig.bbox": "tight"})

@@ -163,8 +163,9 @@ def print_validations(c: Comparison, console: Console) -> None:
                   f"{v.vmas_host}/{v.vmas_model}", "; ".join(v.notes))
     console.print(t)
     console.print("  left out: events this kernel cannot perform (conversions, hypercalls, KVM "
-                  "zaps, cross-CPU shootdowns), priced in the prediction above but not run here.",
-                  markup=False)
+                  "zaps, cross-CPU shootdowns), priced in the prediction above but not run here.  "
+                  "Each run is priced with the exit round trip measured on its vCPU just before "
+                  "it (the median run is shown).", markup=False)
 
 
 def print_costs(c: Comparison, console: Console) -> None:

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +33,7 @@ from ..host import libc, probe
 from . import hostops
 from .costmodel import CostModel
 from .counting import Call, DesignRun
-from .hostops import ENTRY, KINDS, Host, HostFile
+from .hostops import KINDS, Host, HostFile
 
 P = uapi.PAGE_SIZE
 POPULATE = (22, 23)
@@ -52,6 +50,7 @@ class Validation:
     measured: float = 0.0  # VMM thread CPU seconds, median over repeats: the guest-driven part
     measured_runs: list[float] = field(default_factory=list)
     wall: float = 0.0  # the same by the wall clock (other work on the machine included)
+    exit_cost: float = 0.0  # the exit round trip measured next to the run (its prediction's)
     predicted: float = 0.0  # seconds: the same events at calibrated costs
     predicted_low: float = 0.0
     predicted_high: float = 0.0
@@ -71,7 +70,7 @@ class Validation:
     def as_json(self) -> dict[str, Any]:
         return {"design": self.design, "ran": self.ran, "reason": self.reason,
                 "measured_s": self.measured, "measured_runs_s": self.measured_runs,
-                "wall_s": self.wall,
+                "wall_s": self.wall, "exit_cost_s": self.exit_cost,
                 "predicted_s": self.predicted, "predicted_range_s": [self.predicted_low,
                                                                       self.predicted_high],
                 "error": self.error if self.ran else None, "left_out_s": self.left_out,
@@ -104,12 +103,13 @@ def vma_budget() -> int:
     return max(0, limit - count_vmas() - HEADROOM)
 
 
-def count_vmas() -> int:
+def count_vmas(lo: int = 0, hi: int = 1 << 64) -> int:
+    """VMAs of this process, or of those starting in [lo, hi)."""
     with open("/proc/self/maps") as fh:
-        return sum(1 for _ in fh)
+        return sum(1 for line in fh if lo <= int(line.partition("-")[0], 16) < hi)
 
 
-Action = tuple[Callable[..., Any], tuple[Any, ...]]
+Action = hostops.Action
 
 
 class Replay:
@@ -202,7 +202,9 @@ class Replay:
         else:
             self.slots[slot] = (gpa, size, fd, uaddr)
             self._offsets[gpa] = offset
-        host_uaddr = self.locate(uaddr) if uaddr else self.files[fd].base + offset
+        # Memory KVM takes from the file is not behind the VMM's mappings (see
+        # Host.unmapped_range); shared memory at userspace_addr is.
+        host_uaddr = self.locate(uaddr) if uaddr else self.host.unmapped_range(size)
         self.host.set_slot(slot, gpa, size, host_uaddr)
 
     # --- requests: translated now, executed when the guest asks ------------------------
@@ -269,12 +271,12 @@ def hostops_gpa(page: int) -> int:
     return GPA_BASE + page * P
 
 
-def _replay_once(run: DesignRun) -> tuple[float, float, float, list[float], int]:
+def _replay_once(run: DesignRun) -> tuple[float, float, float, list[float], int, float]:
     """One replay: (setup seconds, guest-driven seconds, the same by the wall clock,
-    seconds per step, VMAs it added).  Seconds are the VMM thread's CPU time."""
+    seconds per step, VMAs it added, the exit cost measured just before).  Seconds are
+    the VMM thread's CPU time."""
     replay = Replay(run)
     clock = hostops.clock
-    before = count_vmas()
     try:
         start = clock()
         replay.setup()
@@ -285,52 +287,31 @@ def _replay_once(run: DesignRun) -> tuple[float, float, float, list[float], int]
                     KINDS[run.requests[i].kind]) for i in guest_reqs]
         floor = max((g + s for g, s, _, _ in replay.slots.values()), default=1 << 32)
         bell = hostops.Doorbell(replay.host, entries, floor)
-        per_step = [0.0] * len(run.steps)
         step_of = [r.step for r in run.requests]
         host_only = [i for i, r in enumerate(run.requests) if not r.guest]
-        cursor = [0]  # the next host-only request
-        current: list[Any] = [step_of[0] if step_of else 0, 0.0]  # step being timed, since
-        entry = ENTRY
-
-        def enter(step: int) -> None:
-            # Clocks are read only where the step changes: a read per request would cost
-            # as much as a system call.
-            if step != current[0]:
-                now = clock()
-                per_step[current[0]] += now - current[1]
-                current[0], current[1] = step, now
-
-        def run_host_only(upto: int) -> None:
-            while cursor[0] < len(host_only) and host_only[cursor[0]] < upto:
-                i = host_only[cursor[0]]
-                enter(step_of[i])
-                for fn, args in actions[i]:
-                    fn(*args)
-                cursor[0] += 1
-
-        def handle(n: int, mailbox: bytes) -> None:
-            i = guest_reqs[n]
-            if entry.unpack(mailbox)[0] != entries[n][0]:
-                raise UsageError(f"replay: the guest asked for {mailbox.hex()}, not request {i}")
-            run_host_only(i)
-            enter(step_of[i])
-            for fn, args in actions[i]:
-                fn(*args)
-
+        dispatch = hostops.Dispatcher(actions, guest_reqs, step_of, host_only, entries)
         try:
             bell.warm()
+            gc_off = hostops.quiet_gc()
+            gc_off.__enter__()
+            exit_cost = bell.exit_cost()
             wall = time.perf_counter()
-            start = current[1] = clock()
+            start = clock()
+            dispatch.start()
             if entries:
-                bell.run(handle)
-            run_host_only(len(run.requests))
+                bell.run(dispatch)
+            dispatch.finish()
             end = clock()
-            per_step[current[0]] += end - current[1]
             wall = time.perf_counter() - wall
-            added = count_vmas() - before
+            exit_cost = (exit_cost + bell.exit_cost()) / 2  # before and after the run
         finally:
+            if "gc_off" in locals():
+                gc_off.__exit__(None, None, None)
+            # VMAs where the replay maps (nothing else maps there).
+            added = count_vmas(hostops.CANONICAL_START, replay.host.next_base)
             bell.close()
-        return setup, end - start, wall, per_step, added - 2  # the guest's memory and kvm_run
+        per_step = dispatch.per_step + [0.0] * (len(run.steps) - len(dispatch.per_step))
+        return setup, end - start, wall, per_step, added, exit_cost
     finally:
         replay.close()
 
@@ -346,31 +327,36 @@ def validate(run: DesignRun, model: CostModel, repeats: int = 3) -> Validation:
         result.reason = why
         return result
     runnable_events: Counter[str] = run.total("runnable")
-    result.predicted = model.predict(runnable_events)
-    result.predicted_low, result.predicted_high = model.spread(runnable_events)
-    result.left_out = model.predict(run.total("events")) - result.predicted
+    result.left_out = model.predict(run.total("events")) - model.predict(runnable_events)
     result.setup_predicted = model.predict(run.setup.runnable)
     result.vmas_model = run.vma_samples[-1][1] if run.vma_samples else 0
-    measured, setups, steps, walls = [], [], [], []
+    measured, setups, steps, walls, exits, predicted = [], [], [], [], [], []
     for _ in range(repeats):
         try:
-            setup, elapsed, wall, per_step, added = _replay_once(run)
+            setup, elapsed, wall, per_step, added, exit_cost = _replay_once(run)
         except OSError as exc:
             result.reason = f"the replay failed: {exc}"
             return result
+        # The exit dominates and moves with whatever else the machine does: each run is
+        # priced with the exit round trip measured on its own vCPU just before it.
+        adjacent = model.with_value("exit", exit_cost) if exit_cost else model
         measured.append(elapsed)
         walls.append(wall)
         setups.append(setup)
-        steps.append(per_step)
+        steps.append((per_step, adjacent))
+        exits.append(exit_cost)
+        predicted.append(adjacent.predict(runnable_events))
         result.vmas_host = added
     result.ran = True
     result.measured_runs = measured
-    result.measured = statistics.median(measured)
+    errors = [(m - p) / p if p else 0.0 for m, p in zip(measured, predicted, strict=True)]
+    best = sorted(range(len(errors)), key=errors.__getitem__)[len(errors) // 2]  # the median
+    result.measured, result.predicted = measured[best], predicted[best]
+    per_step, adjacent = steps[best]
+    result.predicted_low, result.predicted_high = adjacent.spread(runnable_events)
+    result.wall = walls[best]
     result.setup_measured = statistics.median(setups)
-    result.wall = statistics.median(walls)
-    best = measured.index(result.measured)
-    result.steps = [(s.name, steps[best][i], model.predict(s.runnable))
+    result.exit_cost = exits[best]
+    result.steps = [(s.name, per_step[i], adjacent.predict(s.runnable))
                     for i, s in enumerate(run.steps)]
-    if os.environ.get("GMEMLAB_COMPARE_DEBUG"):
-        result.notes.append(f"runs: {measured}")
     return result
