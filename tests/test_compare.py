@@ -40,7 +40,7 @@ def test_page_mmap_vmas_follow_the_shared_runs() -> None:
     assert back.events["munmap"] == 4 and back.costs.vma_splits == 1 + 2 * 3
     assert back.costs.vma_count == 4  # every other page shared: one VMA each
     assert rest.costs.vma_splits == 0 and rest.costs.vma_count == 0
-    assert run.max_vmas == 4 + 0 or run.max_vmas == 4
+    assert run.max_vmas == 4  # the most: every other page shared
     # One exit per request: 8 shares, 4 I/O kicks, 4 + 4 unshares.
     assert len(run.requests) == 20 and run.total()["exit"] == 20 and run.conversions == 16
     # The guest's MEM_SHARE and MEM_UNSHARE per page (donations are boot, in setup).
@@ -168,10 +168,12 @@ def test_json_and_plots(tmp_path: Path) -> None:
     from rich.console import Console
 
     out = tmp_path / "dp.json"
+    log = (tmp_path / "log").open("w")
     sets = [f"{k}={v}" for k, v in {**SMALL, "memory": "8M"}.items()]
     code = run_compare("dma-pool", "page-mmap,inplace,seed", sets,
                        {}, "model", None, str(out), str(tmp_path / "plots"), None, None, 1,
-                       Console(file=open(tmp_path / "log", "w"), width=200), jobs=1)
+                       Console(file=log, width=200), jobs=1)
+    log.close()
     assert code == 0
     doc = json.loads(out.read_text())
     by = {d["design"]: d for d in doc["designs"]}

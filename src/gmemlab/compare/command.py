@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import UsageError
 from ..host import probe
 from ..model.designs import DESIGNS
 from . import calibration as cal
-from . import counting, validation, workloads
+from . import counting, hostops, hostsides, validation, workloads
 from .costmodel import ASSUMED, CostModel
 from .report import Comparison, as_json, print_comparison
 from .workloads import Resolved
@@ -89,9 +89,9 @@ def run_compare(name: str, designs: str | None, sets: list[str], shorthands: dic
         raise UsageError(f"--kernel must be model or host, not {kernel!r}")
     if repeats < 1:
         raise UsageError("--repeats must be at least 1")
-    if host_side is not None and host_side not in counting.hostsides.BY_NAME:
+    if host_side is not None and host_side not in hostsides.BY_NAME:
         raise UsageError(f"unknown host side {host_side!r} "
-                         f"(host sides: {', '.join(counting.hostsides.BY_NAME)})")
+                         f"(host sides: {', '.join(hostsides.BY_NAME)})")
     if max_map_count is not None and max_map_count < 1:
         raise UsageError("--max-map-count must be positive")
     workload = workloads.load(name)
@@ -107,7 +107,7 @@ def run_compare(name: str, designs: str | None, sets: list[str], shorthands: dic
     resolved = workload.resolve(overrides)
     chosen = pick_designs(designs)
     if kernel == "host":
-        why = validation.hostops.missing()
+        why = hostops.missing()
         if why is not None:
             raise UsageError(f"--kernel host: {why}")
     model = CostModel(load_calibration(calibration_file, kernel, console))
@@ -155,9 +155,13 @@ def count_all(resolved: Resolved, designs: list[str], keep: bool, max_map_count:
         if jobs == 1 or len(designs) == 1:
             for design in designs:
                 task = progress.add_task(f"{design}: counting requests", total=None)
-                runs[design] = counting.count(
-                    resolved, design, keep=keep, max_map_count=max_map_count,
-                    host_side=host_side, progress=lambda k, t=task: progress.update(t, completed=k))
+
+                def show(done: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=done)
+
+                runs[design] = counting.count(resolved, design, keep=keep,
+                                              max_map_count=max_map_count, host_side=host_side,
+                                              progress=show)
                 progress.remove_task(task)
         else:
             task = progress.add_task(f"counting {len(designs)} designs in {jobs} processes",
@@ -239,7 +243,7 @@ def _write(path: str, text: str) -> None:
 def run_calibrate(out: str, reps: int, quick: bool, console: Console) -> int:
     if reps < 1:
         raise UsageError("--reps must be at least 1")
-    why = validation.hostops.missing()
+    why = hostops.missing()
     if why is not None:
         raise UsageError(f"cannot calibrate here: {why}")
     console.print(probe.profile().line(), style="cyan", markup=False)

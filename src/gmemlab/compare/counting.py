@@ -655,7 +655,8 @@ class Runner:
         self.side.setup()
         before = self.model.costs()
         self.run.setup.costs = before
-        self.run.memslots = (getattr(self.side, "files", None) and len(self.side.files)) or 1
+        files = getattr(self.side, "files", None)
+        self.run.memslots = len(files) if isinstance(files, list) else 1
         for index, plan in enumerate(self.resolved.plans):
             step = StepResult(plan.name, plan.do)
             self.run.steps.append(step)

@@ -311,7 +311,7 @@ class InPlace(HostSide):
         self._call("fallocate", self.f, KEEP, first * P, npages * P)
 
     def host_address(self, page: int) -> int | None:
-        return self.base + page * P
+        return int(self.base) + page * P
 
     def private_file(self, page: int) -> tuple[int, int]:
         return self.f, page
@@ -352,7 +352,7 @@ class Separate(HostSide):
         self._call("fallocate", self.priv, KEEP, first * P, npages * P)
 
     def host_address(self, page: int) -> int | None:
-        return self.base + page * P
+        return int(self.base) + page * P
 
     def private_file(self, page: int) -> tuple[int, int]:
         return self.priv, page

@@ -98,7 +98,8 @@ def per_conversion(c: Comparison) -> Figure | None:
             ax.plot(xs, ys, marker="o", label=design)
     sweep = c.resolved.workload.sweep or ""
     ax.set_xscale("log")
-    ax.set_xlabel(f"{sweep} ({'pages of 4 KiB' if sweep == 'pages' else 'bytes' if sweep in ('pool',) else 'count'})")
+    unit = {"pages": "pages of 4 KiB", "pool": "bytes"}.get(sweep, "count")
+    ax.set_xlabel(f"{sweep} ({unit})")
     ax.set_ylabel("predicted µs per conversion")
     ax.set_title(_title(c, f"cost per conversion against {sweep}"))
     ax.legend(fontsize=7)
@@ -139,7 +140,7 @@ def measured(c: Comparison) -> Figure | None:
                     xerr=[[max(0.0, (v.predicted - v.predicted_low) * 1e3)],
                           [max(0.0, (v.predicted_high - v.predicted) * 1e3)]],
                     fmt="o", capsize=3, label=f"{v.design} ({v.error:+.0%})")
-        for name, m, p in v.steps:
+        for _, m, p in v.steps:
             ax.plot(p * 1e3, m * 1e3, "x", color="grey", markersize=4)
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)

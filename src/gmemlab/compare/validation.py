@@ -98,9 +98,10 @@ def runnable(run: DesignRun) -> str | None:
 
 
 def vma_budget() -> int:
-    """VMAs a replay may add to this process and leave the interpreter room to live."""
+    """VMAs a replay may add to this process and leave the interpreter room to live: at
+    most half the limit (near the limit the interpreter's own allocations fail)."""
     limit = probe.profile().max_map_count or 65530
-    return max(0, limit - count_vmas() - HEADROOM)
+    return max(0, min(limit // 2, limit - count_vmas() - HEADROOM))
 
 
 def count_vmas(lo: int = 0, hi: int = 1 << 64) -> int:
