@@ -239,13 +239,20 @@ class MemslotPerUnit(HostSide):
         self.upages = self.unit // P
         self.files: list[int] = []
         self.addrs: dict[int, int] = {}
+        # Shared accesses go through userspace_addr, fixed at memslot creation: each
+        # unit's mapping will be made exactly there (MAP_FIXED) once the unit is shared.
         for u in range(units):
             fd = self._setup_call("memfd_restricted", 0)
             self._setup_call("ftruncate", fd, self.unit)
             self._setup_call("set_user_memory_region2", self.vm, u, uapi.KVM_MEM_GUEST_MEMFD,
-                             self.gpa(u * self.upages), self.unit, 0, fd, 0)
+                             self.gpa(u * self.upages), self.unit, self._view(u), fd, 0)
             self.files.append(fd)
         self._private_everywhere()
+
+    VIEW = 0x100000000000  # where the VMM maps the units, one after the other
+
+    def _view(self, u: int) -> int:
+        return self.VIEW + u * self.unit
 
     def _units(self, first: int, npages: int) -> range:
         if first % self.upages or npages % self.upages:
@@ -256,7 +263,8 @@ class MemslotPerUnit(HostSide):
     def share(self, first: int, npages: int) -> None:
         for u in self._units(first, npages):
             self._convert(u * self.upages, self.upages, 0)
-            self.addrs[u] = self._call("mmap", self.files[u], self.unit, RW, uapi.MAP_SHARED)
+            self.addrs[u] = self._call("mmap", self.files[u], self.unit, RW,
+                                       uapi.MAP_SHARED | uapi.MAP_FIXED, 0, self._view(u))
 
     def unshare(self, first: int, npages: int) -> None:
         for u in self._units(first, npages):

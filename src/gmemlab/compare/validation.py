@@ -204,7 +204,13 @@ class Replay:
             self.slots[slot] = (gpa, size, fd, uaddr)
             self._offsets[gpa] = offset
         # Memory KVM takes from the file is not behind the VMM's mappings (see
-        # Host.unmapped_range); shared memory at userspace_addr is.
+        # Host.unmapped_range); shared memory at userspace_addr is.  A file the VMM
+        # will map at userspace_addr later has its place there from now on.
+        if uaddr and fd >= 0 and fd in self.files:
+            try:
+                self.locate(uaddr)
+            except UsageError:
+                self._note_base(fd, uaddr, offset)
         host_uaddr = self.locate(uaddr) if uaddr else self.host.unmapped_range(size)
         self.host.set_slot(slot, gpa, size, host_uaddr)
 
