@@ -19,7 +19,7 @@ from ..model.designs import DESIGNS
 from . import calibration as cal
 from . import counting, hostops, hostsides, validation, workloads
 from .costmodel import ASSUMED, CostModel
-from .report import Comparison, as_json, print_comparison
+from .report import Comparison, as_json, conversion_cost, print_comparison
 from .workloads import Resolved
 
 # Options that set a workload parameter of the same name, where the workload has one.
@@ -227,8 +227,9 @@ def sweep(c: Comparison, host_side: str | None, console: Console) -> None:
                     continue
                 other = counting.count(resolved, run.design, max_map_count=c.max_map_count,
                                        host_side=host_side or run.host_side)
-                points.append((resolved.params[w.sweep], c.model.predict(other.total()),
-                               other.conversions))
+                per = conversion_cost(c.model, other)
+                if per is not None:
+                    points.append((resolved.params[w.sweep], per, other.conversions))
                 progress.advance(task)
             c.sweep[run.design] = points
 

@@ -88,12 +88,12 @@ def predicted(c: Comparison) -> Figure | None:
 
 
 def per_conversion(c: Comparison) -> Figure | None:
-    if not c.sweep:
+    if not any(c.sweep.values()):
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for design, points in c.sweep.items():
-        xs = [float(v) for v, _, k in points if k]
-        ys = [p / k * 1e6 for _, p, k in points if k]
+        xs = [float(v) for v, _, _ in points]
+        ys = [p * 1e6 for _, p, _ in points]
         if xs:
             ax.plot(xs, ys, marker="o", label=design)
     sweep = c.resolved.workload.sweep or ""

@@ -26,7 +26,7 @@ class Comparison:
     runs: list[DesignRun]
     validations: dict[str, Validation] = field(default_factory=dict)
     max_map_count: int = 65530
-    sweep: dict[str, list[tuple[Any, float, int]]] = field(default_factory=dict)
+    sweep: dict[str, list[tuple[Any, float, int]]] = field(default_factory=dict)  # value, s/conv., n
     notes: list[str] = field(default_factory=list)
 
     def ran(self) -> list[DesignRun]:
@@ -35,11 +35,24 @@ class Comparison:
     def predicted(self, run: DesignRun) -> float:
         return self.model.predict(run.total())
 
+    def per_conversion(self, run: DesignRun) -> float | None:
+        return conversion_cost(self.model, run)
+
     def totals(self) -> dict[str, Counter[str]]:
         return {r.design: r.total() for r in self.ran()}
 
     def failed_validations(self) -> list[Validation]:
         return [v for v in self.validations.values() if v.ran and abs(v.error) > TOLERANCE]
+
+
+def conversion_cost(model: CostModel, run: DesignRun) -> float | None:
+    """Predicted seconds per conversion: the steps that convert, over their conversions
+    (a dma step's I/O included, a separate I/O step's not)."""
+    steps = [s for s in run.steps if s.conversions]
+    count = sum(s.conversions for s in steps)
+    if not count:
+        return None
+    return sum(model.predict(s.events) for s in steps) / count
 
 
 def ms(seconds: float) -> str:
@@ -86,12 +99,13 @@ def print_comparison(c: Comparison, console: Console) -> None:
         total = c.predicted(run)
         assumed = c.model.assumed_part(events)
         conv = run.conversions
+        per = c.per_conversion(run)
         row = [run.design, run.host_side or "", n(len(run.requests)), n(conv),
                n(costs["syscalls"]), n(events["exit"]), n(costs["hypercalls"]),
                f"{n(costs['vma_splits'])}/{n(costs['vma_merges'])}", n(run.max_vmas),
                f"{n(costs['host_pte_zaps'])}/{n(costs['kvm_zaps'])}", n(costs["tlb_flushes"]),
                ms(total), f"{assumed / total:.0%}" if total else "-",
-               us(total / conv) if conv else "-"]
+               us(per) if per is not None else "-"]
         if c.validations:
             v = c.validations.get(run.design)
             if v is not None and v.ran:
@@ -203,7 +217,7 @@ def as_json(c: Comparison) -> dict[str, Any]:
                 "predicted_s": c.predicted(run),
                 "predicted_by_event_s": c.model.breakdown(events),
                 "assumed_s": c.model.assumed_part(events),
-                "per_conversion_s": c.predicted(run) / run.conversions if run.conversions else None,
+                "per_conversion_s": c.per_conversion(run),
                 "max_vmas": run.max_vmas, "max_fragments": run.max_fragments,
                 "memslots": run.memslots, "limits": dict(run.limits()),
                 "refusals": dict(run.refusals()), "model_seconds": run.seconds,
@@ -226,7 +240,7 @@ def as_json(c: Comparison) -> dict[str, Any]:
                                   if cost.kind == "assumed" and cost.event in ASSUMED else {})}
                   for cost in c.model.table(ordered(used))},
         "max_map_count": c.max_map_count, "designs": designs,
-        "sweep": {d: [{"value": v, "predicted_s": p, "conversions": k} for v, p, k in pts]
+        "sweep": {d: [{"value": v, "per_conversion_s": p, "conversions": k} for v, p, k in pts]
                   for d, pts in c.sweep.items()},
         "notes": c.notes,
     }
