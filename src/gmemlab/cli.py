@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .errors import UsageError, internal_error_line
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
@@ -320,6 +323,86 @@ def fuzz(
     elif report.flaky is not None:
         print(f"\nthe run was not reproducible (Hypothesis reported flakiness):\n{report.flaky}")
     raise typer.Exit(0 if report.ok else 1)
+
+
+# --- gmemlab compare / calibrate (gmemlab.compare) --------------------------------------------
+
+def _wide_console() -> Console:
+    """A console for wide tables: a terminal keeps its width, piped output gets room."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 220)
+
+
+@app.command()
+def compare(
+    workload: Annotated[str, typer.Argument(help="A bundled workload (dma-pool, dma-dynamic, "
+                                                 "cvm-boot, balloon, snapshot, fragment), a "
+                                                 ".toml file, or `list`.")],
+    designs: Annotated[str | None, typer.Option("--designs", help="Comma-separated designs "
+                                                                  "(default: every one).")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="Guest memory (1G, 1T).")] = None,
+    pages: Annotated[str | None, typer.Option("--pages", help="Pool pages (dma-pool).")] = None,
+    granule: Annotated[str | None, typer.Option("--granule", help="Sharing granule (4K, 64K).")] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="Which granules go back first: "
+                                                                  "alternate, odd, all, reverse, "
+                                                                  "random, random:F, stride:N.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Any workload parameter: "
+                                                                 "NAME=VALUE (repeatable).")] = None,
+    kernel: Annotated[str, typer.Option("--kernel", help="model: count and predict; host: also "
+                                                         "run each design's host side here with "
+                                                         "a real guest and compare.")] = "model",
+    calibration: Annotated[str | None, typer.Option(
+        "--calibration", help="A file from gmemlab calibrate (default: measure now with --kernel "
+                              "host, else the reference calibration shipped with gmemlab).")] = None,
+    json_file: Annotated[str | None, typer.Option("--json", help="Write every figure here.")] = None,
+    plots: Annotated[str | None, typer.Option("--plots", help="Draw PNG and SVG plots into this "
+                                                              "folder.")] = None,
+    host_side: Annotated[str | None, typer.Option("--host-side", help="Only try this host side "
+                                                                      "(in-place, kvm-map, ...).")] = None,
+    max_map_count: Annotated[int | None, typer.Option("--max-map-count", help="The model's "
+                                                      "vm.max_map_count (default 65530).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Host runs per design (median).")] = 5,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Count designs in this many "
+                                                                  "processes (default: CPUs, at "
+                                                                  "most 4).")] = None,
+    mask: MaskOption = None,
+) -> None:
+    """What each design costs on a workload: counted by the model, priced by a calibration
+    of the running kernel, and (--kernel host) checked against a real guest."""
+    from .compare.command import run_compare
+
+    _apply_mask(mask)
+    try:
+        code = run_compare(workload, designs, sets or [],
+                           {"memory": memory, "pages": pages, "granule": granule,
+                            "pattern": pattern}, kernel, calibration, json_file, plots,
+                           host_side, max_map_count, repeats, _wide_console(), jobs)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    raise typer.Exit(code)
+
+
+@app.command()
+def calibrate(
+    out: Annotated[str, typer.Option("--out", help="The calibration file to write.")] =
+        "gmemlab-calibration.json",
+    reps: Annotated[int, typer.Option("--reps", help="Repetitions of each measurement.")] = 7,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller batches (a rougher, faster "
+                                                        "calibration).")] = False,
+    mask: MaskOption = None,
+) -> None:
+    """Measure what each event the model counts costs on the running kernel."""
+    from .compare.command import run_calibrate
+
+    _apply_mask(mask)
+    try:
+        code = run_calibrate(out, reps, quick, _wide_console())
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    raise typer.Exit(code)
 
 
 def main() -> None:
