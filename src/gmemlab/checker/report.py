@@ -12,12 +12,12 @@ calls with their result, operations that span several steps as
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import uapi
+from ..conform import cases
 from ..interface import GuestAccess
 from ..model import ModelKernel
 from ..model.steps import Outcome
@@ -290,55 +290,60 @@ def case_text(scenario: Scenario, verdict: Verdict, cex: Counterexample, rp: Rep
             return {k: ref(v, actor) for k, v in value.items()}
         return value
 
-    lines = [
-        f"# Counterexample to {cex.promise} ({pr.PROMISES[cex.promise]}),",
-        f"# found by `{command}`",
-        f"# in {verdict.states} states and {verdict.transitions} transitions (shortest: breadth-first).",
-        f"# {cex.violation.message}",
-        "# Reproduce: gmemlab conform THIS_FILE --kernel model",
-        "[[case]]",
-        f"id = {_toml(f'{scenario.name}-{scenario.design}-{cex.promise}')}",
-        f"about = {_toml(f'checker: {cex.violation.message}')}",
-        'kernel = "model"',
-        f"design = {_toml(scenario.design)}",
-        "steps = [",
-        "  # setup",
-    ]
+    steps: list[cases.Step] = []
+    note = "setup"
     for act in scenario.setup_actions():
-        step: dict[str, Any] = {"op": act.op, **{k: ref(v, None) for k, v in act.args}}
-        if act.bind:
-            step["as"] = act.bind
-        lines.append(f"  {_toml(step)},")
-    if rp.steps:
-        lines.append("  # the interleaving")
+        steps.append(cases.step(act.op, bind=act.bind, comment=note,
+                                **{k: ref(v, None) for k, v in act.args}))
+        note = ""
+    note = "the interleaving" if rp.steps else ""
     all_steps = list(rp.steps) + ([rp.stuck_attempt] if rp.stuck_attempt else [])
     for n, st in enumerate(all_steps, 1):
+        lead = [note] if note else []
         if st is rp.stuck_attempt:
-            lines.append(f"  # {st.actor} tries again, as it will forever: no continuation lets it finish")
-        lines.extend(_case_steps(n, st, ref))
-    lines.append("  # the broken promise")
-    lines.extend(f"  {_toml(s)}," for s in _assertions(cex, rp))
-    lines.append("]")
-    return "\n".join(lines) + "\n"
+            lead.append(f"{st.actor} tries again, as it will forever: no continuation lets it "
+                        "finish")
+        lead.append(f"{n}. {st.actor}: {st.what}")
+        if st.info.kind == "skip":
+            note = "\n".join(lead)  # nothing runs: the words go with the next step
+            continue
+        steps += _case_steps(st, ref, "\n".join(lead))
+        note = ""
+    for i, table in enumerate(_assertions(cex, rp)):
+        op = table.pop("op")
+        expect = {k: table.pop(k) for k in ("ret",) if k in table}
+        steps.append(cases.step(op, expect=expect, comment="the broken promise" if i == 0 else "",
+                                **table))
+    case = cases.Case(
+        file="", id=f"{scenario.name}-{scenario.design}-{cex.promise}",
+        about=f"checker: {cex.violation.message}", kernel="model", design=scenario.design,
+        requires=(), steps=tuple(steps),
+        comment=(f"Counterexample to {cex.promise} ({pr.PROMISES[cex.promise]}),\n"
+                 f"found by `{command}`\n"
+                 f"in {verdict.states} states and {verdict.transitions} transitions "
+                 "(shortest: breadth-first).\n"
+                 f"{cex.violation.message}\n"
+                 "Reproduce: gmemlab conform THIS_FILE --kernel model"))
+    return cases.dumps([case])
 
 
-def _case_steps(n: int, st: TraceStep, ref: Any) -> list[str]:
+def _case_steps(st: TraceStep, ref: Any, comment: str) -> list[cases.Step]:
     act = st.action
-    comment = f"  # {n}. {st.actor}: {st.what}"
-    if st.info.kind == "skip":
-        return [comment]
     expect = _expectation(st, act)
+    bind = expect.pop("as", None)
     single = st.began and st.info.kind in ("end", "retry")
+    args = {k: ref(v, st.actor) for k, v in act.args}
     if single:
-        step = {"op": act.op, **{k: ref(v, st.actor) for k, v in act.args}, **expect}
-        return [comment, f"  {_toml(step)},"]
-    out = [comment]
+        return [cases.step(act.op, bind=bind, expect=expect, comment=comment, **args)]
+    out = []
     if st.began:
-        args = {k: ref(v, st.actor) for k, v in act.args}
-        out.append(f"  {_toml({'op': 'actor_begin', 'actor': st.actor, 'call': act.op, 'args': args})},")
-    step = {"op": "actor_step", "actor": st.actor}
-    step.update(expect if st.info.kind in ("end", "retry") else {"ret": "running"})
-    out.append(f"  {_toml(step)},")
+        out.append(cases.step("actor_begin", comment=comment, actor=st.actor, call=act.op,
+                              args=args))
+        comment = ""
+    done = st.info.kind in ("end", "retry")
+    out.append(cases.step("actor_step", bind=bind if done else None,
+                          expect=expect if done else {"ret": "running"}, comment=comment,
+                          actor=st.actor))
     return out
 
 
@@ -391,29 +396,6 @@ def _assertions(cex: Counterexample, rp: Replay) -> list[dict[str, Any]]:
             # P8: the stuck actor's last attempt (above) fails; this is why.
             "P8": ("mmap_pending", "mappings", "outstanding_references")}[p]
     return [observe(*keys)]
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return hex(v) if v >= 0x10000 else str(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, bytes):
-        return json.dumps(v.hex())
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_key(k)} = {_toml(x)}" for k, x in v.items()) + "}"
-    if v is None:
-        return '""'
-    raise TypeError(f"cannot write {type(v).__name__} in a case file")
-
-
-def _key(k: Any) -> str:
-    k = str(k)
-    return k if k.replace("_", "").isalnum() else json.dumps(k)
 
 
 def write_cases(path: Path, texts: list[str]) -> None:

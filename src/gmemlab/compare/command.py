@@ -111,7 +111,10 @@ def run_compare(name: str, designs: str | None, sets: list[str], shorthands: dic
         if why is not None:
             raise UsageError(f"--kernel host: {why}")
     model = CostModel(load_calibration(calibration_file, kernel, console))
-    limit = max_map_count or 65530
+    # A workload may scale the limit down (fragment: the VMA count grows by one per
+    # fragment, so a lower limit is reached in proportionally fewer requests).
+    scaled = resolved.params.get("max_map_count")
+    limit = max_map_count or (int(scaled) if isinstance(scaled, int) else 65530)
     comparison = Comparison(resolved, model, [], max_map_count=limit)
     comparison.runs = count_all(resolved, chosen, keep=kernel == "host", max_map_count=limit,
                                 host_side=host_side, jobs=jobs, console=console)

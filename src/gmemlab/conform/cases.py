@@ -1,14 +1,18 @@
-"""Case files (docs/CASES.md): loading and validation.
+"""Case files (docs/CASES.md): loading, validation, and writing.
 
 A case file is TOML with an array of [[case]] tables.  Everything that can be
 checked without a kernel is checked here, so a malformed case is reported as
 such (with file, case and step) instead of failing somewhere inside a run.
+This is the one place case files are read and written: the runner loads them,
+the fuzzer's divergences and the checker's counterexamples are written with
+`dumps`, and `loads(dumps(cases))` gives the same cases back.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +46,32 @@ class Step:
     differs: Any = None  # the result (or the table keys given) must differ from this
     has_differs: bool = False
     error_offset: Any = None  # with errno: the offset the error reports (EAGAIN's error_offset)
+    comment: str = field(default="", compare=False)  # written before the step, never read
 
     @property
     def expects_success(self) -> bool:
         return self.errno is None and self.signal is None
+
+    def table(self) -> dict[str, Any]:
+        """The step as its inline table: op, arguments, as, the expectation."""
+        out: dict[str, Any] = {"op": self.op, **self.args}
+        if self.bind:
+            out["as"] = self.bind
+        if self.errno is not None:
+            out["errno"] = uapi.errno_name(self.errno)
+        if self.error_offset is not None:
+            out["error_offset"] = self.error_offset
+        if self.signal is not None:
+            out["signal"] = uapi.signal_name(self.signal)
+        if self.has_ret:
+            out["ret"] = self.ret
+        if self.has_differs:
+            out["differs"] = self.differs
+        if self.all_bytes is not None:
+            out["all_bytes"] = self.all_bytes
+        if self.bytes_hex is not None:
+            out["bytes_hex"] = self.bytes_hex
+        return out
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,7 @@ class Case:
     requires: tuple[str, ...]
     steps: tuple[Step, ...]
     error: str | None = None  # set when the case is malformed
+    comment: str = field(default="", compare=False)  # written before [[case]], never read
 
     @property
     def name(self) -> str:
@@ -86,6 +113,86 @@ def collect(paths: list[str]) -> list[CaseFile]:
     result = [CaseFile(path=m, error="no such file or folder") for m in missing]
     result.extend(load(f) for f in files)
     return result
+
+
+def step(op: str, *, bind: str | None = None, expect: dict[str, Any] | None = None,
+         comment: str = "", **args: Any) -> Step:
+    """A step as a writer builds it: the arguments, and the expectation spelt as in a
+    case file (errno and signal by name).  It is checked as a loaded one is."""
+    raw: dict[str, Any] = {"op": op, **args, **(expect or {})}
+    if bind:
+        raw["as"] = bind
+    return replace(_parse_step(0, raw), comment=comment)
+
+
+def dumps(cases: Iterable[Case], header: str = "") -> str:
+    """Case files' text: the cases in order, values spelt one way (integers of 4096
+    and more in hex), comments as '#' lines."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for case in cases:
+        if lines:
+            lines.append("")
+        lines += [f"# {line}".rstrip() for line in case.comment.splitlines()]
+        lines += ["[[case]]", f"id = {toml_value(case.id)}"]
+        if case.about:
+            lines.append(f"about = {toml_value(case.about)}")
+        if case.kernel != "any":
+            lines.append(f"kernel = {toml_value(case.kernel)}")
+        if case.design != DEFAULT_DESIGN:
+            lines.append(f"design = {toml_value(case.design)}")
+        if case.requires:
+            lines.append(f"requires = {toml_value(list(case.requires))}")
+        lines.append("steps = [")
+        for st in case.steps:
+            lines += [f"  # {line}".rstrip() for line in st.comment.splitlines()]
+            lines.append(f"  {toml_value(st.table())},")
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def loads(text: str, name: str = "<cases>") -> CaseFile:
+    """Case files' text read back (the inverse of dumps)."""
+    try:
+        return parse(tomllib.loads(text), name)
+    except tomllib.TOMLDecodeError as exc:
+        return CaseFile(path=name, error=f"cannot read: {exc}")
+
+
+def toml_value(v: Any) -> str:
+    """A value as a case file writes it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return hex(v) if v >= 4096 else str(v)
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, (bytes, bytearray)):
+        return _toml_string(bytes(v).hex())
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise CaseError(f"cannot write {type(v).__name__} {v!r} in a case file")
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped, the
+    rest (any Unicode scalar) as it is."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _key(k: Any) -> str:
+    k = str(k)
+    return k if k and k.isascii() and k.replace("_", "").replace("-", "").isalnum() \
+        else _toml_string(k)
 
 
 def load(path: Path) -> CaseFile:

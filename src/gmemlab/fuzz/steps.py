@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import uapi
+from ..conform import cases
 from ..errors import MemorySignal, UsageError
 from ..interface import GuestAccess, Stat
 
@@ -131,20 +132,9 @@ class Step:
         return self.outcomes["a"].key == self.outcomes["b"].key
 
 
-def _value(v: Any) -> str:
-    if isinstance(v, Ref):
-        return f'"{v.text()}"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return f"{v:#x}" if v >= 4096 else str(v)
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} in a case file")
+def _argument(v: Any) -> Any:
+    """An argument as a case file spells it: handles become "$name+0x..."."""
+    return v.text() if isinstance(v, Ref) else v
 
 
 def _expectation(outcome: Outcome, op: str, full: bool) -> dict[str, Any]:
@@ -176,20 +166,14 @@ def _expectation(outcome: Outcome, op: str, full: bool) -> dict[str, Any]:
     return {}
 
 
-def render_step(step: Step, reference: Side, full: bool) -> str:
-    """The step as a CASES.md inline table, expecting the reference kernel's outcome."""
-    parts = [f'op = "{step.op}"']
-    for key, value in step.args.items():
-        if key == "data":
-            parts.append(f'data_hex = "{value.hex()}"')
-        else:
-            parts.append(f"{key} = {_value(value)}")
+def case_step(step: Step, reference: Side, full: bool, comment: str = "") -> cases.Step:
+    """The step as a case file's step, expecting the reference kernel's outcome."""
+    args = {("data_hex" if k == "data" else k): (v.hex() if k == "data" else _argument(v))
+            for k, v in step.args.items()}
     outcome = step.outcomes[reference]
-    if step.bind and outcome.kind == "ok":
-        parts.append(f'as = "{step.bind}"')
-    for key, value in _expectation(outcome, step.op, full).items():
-        parts.append(f"{key} = {_value(value)}")
-    return "  {" + ", ".join(parts) + "},"
+    bind = step.bind if step.bind and outcome.kind == "ok" else None
+    return cases.step(step.op, bind=bind, expect=_expectation(outcome, step.op, full),
+                      comment=comment, **args)
 
 
 def render_case(steps: list[Step], case_id: str, reference: Side, requires: list[str],
@@ -197,19 +181,16 @@ def render_case(steps: list[Step], case_id: str, reference: Side, requires: list
     """A runnable case file: every step up to the divergence, the last one expecting
     the reference kernel's outcome, with both outcomes in a comment."""
     pair = " against ".join(labels[s] for s in ("a", "b"))
-    lines = [f"# Found by gmemlab fuzz (differential: {pair}).", "", "[[case]]",
-             f'id = "{case_id}"', f'about = "{about}"']
-    lines.extend(f'{key} = "{value}"' for key, value in (header or {}).items())
-    if requires:
-        lines.append("requires = [" + ", ".join(f'"{r}"' for r in requires) + "]")
-    lines.append("steps = [")
+    out: list[cases.Step] = []
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
         if step.outcomes[reference].kind == "usage" and not last:
             continue  # refused by both: no kernel saw it
-        if last:
-            for side, outcome in step.outcomes.items():
-                lines.append(f"  # {labels[side]}: {outcome.describe()}")
-        lines.append(render_step(step, reference, full=last))
-    lines.append("]")
-    return "\n".join(lines) + "\n"
+        comment = "\n".join(f"{labels[side]}: {o.describe()}" for side, o in step.outcomes.items()) \
+            if last else ""
+        out.append(case_step(step, reference, full=last, comment=comment))
+    head = header or {}
+    case = cases.Case(file="", id=case_id, about=about, kernel=head.get("kernel", "any"),
+                      design=head.get("design", cases.DEFAULT_DESIGN), requires=tuple(requires),
+                      steps=tuple(out))
+    return cases.dumps([case], header=f"Found by gmemlab fuzz (differential: {pair}).\n")
