@@ -292,7 +292,7 @@ class Engine:
             p = self.t.values[cur] if cur else pr.EMPTY
             p, broken = pr.protocol_step(p, ev)
             if "P5" in self.active:
-                bad += [pr.Violation("P5", f"inode {ev[1]}: {b}") for b in broken]
+                bad += pr.protocol_violations(ev[1], broken)
             writes[slot] = 0 if p == pr.EMPTY else self.t.intern(p)
         return apply(s, writes.items()), bad
 

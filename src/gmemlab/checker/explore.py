@@ -376,7 +376,8 @@ class Explorer:
         inverse = {v: x for x, v in enumerate(h)}
         actor = self.e.prog.names[inverse[a]]
         why = "it is blocked for good" if self._deadlocked(st) else "it never gets past an operation"
-        v = pr.Violation("P8", f"actor {actor} can never finish from here: whatever the others do, {why}")
+        v = pr.Violation("P8", f"actor {actor} can never finish from here: whatever the others do, {why}",
+                         pr.Evidence.STUCK)
         self.found.setdefault("P8", Counterexample(v, self.trace_to(st), stuck=actor,
                                                    continuation=self._continuation(st, a, can, n)))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 PROMISES: dict[str, str] = {
@@ -37,10 +38,43 @@ PROMISES: dict[str, str] = {
 ORDER = tuple(PROMISES)
 
 
+class Evidence(Enum):
+    """What shows a violation in the state or the events it ends in: the audit events
+    of one kind (model-only op audit_log), or facts of the state (op observe)."""
+
+    HOST_ACCESS = "host_access_private"  # events
+    PRIVATE_WHILE_MAPPED = "private_while_mapped"  # events
+    GET_PFN_WHILE_MAPPED = "get_pfn_while_mapped"  # events
+    NOTIFY = "notify"  # events: the protocol's calls
+    KVM_PENDING = "mmap_pending stray_mmap_pending"  # facts: KVM waits for nobody
+    MAPPINGS = "mappings"  # facts
+    MAPPED_PRIVATE = "private_pages mappings"  # facts
+    PRIVATE_REFERENCED = "private_pages host_references"  # facts
+    OUTSTANDING = "outstanding_references"  # facts
+    PKVM = "pkvm_problems"  # facts
+    STUCK = "mmap_pending mappings outstanding_references"  # facts: why an actor never finishes
+
+    @property
+    def is_event(self) -> bool:
+        return " " not in self.value and self.value in EVENT_KINDS
+
+    @property
+    def facts(self) -> tuple[str, ...]:
+        return tuple(self.value.split())
+
+
+EVENT_KINDS = frozenset({"host_access_private", "private_while_mapped", "get_pfn_while_mapped",
+                         "notify"})
+
+
 @dataclass(frozen=True)
 class Violation:
+    """A broken promise: which, in words, and what in the state or its events shows it."""
+
     promise: str
     message: str
+    evidence: Evidence
+    inode: int | None = None  # the file it concerns, where one does
 
     def __str__(self) -> str:
         return f"{self.promise}: {self.message}"
@@ -63,13 +97,16 @@ def event_violations(events: tuple[tuple[Any, ...], ...], active: frozenset[str]
         kind = ev[0]
         if kind == "host_access_private" and "P1" in active:
             out.append(Violation("P1", f"host userspace {'wrote' if ev[1] == 'write' else 'read'} "
-                                       f"private page {ev[3]} of inode {ev[2]}"))
+                                       f"private page {ev[3]} of inode {ev[2]}",
+                                 Evidence.HOST_ACCESS, ev[2]))
         elif kind == "private_while_mapped" and "P2" in active:
             out.append(Violation("P2", f"a page of inode {ev[1]} (from page {ev[2]}) became private "
-                                       "while the file is mapped"))
+                                       "while the file is mapped", Evidence.PRIVATE_WHILE_MAPPED,
+                                 ev[1]))
         elif kind == "get_pfn_while_mapped" and "P2" in active:
             out.append(Violation("P2", f"get_pfn took a new reference on page {ev[2]} of inode {ev[1]} "
-                                       "while the file is mapped"))
+                                       "while the file is mapped", Evidence.GET_PFN_WHILE_MAPPED,
+                                 ev[1]))
     return out
 
 
@@ -127,8 +164,14 @@ def kvm_pending_violations(stray: tuple[tuple[int, int, int], ...]) -> list[Viol
     """KVM waits for an mmap_end only while an mmap of the file is in progress."""
     return [Violation("P5", f"KVM's notifier for memslot {slot & 0xFFFF} of VM {vm} waits for "
                             f"mmap_end/mmap_abort while no mmap holds the lock of inode {ino} (an mmap "
-                            "holds it across its notifier calls): conversions of its gfns are refused")
+                            "holds it across its notifier calls): conversions of its gfns are refused",
+                      Evidence.KVM_PENDING, ino)
             for vm, slot, ino in stray]
+
+
+def protocol_violations(ino: int, broken: list[str]) -> list[Violation]:
+    """P5 as the notifier protocol of inode ino broke it (protocol_step's words)."""
+    return [Violation("P5", f"inode {ino}: {b}", Evidence.NOTIFY, ino) for b in broken]
 
 
 # --- states ------------------------------------------------------------------------------------------
@@ -139,16 +182,18 @@ def state_violations(obs: Observe, active: frozenset[str]) -> list[Violation]:
     if "P2" in active or "P3" in active:
         mappings = obs("mapping_counts")
         if "P3" in active:
-            out += [Violation("P3", f"inode {ino} has {n} mappings") for ino, n in mappings if n > 1]
+            out += [Violation("P3", f"inode {ino} has {n} mappings", Evidence.MAPPINGS, ino)
+                    for ino, n in mappings if n > 1]
         if "P2" in active and mappings:
             mapped = {ino for ino, n in mappings if n}
             out += [Violation("P2", f"inode {ino} is mapped while its {_pages(s, e)} "
-                                    f"{'is' if e == s + 1 else 'are'} private")
+                                    f"{'is' if e == s + 1 else 'are'} private",
+                              Evidence.MAPPED_PRIVATE, ino)
                     for ino, s, e in obs("private_pages") if ino in mapped]
     if "P5" in active:
         out += kvm_pending_violations(obs("stray_mmap_pending"))
     if "P7" in active:
-        out += [Violation("P7", p) for p in obs("pkvm_problems")]
+        out += [Violation("P7", p, Evidence.PKVM) for p in obs("pkvm_problems")]
     return out
 
 
@@ -166,7 +211,8 @@ def newly_private_violations(before: Observe, after: Observe) -> list[Violation]
         hit = sorted(i for i in range(s, e) if (ino, i) in fresh)
         if hit:
             out.append(Violation("P4", f"{_pages(hit[0], hit[-1] + 1)} of inode {ino} became private "
-                                       f"with {n} host reference(s) (mappings or pins) held"))
+                                       f"with {n} host reference(s) (mappings or pins) held",
+                                 Evidence.PRIVATE_REFERENCED, ino))
     return out
 
 
@@ -174,5 +220,5 @@ def terminal_violations(obs: Observe, active: frozenset[str]) -> list[Violation]
     if "P6" not in active:
         return []
     return [Violation("P6", f"{n} reference(s) on {_pages(s, e)} of inode {ino} outstanding after "
-                            "every actor finished")
+                            "every actor finished", Evidence.OUTSTANDING, ino)
             for ino, s, e, n in obs("outstanding_references")]

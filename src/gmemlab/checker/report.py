@@ -89,7 +89,7 @@ def _one(k: ModelKernel, prog: Program, astates: list[ActorState], name: str,
             p, broken = pr.protocol_step(protocols.get(ev[1], pr.EMPTY), ev)
             protocols[ev[1]] = p
             if "P5" in active:
-                bad += [pr.Violation("P5", f"inode {ev[1]}: {b}") for b in broken]
+                bad += pr.protocol_violations(ev[1], broken)
     after = k.observe()
     obs = {"private_pages": after.private_pages, "host_references": after.host_references,
            "outstanding_references": after.outstanding_references, "mapping_counts": after.mappings,
@@ -381,21 +381,13 @@ def _assertions(cex: Counterexample, rp: Replay) -> list[dict[str, Any]]:
     def events(kind: str) -> dict[str, Any]:
         return {"op": "audit_log", "kind": kind, "ret": k.audit_log(kind)}
 
-    msg, p = cex.violation.message, cex.promise
-    if p == "P1":
-        return [events("host_access_private")]
-    if p == "P2":
-        for kind, words in (("get_pfn_while_mapped", "get_pfn"), ("private_while_mapped", "became private")):
-            if words in msg:
-                return [events(kind)]
-        return [observe("private_pages", "mappings")]
-    if p == "P5":
-        return [events("notify")] + ([observe("mmap_pending", "stray_mmap_pending")] if "KVM" in msg else [])
-    keys = {"P3": ("mappings",), "P4": ("private_pages", "host_references"),
-            "P6": ("outstanding_references",), "P7": ("pkvm_problems",),
-            # P8: the stuck actor's last attempt (above) fails; this is why.
-            "P8": ("mmap_pending", "mappings", "outstanding_references")}[p]
-    return [observe(*keys)]
+    evidence = cex.violation.evidence
+    if evidence.is_event:
+        return [events(evidence.value)]
+    if evidence is pr.Evidence.KVM_PENDING:
+        # The protocol's calls, then KVM's waiting itself.
+        return [events("notify"), observe(*evidence.facts)]
+    return [observe(*evidence.facts)]
 
 
 def write_cases(path: Path, texts: list[str]) -> None:
