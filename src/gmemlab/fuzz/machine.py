@@ -79,7 +79,7 @@ KernelPair = tuple[Callable[[], Kernel], Callable[[], Kernel]]
 
 # Small menus: the interesting values of each argument, and a few bad ones.
 GMEM_SIZES = (P, 2 * P, 4 * P, 8 * P, 16 * P, 0, 100, 1 << 40)
-GMEM_FLAGS = (3, 3, 3, 1, 0, 2, 4)
+GMEM_FLAGS = (3, 3, 3, 1, 0, 2, 4, 7)  # 7: with NO_DIRECT_MAP (an error where not offered)
 PROTS = (uapi.PROT_READ | uapi.PROT_WRITE,) * 3 + (uapi.PROT_READ, uapi.PROT_NONE,
                                                   uapi.PROT_READ | uapi.PROT_EXEC)
 ADVICE = (uapi.MADV_DONTNEED, uapi.MADV_REMOVE, uapi.MADV_NORMAL, uapi.MADV_WILLNEED,
