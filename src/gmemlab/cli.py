@@ -243,21 +243,31 @@ def check(
     mutant: Annotated[str | None, typer.Option(
         "--mutant", metavar="NAME",
         help="Check a deliberately broken variant (gmemlab list mutants).")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", metavar="auto|local|ADDRESS",
+        help="Search on a Ray cluster (pip install 'gmemlab[cluster]'): auto, the running one "
+             "or a local one started for the search; local; or a cluster's address.")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", help="With --cluster: partitions of the state space (0: one "
+                                       "per CPU of the cluster).")] = 0,
 ) -> None:
     """Explore every interleaving of a scenario's actors on the model; prove the
     promises or print the shortest counterexample (and write it as a case file)."""
     from .checker import ENGINES
     from .checker.cli import run_check
 
-    if jobs < 1 or max_states < 0:
-        _fail_usage("--jobs must be at least 1 and --max-states at least 0")
+    if jobs < 1 or max_states < 0 or workers < 0:
+        _fail_usage("--jobs must be at least 1, --max-states and --workers at least 0")
+    if cluster is not None and (jobs > 1 or engine == "c"):
+        _fail_usage("--cluster runs the Python engine on the cluster: not with --jobs or --engine c")
     if engine not in ENGINES:
         _fail_usage(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     try:
         code = run_check(scenario, design, all_promises=all_promises, jobs=jobs,
                          fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                          max_states=max_states, case_out=None if no_case else (case_out or ""),
-                         json_file=json_file, mutant=mutant, engine=engine, html_file=html_file)
+                         json_file=json_file, mutant=mutant, engine=engine, html_file=html_file,
+                         cluster=cluster or "", workers=workers)
     except UsageError as exc:
         _fail_usage(str(exc))
         return

@@ -34,6 +34,10 @@ def check(scenario: Scenario, design: str | None = None, options: Options | None
     if options.engine not in ENGINES:
         raise UsageError(f"unknown engine {options.engine!r}: one of {', '.join(ENGINES)}")
     sc = scenario.with_design(design)
+    if options.cluster:
+        from .cluster import explore_cluster
+
+        return explore_cluster(sc, options, options.cluster, options.workers, factory, progress)
     if options.jobs > 1:
         if options.engine == "c":
             why = unsupported(options, len(sc.actors))

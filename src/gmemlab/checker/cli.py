@@ -21,7 +21,7 @@ from .reduce import ReductionError
 from .report import Replay, ReplayError, case_text, replay_counterexample, trace_rows, write_cases
 from .scenario import Scenario, load, validate
 
-ENGINE_NAMES = {"c": "compiled core", "python": "Python"}
+ENGINE_NAMES = {"c": "compiled core", "python": "Python", "cluster": "Python on a Ray cluster"}
 SHOW_AFTER = 1.0  # seconds: shorter runs print no progress
 
 
@@ -65,7 +65,7 @@ def counterexample_dir() -> Path:
 def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, fingerprints: bool,
               symmetry: bool, por: bool, memo: bool, max_states: int, case_out: str | None,
               json_file: str | None, mutant: str | None = None, engine: str = "auto",
-              html_file: str | None = None) -> int:
+              html_file: str | None = None, cluster: str = "", workers: int = 0) -> int:
     """Check and print; the exit status (0 holds, 1 violated or incomplete)."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
@@ -78,7 +78,8 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
         m = find_mutant(mutant)
         factory = m.factory
     options = Options(fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
-                      all_promises=all_promises, jobs=jobs, max_states=max_states, engine=engine)
+                      all_promises=all_promises, jobs=jobs, max_states=max_states, engine=engine,
+                      cluster=cluster, workers=workers)
     where = f" ({sc.path})" if sc.path else ""
     out.print(f"[bold]gmemlab check[/bold]: scenario [bold]{sc.name}[/bold]{where} on design "
               f"[bold]{sc.design}[/bold]" + (f", mutant [bold]{mutant}[/bold] ({m.about})" if mutant else ""))

@@ -44,6 +44,10 @@ class Options:
     # compiler, one process, the memo on), else the Python engine; "c": the
     # compiled core or an error; "python": the Python engine.
     engine: str = "auto"
+    # A Ray cluster to search on (cluster.py): "" none, "auto" (the running one,
+    # or a local one), "local", or an address; `workers` partitions (0: one per CPU).
+    cluster: str = ""
+    workers: int = 0
 
     def describe(self) -> str:
         on = [n for n, v in (("fingerprints", self.fingerprints), ("symmetry", self.symmetry),
