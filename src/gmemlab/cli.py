@@ -221,6 +221,10 @@ def check(
     fingerprints: Annotated[bool, typer.Option(help="Keep 128-bit fingerprints of visited states "
                                                     "(else the states).")] = True,
     symmetry: Annotated[bool, typer.Option(help="Reduce by the scenario's symmetries.")] = True,
+    verify_symmetry: Annotated[bool, typer.Option(
+        "--verify-symmetry", help="Prove the scenario's symmetries against the model while "
+                                  "searching (every permutation commutes with every step from every "
+                                  "state reached); refuse the reduction where one does not.")] = False,
     por: Annotated[bool, typer.Option("--por/--no-por", help="Partial-order reduction.")] = True,
     memo: Annotated[bool, typer.Option(help="Reuse a step's result where it read the same state.")] = True,
     max_states: Annotated[int, typer.Option(metavar="N",
@@ -267,7 +271,7 @@ def check(
                          fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                          max_states=max_states, case_out=None if no_case else (case_out or ""),
                          json_file=json_file, mutant=mutant, engine=engine, html_file=html_file,
-                         cluster=cluster or "", workers=workers)
+                         cluster=cluster or "", workers=workers, verify_symmetry=verify_symmetry)
     except UsageError as exc:
         _fail_usage(str(exc))
         return

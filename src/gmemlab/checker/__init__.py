@@ -10,6 +10,7 @@ docs/CHECKER.md describes scenarios, promises, reductions and counterexamples.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..errors import UsageError
 from .compiled import NativeExplorer, available, unsupported
@@ -34,6 +35,13 @@ def check(scenario: Scenario, design: str | None = None, options: Options | None
     if options.engine not in ENGINES:
         raise UsageError(f"unknown engine {options.engine!r}: one of {', '.join(ENGINES)}")
     sc = scenario.with_design(design)
+    if options.verify_symmetry:
+        if options.cluster or options.jobs > 1 or options.engine == "c":
+            raise UsageError("--verify-symmetry runs the Python engine in one process: "
+                             "not with --cluster, --jobs or --engine c")
+        if not options.symmetry:
+            raise UsageError("--verify-symmetry proves the reduction --no-symmetry turns off")
+        options = replace(options, engine="python")
     if options.cluster:
         from .cluster import explore_cluster
 
@@ -60,6 +68,9 @@ def check(scenario: Scenario, design: str | None = None, options: Options | None
         if options.engine == "c":
             raise UsageError(f"the compiled core cannot run this search: {why}")
         note = f"the Python engine explored: {why}"
+    elif options.verify_symmetry:
+        note = ("the symmetry was verified against the model at every state reached" if sc.symmetry
+                else "the scenario declares no symmetry: nothing to verify")
     verdict = Explorer(engine, options, progress).run()
     verdict.note = note
     return verdict

@@ -17,7 +17,7 @@ from . import check, promises
 from .chart import html_report, sequence_chart
 from .compiled import NativeError
 from .explore import Options, Progress, Verdict
-from .reduce import ReductionError
+from .reduce import NotSymmetric, ReductionError, SymmetryBroken
 from .report import Replay, ReplayError, case_text, replay_counterexample, trace_rows, write_cases
 from .scenario import Scenario, load, validate
 
@@ -65,7 +65,8 @@ def counterexample_dir() -> Path:
 def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, fingerprints: bool,
               symmetry: bool, por: bool, memo: bool, max_states: int, case_out: str | None,
               json_file: str | None, mutant: str | None = None, engine: str = "auto",
-              html_file: str | None = None, cluster: str = "", workers: int = 0) -> int:
+              html_file: str | None = None, cluster: str = "", workers: int = 0,
+              verify_symmetry: bool = False) -> int:
     """Check and print; the exit status (0 holds, 1 violated or incomplete)."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
@@ -79,7 +80,7 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
         factory = m.factory
     options = Options(fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                       all_promises=all_promises, jobs=jobs, max_states=max_states, engine=engine,
-                      cluster=cluster, workers=workers)
+                      cluster=cluster, workers=workers, verify_symmetry=verify_symmetry)
     where = f" ({sc.path})" if sc.path else ""
     out.print(f"[bold]gmemlab check[/bold]: scenario [bold]{sc.name}[/bold]{where} on design "
               f"[bold]{sc.design}[/bold]" + (f", mutant [bold]{mutant}[/bold] ({m.about})" if mutant else ""))
@@ -92,6 +93,10 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
     except ReductionError as exc:
         out.print(f"[bold red]internal error[/bold red]: {exc}")
         return 3
+    except (NotSymmetric, SymmetryBroken) as exc:
+        out.print(f"[bold red]the scenario's symmetry is refused[/bold red]: {exc}. Without the "
+                  "reduction: --no-symmetry")
+        return 2
     except NativeError as exc:
         out.print(f"[bold red]the compiled core failed[/bold red]: {exc} "
                   "(--engine python searches without it)")
@@ -112,7 +117,11 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
         try:
             replays.append((cex, replay_counterexample(sc, cex, factory, active=verdict.promises)))
         except ReplayError as exc:
-            out.print(f"[bold red]internal error[/bold red]: {exc}")
+            hint = ""
+            if options.symmetry and sc.symmetry and not verify_symmetry:
+                hint = (" (the search merged states by the scenario's [[symmetry]]: --verify-symmetry "
+                        "checks it against the model, --no-symmetry searches without it)")
+            out.print(f"[bold red]internal error[/bold red]: {exc}{hint}")
             return 3
     if verdict.holds:
         out.print(f"[bold green]HOLDS[/bold green]: every promise holds on every interleaving: {stats}")

@@ -26,7 +26,7 @@ from typing import Any
 from . import promises as pr
 from .engine import Edge, Engine
 from .fingerprint import Fingerprints
-from .reduce import PartialOrder, Symmetries
+from .reduce import PartialOrder, Symmetries, SymmetryBroken
 
 ENGINES = ("auto", "c", "python")
 
@@ -48,9 +48,14 @@ class Options:
     # or a local one), "local", or an address; `workers` partitions (0: one per CPU).
     cluster: str = ""
     workers: int = 0
+    # Prove the scenario's [[symmetry]] against the model while searching (the
+    # Python engine, one process): every permutation must commute with every
+    # step from every state reached, or the search stops with SymmetryBroken.
+    verify_symmetry: bool = False
 
     def describe(self) -> str:
-        on = [n for n, v in (("fingerprints", self.fingerprints), ("symmetry", self.symmetry),
+        on = [n for n, v in (("fingerprints", self.fingerprints),
+                             ("symmetry, verified" if self.verify_symmetry else "symmetry", self.symmetry),
                              ("partial-order", self.por), ("memo", self.memo)) if v]
         return ", ".join(on) or "none"
 
@@ -220,6 +225,13 @@ class Explorer:
                 nxt: list[tuple[int, tuple[int, ...], int]]) -> None:
         e = self.e
         succs = e.expand(s)
+        if self.o.verify_symmetry and self.sym is not None:
+            try:
+                self.sym.verify(s, succs)
+            except SymmetryBroken as exc:
+                trace = self.trace_to(idx)
+                where = "in the initial state" if not trace else f"after {', '.join(trace)}"
+                raise SymmetryBroken(f"{where}: {exc}") from None
         if self.por is not None and len(succs) > 1:
             ample = self.por.ample(s, succs)
             if ample is not None:

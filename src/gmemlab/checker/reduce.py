@@ -26,11 +26,11 @@ Symmetry: see Symmetries below.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..model.steps import StepOps
-from .codec import Key
+from .codec import Key, normal
 from .system import ActorState
 
 
@@ -259,6 +259,22 @@ class NotSymmetric(Exception):
     """This state (or scenario) cannot be permuted: it is its own representative."""
 
 
+def _names(promises: list[str]) -> str:
+    return ", ".join(promises) or "no promise"
+
+
+def _did(edge: Any) -> str:
+    info = edge.result.info
+    what = {"begin": "begins", "step": "goes on", "end": "ends", "retry": "retries",
+            "skip": "is skipped"}.get(info.kind, info.kind)
+    return f"{what}: {info.outcome}" if info.outcome is not None else what
+
+
+class SymmetryBroken(Exception):
+    """A declared permutation does not commute with the model's steps: merging a
+    state with its image would change the verdict, so the reduction is refused."""
+
+
 # Component classes a page permutation leaves alone (whole-file or page-free
 # facts); any other class present in a state stops the reduction for that state.
 INVARIANT = frozenset({
@@ -410,6 +426,68 @@ class Symmetries:
                 q = page.get(pages[gfn], pages[gfn])
                 return (self.gfn_of[_vm][q] << 12) | (gpa & 4095)
         return gpa
+
+    # --- proving the declaration against the model -----------------------------------------------
+
+    def verify(self, s: tuple[int, ...], succs: Sequence[tuple[int, Any]]) -> int:
+        """Check that every permutation g commutes with the model's steps from s:
+        actor g(a) can step from g(s) exactly when a can from s, to the image of
+        a's successor, breaking the same promises; and g(s) breaks the promises s
+        does.  Checked at every stored state for every g, this makes the orbits
+        a bisimulation (the group is closed, so the rest of each orbit follows).
+        Raises SymmetryBroken; returns how many permutations could carry s."""
+        if len(self.perms) == 1:
+            return 0
+        e = self.e
+        mine = {i: e.step(s, i, r) for i, r in succs}
+        names = e.prog.names
+        mine_bad = sorted({v.promise for v in e.state_violations(s)})
+        carried = 0
+        for gi in range(1, len(self.perms)):
+            try:
+                img, _ = self._image(s, gi)
+            except NotSymmetric:
+                continue  # s is its own representative: nothing is merged with it
+            carried += 1
+            g = self.perms[gi]
+            theirs = {i: e.step(img, i, r) for i, r in e.expand(img)}
+            their_bad = sorted({v.promise for v in e.state_violations(img)})
+            if their_bad != mine_bad:
+                raise SymmetryBroken(f"under {self._show(gi)} the state breaks {_names(mine_bad)} "
+                                     f"but its image breaks {_names(their_bad)}")
+            for a in range(len(names)):
+                edge, other = mine.get(a), theirs.get(g[a])
+                if (edge is None) != (other is None):
+                    can, cannot = (names[a], names[g[a]]) if other is None else (names[g[a]], names[a])
+                    raise SymmetryBroken(f"under {self._show(gi)} actor {can} can take its next step "
+                                         f"and its image {cannot} cannot")
+                if edge is None or other is None:
+                    continue
+                what = f"actor {names[a]}'s next step ({e.prog.action(a, e.actor_state(s, a)).op})"
+                try:
+                    want, _ = self._image(edge.target, gi)
+                except NotSymmetric:
+                    raise SymmetryBroken(f"under {self._show(gi)}, {what} leads to a state the "
+                                         "permutation cannot carry, from one it can") from None
+                got = normal(list(other.target))
+                if got != want:
+                    raise SymmetryBroken(f"under {self._show(gi)}, {what} ({_did(edge)}) and "
+                                         f"{names[g[a]]}'s from the image state ({_did(other)}) do not "
+                                         f"lead to images of each other: they differ in "
+                                         f"{self._differing(want, got)}")
+                a_bad = sorted({v.promise for v in edge.violations})
+                b_bad = sorted({v.promise for v in other.violations})
+                if a_bad != b_bad:
+                    raise SymmetryBroken(f"under {self._show(gi)}, {what} breaks {_names(a_bad)} "
+                                         f"and {names[g[a]]}'s from the image state {_names(b_bad)}")
+        return carried
+
+    def _differing(self, x: tuple[int, ...], y: tuple[int, ...]) -> str:
+        keys = self.e.t.keys
+        n = max(len(x), len(y))
+        classes = sorted({klass(keys[j]) for j in range(n)
+                          if (x[j] if j < len(x) else 0) != (y[j] if j < len(y) else 0)})
+        return ", ".join(classes)
 
     # --- permuting states -----------------------------------------------------------------------
 
