@@ -37,6 +37,7 @@ def _same(a: Any, b: Any) -> None:
         (b.states, b.transitions, b.violated(), b.complete)
     assert [(c.promise, c.trace, c.stuck, c.continuation) for c in a.counterexamples] == \
         [(c.promise, c.trace, c.stuck, c.continuation) for c in b.counterexamples]
+    assert a.coverage == b.coverage and a.coverage
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

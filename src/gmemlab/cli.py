@@ -213,7 +213,8 @@ def check(
                                  "scenarios).")],
     design: Annotated[str | None, typer.Option(
         "--design", metavar="NAME", help="Check on this design instead of the scenario's "
-                                         "own.")] = None,
+                                         "own; all: every design, the verdicts in one "
+                                         "table.")] = None,
     all_promises: Annotated[bool, typer.Option(
         "--all", help="Go on after the first violation: each promise's shortest counterexample.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N",
@@ -221,6 +222,9 @@ def check(
     fingerprints: Annotated[bool, typer.Option(help="Keep 128-bit fingerprints of visited states "
                                                     "(else the states).")] = True,
     symmetry: Annotated[bool, typer.Option(help="Reduce by the scenario's symmetries.")] = True,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 1 when a step never succeeded in any interleaving (the verdict "
+                         "may be vacuous), not only warn.")] = False,
     verify_symmetry: Annotated[bool, typer.Option(
         "--verify-symmetry", help="Prove the scenario's symmetries against the model while "
                                   "searching (every permutation commutes with every step from every "
@@ -267,11 +271,23 @@ def check(
     if engine not in ENGINES:
         _fail_usage(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     try:
+        if design == "all":
+            if mutant or html_file or case_out or cluster is not None:
+                _fail_usage("--design all prints the verdict matrix: not with --mutant, --html, "
+                            "--case-out or --cluster")
+            from .checker import Options
+            from .checker.matrix import run_matrix
+
+            raise typer.Exit(run_matrix(scenario, Options(
+                fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo, jobs=jobs,
+                max_states=max_states, engine=engine, verify_symmetry=verify_symmetry),
+                strict=strict, json_file=json_file))
         code = run_check(scenario, design, all_promises=all_promises, jobs=jobs,
                          fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                          max_states=max_states, case_out=None if no_case else (case_out or ""),
                          json_file=json_file, mutant=mutant, engine=engine, html_file=html_file,
-                         cluster=cluster or "", workers=workers, verify_symmetry=verify_symmetry)
+                         cluster=cluster or "", workers=workers, verify_symmetry=verify_symmetry,
+                         strict=strict)
     except UsageError as exc:
         _fail_usage(str(exc))
         return

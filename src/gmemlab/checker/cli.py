@@ -66,8 +66,9 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
               symmetry: bool, por: bool, memo: bool, max_states: int, case_out: str | None,
               json_file: str | None, mutant: str | None = None, engine: str = "auto",
               html_file: str | None = None, cluster: str = "", workers: int = 0,
-              verify_symmetry: bool = False) -> int:
-    """Check and print; the exit status (0 holds, 1 violated or incomplete)."""
+              verify_symmetry: bool = False, strict: bool = False) -> int:
+    """Check and print; the exit status (0 holds, 1 violated, incomplete, a step
+    that must succeed never did, or with `strict` any step that never succeeded)."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     sc = load(name).with_design(design)
@@ -123,11 +124,22 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
                         "checks it against the model, --no-symmetry searches without it)")
             out.print(f"[bold red]internal error[/bold red]: {exc}{hint}")
             return 3
-    if verdict.holds:
+    warnings, unmet = verdict.warnings(), verdict.unmet()
+    if unmet:
+        out.print("[bold red]VACUOUS[/bold red]: " + "; ".join(
+            f"{u} (the scenario says it must succeed somewhere)" for u in unmet))
+    if verdict.holds and warnings:
+        out.print("[bold yellow]HOLDS, but[/bold yellow] " + "; ".join(warnings))
+        out.print(f"  every promise holds on every interleaving: {stats}")
+        out.print("  [dim](what the scenario sets up may never have happened; --strict makes this "
+                  "exit 1)[/dim]")
+    elif verdict.holds:
         out.print(f"[bold green]HOLDS[/bold green]: every promise holds on every interleaving: {stats}")
     elif not verdict.counterexamples:
         out.print(f"[bold yellow]INCOMPLETE[/bold yellow]: no violation in the first {stats} "
                   f"(--max-states {max_states} reached)")
+    if verdict.complete and verdict.coverage:
+        _print_coverage(out, verdict)
     for cex, rp in replays:
         _print_counterexample(out, cex, rp, verdict, stats)
     command = _command(sc, name, all_promises)
@@ -159,7 +171,19 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
         out.print(f"report: {html_file}")
     if json_file:
         Path(json_file).write_text(json.dumps(verdict_json(verdict, elapsed), indent=2) + "\n")
-    return 0 if verdict.holds else 1
+    return 0 if verdict.holds and not unmet and not (strict and warnings) else 1
+
+
+def _print_coverage(out: Console, verdict: Verdict) -> None:
+    """Each step's outcomes across the search, one line per step."""
+    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1), show_header=True)
+    for col in ("actor", "step", "outcomes (transitions)"):
+        table.add_column(col, overflow="fold")
+    for c in verdict.coverage:
+        shown = c.show() if c.succeeded else f"[yellow]{c.show()}[/yellow]"
+        table.add_row(c.actor, f"{c.index + 1} {c.op}" + (" (must succeed)" if c.must_succeed else ""),
+                      shown)
+    out.print(table)
 
 
 def _command(sc: Scenario, name: str, all_promises: bool) -> str:
@@ -192,4 +216,5 @@ def verdict_json(v: Verdict, elapsed: float) -> dict[str, Any]:
             "jobs": v.options.jobs, "engine": v.engine, "violated": v.violated(),
             "counterexamples": [{"promise": c.promise, "message": c.violation.message, "trace": c.trace,
                                  "stuck": c.stuck, "continuation": c.continuation}
-                                for c in v.counterexamples]}
+                                for c in v.counterexamples],
+            "coverage": [c.to_json() for c in v.coverage], "warnings": v.warnings(), "unmet": v.unmet()}

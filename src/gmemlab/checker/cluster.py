@@ -36,7 +36,7 @@ from .explore import Explorer, Options, Progress, Verdict
 from .fingerprint import Fingerprints
 from .reduce import PartialOrder, Symmetries
 from .scenario import Scenario
-from .system import KernelFactory
+from .system import KernelFactory, StepInfo
 
 INSTALL = "the cluster search needs Ray: pip install 'gmemlab[cluster]'"
 
@@ -57,6 +57,7 @@ class Step:
     content: Content
     state_violations: tuple[pr.Violation, ...]  # broken by the target state
     done: int  # the target's finished actors
+    info: StepInfo  # what the step did (for coverage)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class Partition:
                 target, tfp, perm = self.sym.canonical(target, tfp, self.fps)
             steps.append(Step(edge.actor, self._key(target, tfp), tfp, perm, tuple(edge.violations),
                               tuple(e.t.components(target).items()),
-                              tuple(e.state_violations(target)), e.finished(target)))
+                              tuple(e.state_violations(target)), e.finished(target), edge.result.info))
         return Expansion(tuple(steps), ample)
 
     def known(self, keys: list[Any]) -> list[int]:
@@ -240,6 +241,7 @@ class ClusterExplorer(Explorer):
     def _take_remote(self, idx: int, st: Step, seen: Callable[[Step], int | None], depth: int,
                      new: list[tuple[int, Step]]) -> None:
         self.transitions += 1
+        self.tally.add(st.actor, st.info)
         for v in st.violations:
             self._violation(v, idx, st.actor)
         j = seen(st)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import promises as pr
+from .coverage import StepCoverage
 from .engine import DISABLED, OBSERVERS, Engine, Result
 from .explore import Explorer, Options, Progress, Verdict
 from .fingerprint import MASK, Fingerprints
@@ -361,6 +362,11 @@ class NativeExplorer(Explorer):
             return self._verdict(start, bool(stats[2]))
         finally:
             self.close()
+
+    def coverage(self) -> tuple[StepCoverage, ...]:
+        # The core takes memoized transitions without returning to Python:
+        # it keeps no tally of their outcomes.
+        return ()
 
     # --- one state at a time (the agreement tests) -------------------------------------------------------
 

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import promises as pr
+from .coverage import StepCoverage, Tally, problems, steps
 from .engine import Edge, Engine
 from .fingerprint import Fingerprints
 from .reduce import PartialOrder, Symmetries, SymmetryBroken
+from .system import StepInfo
 
 ENGINES = ("auto", "c", "python")
 
@@ -98,6 +100,9 @@ class Verdict:
     depth: int = 0
     seconds: float = 0.0
     complete: bool = True  # the whole state space was explored
+    # what each actor step did across the search (coverage.py); empty when the
+    # engine kept no tally
+    coverage: tuple[StepCoverage, ...] = ()
     model_runs: int = 0
     engine: str = "python"  # which engine explored: "python" or "c" (the compiled core)
     note: str = ""  # why the compiled core was not used, when it was asked for and could not be
@@ -112,6 +117,16 @@ class Verdict:
 
     def violated(self) -> list[str]:
         return sorted({c.promise for c in self.counterexamples}, key=pr.ORDER.index)
+
+    def warnings(self) -> list[str]:
+        """The steps that never succeeded in any interleaving, when the promises
+        hold (the race the scenario describes may never have happened)."""
+        return problems(self.coverage) if self.holds else []
+
+    def unmet(self) -> list[str]:
+        """The steps the scenario says must succeed somewhere and never did."""
+        return [c.problem() for c in self.coverage if c.must_succeed and c.problem()] \
+            if self.complete else []
 
 
 class Explorer:
@@ -140,6 +155,7 @@ class Explorer:
         self.edge_actor = array("h")
         self.found: dict[str, Counterexample] = {}
         self.transitions = 0
+        self.tally = Tally()
         self.stopped = False
 
     # --- states --------------------------------------------------------------------------
@@ -202,7 +218,14 @@ class Explorer:
                        options=o, counterexamples=order, states=len(self.parent),
                        transitions=self.transitions, depth=max(self.depth) if self.depth else 0,
                        seconds=time.perf_counter() - start, complete=complete, model_runs=e.runs,
-                       engine=self.engine_name)
+                       engine=self.engine_name, coverage=self.coverage())
+
+    def coverage(self) -> tuple[StepCoverage, ...]:
+        sc = self.e.scenario
+        names = [a.name for a in sc.actors]
+        orbits = [[names.index(a) for a in sym.actors] for sym in sc.symmetry] if self.sym else []
+        return steps([(a.name, [(act.op, act.must_succeed) for act in a.actions]) for a in sc.actors],
+                     self.tally.counts, orbits)
 
     def _level(self, frontier: list[tuple[int, tuple[int, ...], int]], depth: int,
                nxt: list[tuple[int, tuple[int, ...], int]]) -> None:
@@ -241,12 +264,14 @@ class Explorer:
                 if self._key(target, tfp) not in self.visited:
                     # The cycle proviso holds (the step leads to a new state): the
                     # other actors' steps can wait.
-                    self._take(idx, edge.actor, target, tfp, perm, depth, nxt, edge.violations)
+                    self._take(idx, edge.actor, target, tfp, perm, depth, nxt, edge.violations,
+                               info=edge.result.info)
                     return
         for i, r in succs:
             edge = e.step(s, i, r)
             target, tfp, perm = self._canonical(edge, fp, s)
-            self._take(idx, edge.actor, target, tfp, perm, depth, nxt, edge.violations)
+            self._take(idx, edge.actor, target, tfp, perm, depth, nxt, edge.violations,
+                       info=edge.result.info)
             if self.stopped:
                 return
 
@@ -262,8 +287,11 @@ class Explorer:
 
     def _take(self, idx: int, actor: int, target: tuple[int, ...], tfp: int, perm: int, depth: int,
               nxt: list[tuple[int, tuple[int, ...], int]], violations: Iterable[pr.Violation],
-              state_violations: Callable[[], list[pr.Violation]] | None = None) -> None:
+              state_violations: Callable[[], list[pr.Violation]] | None = None,
+              info: StepInfo | None = None) -> None:
         self.transitions += 1
+        if info is not None:
+            self.tally.add(actor, info)
         # What the step itself did wrong is said before what is wrong with the
         # state it leads to (the first violation of a promise is the one kept).
         for v in violations:

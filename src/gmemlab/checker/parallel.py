@@ -108,7 +108,7 @@ class _Worker:
             if self.sym is not None:
                 target, tfp, perm = self.sym.canonical(target, tfp, self.fps)
             out.append((i, self.to_main(diff(s, target), defs), tfp if self.o.fingerprints else 0, perm,
-                        edge.violations, e.state_violations(target)))
+                        edge.violations, e.state_violations(target), edge.result.info))
         return pos, out
 
 
@@ -201,15 +201,15 @@ class ParallelExplorer(Explorer):
         slot_of, id_of = self.slot_of[w], self.id_of[w]
         for idx, pos, succs in replies:
             parent = self._frontier_states[idx]
-            decoded = [(i, self._apply(parent, changes, slot_of, id_of), tfp, perm, tv, sv)
-                       for i, changes, tfp, perm, tv, sv in succs]
+            decoded = [(i, self._apply(parent, changes, slot_of, id_of), tfp, perm, tv, sv, info)
+                       for i, changes, tfp, perm, tv, sv, info in succs]
             if pos >= 0:
-                i, target, tfp, perm, tv, sv = decoded[pos]
+                i, target, tfp, perm, tv, sv, info = decoded[pos]
                 if self._key(target, tfp) not in self.visited:
-                    self._take(idx, i, target, tfp, perm, depth, nxt, tv, _const(sv))
+                    self._take(idx, i, target, tfp, perm, depth, nxt, tv, _const(sv), info)
                     decoded = []
-            for i, target, tfp, perm, tv, sv in decoded:
-                self._take(idx, i, target, tfp, perm, depth, nxt, tv, _const(sv))
+            for i, target, tfp, perm, tv, sv, info in decoded:
+                self._take(idx, i, target, tfp, perm, depth, nxt, tv, _const(sv), info)
                 if self.stopped:
                     return
             if self._tick(frontier + len(nxt), depth):

@@ -416,7 +416,8 @@ class Symmetries:
                 if (off + length - 1) // P == off // P:
                     p = off // P
                     args["addr"] = (m.group(1), page.get(p, p) * P + off % P)
-        return (act.op, tuple(sorted((k, repr(v)) for k, v in args.items())), act.bind, act.retry, act.needs)
+        return (act.op, tuple(sorted((k, repr(v)) for k, v in args.items())), act.bind, act.retry, act.needs,
+                act.must_succeed)
 
     def _gpa(self, gpa: int, gi: int, size: Any) -> int:
         page = self.pages[gi]

@@ -31,7 +31,7 @@ P = uapi.PAGE_SIZE
 GPA_BASE = 0x100000  # guest physical address of the file's first page
 # Operations an actor may not run: they drive or inspect the interleaving itself.
 NOT_FOR_ACTORS = frozenset({"actor_begin", "actor_step", "observe", "audit_log"})
-ACTION_KEYS = frozenset({"op", "as", "retry", "needs", "note"})
+ACTION_KEYS = frozenset({"op", "as", "retry", "needs", "note", "must_succeed"})
 TOP_KEYS = frozenset({"name", "about", "design", "config", "setup", "actor", "symmetry", "promises"})
 CONFIG_KEYS = frozenset({"pages", "memslots", "vm_type", "order", "fail", "vcpus", "gmem_flags"})
 
@@ -50,6 +50,9 @@ class Action:
     retry: tuple[int, ...] = ()  # errnos on which the actor tries the operation again
     needs: tuple[str, ...] = ()  # names that must be bound (their operation succeeded)
     note: str = ""
+    # The scenario means this step to succeed in some interleaving: if it never
+    # does, the verdict is vacuous and the check fails (coverage.py).
+    must_succeed: bool = False
 
     def refs(self) -> set[str]:
         return {m.group(1) for m in (REF.match(v.strip()) for v in _strings(dict(self.args)))
@@ -293,9 +296,13 @@ def _action(raw: Any, where: str) -> Action:
     bind = raw.get("as")
     if bind is not None and (not isinstance(bind, str) or not bind.isidentifier()):
         raise ScenarioError(f"{where} ({op}): 'as' must be a name")
+    must = raw.get("must_succeed", False)
+    if not isinstance(must, bool):
+        raise ScenarioError(f"{where} ({op}): must_succeed is true or false, not {must!r}")
     args = tuple((k, v) for k, v in raw.items() if k not in ACTION_KEYS)
     return Action(op=op, args=args, bind=bind, retry=errnos,
-                  needs=tuple(n.lstrip("$") for n in needs), note=str(raw.get("note", "")))
+                  needs=tuple(n.lstrip("$") for n in needs), note=str(raw.get("note", "")),
+                  must_succeed=must)
 
 
 def validate(sc: Scenario) -> None:
@@ -327,8 +334,8 @@ def validate(sc: Scenario) -> None:
         known |= set(fixed_names(c, False)) | ({"cpu"} if c.vcpus else set())
     for i, a in enumerate(sc.setup_actions(), 1):
         _check_action(a, f"setup step {i}", known)
-        if a.retry:
-            raise ScenarioError(f"setup step {i}: retry is for actors")
+        if a.retry or a.must_succeed:
+            raise ScenarioError(f"setup step {i}: {'retry' if a.retry else 'must_succeed'} is for actors")
         if a.bind:
             known.add(a.bind)
     for actor in sc.actors:
