@@ -149,10 +149,18 @@ def html_report(scenario: Scenario, verdict: Verdict,
         "<style>body{font-family:DejaVu Sans,Arial,sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
         "vertical-align:top;text-align:left}pre{background:#f6f6f6;padding:1em;overflow:auto}"
-        ".violated{color:#c00}</style></head><body>",
+        ".violated{color:#c00}.warning{color:#a60}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f'<p id="verdict">{esc(summary)}. Reproduce: <code>{esc(command)}</code></p>',
     ]
+    parts += [f'<p class="warning">but {esc(w)}</p>' for w in verdict.warnings() + verdict.unmet()]
+    if verdict.complete and verdict.coverage:
+        parts.append('<h2>What each step did</h2><table id="coverage"><tr><th>actor</th><th>step</th>'
+                     "<th>outcomes (transitions)</th></tr>")
+        for c in verdict.coverage:
+            parts.append(f"<tr><td>{esc(c.actor)}</td><td>{c.index + 1} {esc(c.op)}</td>"
+                         f"<td>{esc(c.show())}</td></tr>")
+        parts.append("</table>")
     for cex, rp, case in found:
         parts.append(f'<h2 class="violated" id="{cex.promise}">{cex.promise} violated: '
                      f"{esc(pr.PROMISES[cex.promise])}</h2>")
