@@ -60,6 +60,8 @@ def kernel_prefix(case: Case) -> Prefix:
     steps: list[Step] = []
     out = Prefix(None)
     last = case.steps[-1].index if case.steps else 0
+    used = 0  # the index of the last step the prefix holds
+    calls: list[str] = []  # the actors' operations it holds as plain calls
     i = 0
     while i < len(case.steps):
         step = case.steps[i]
@@ -67,6 +69,9 @@ def kernel_prefix(case: Case) -> Prefix:
             collapsed, after = _collapse(case.steps, i)
             if collapsed is not None:
                 steps.append(collapsed)
+                calls.append(f"{step.args.get('actor')}'s {collapsed.op} (steps {step.index}.."
+                             f"{case.steps[after - 1].index})")
+                used = case.steps[after - 1].index
                 i = after
                 continue
             out.left_out.append(
@@ -79,13 +84,16 @@ def kernel_prefix(case: Case) -> Prefix:
                                 "model-only operation, which no system call reaches")
             break
         steps.append(step)
+        used = step.index
         i += 1
     if steps:
         out.case = Case(file=case.file, id=case.id, about=case.about, kernel="any",
                         design=case.design, requires=case.requires, steps=tuple(steps))
-        used = f"steps {steps[0].index}..{steps[-1].index}" if len(steps) > 1 else \
-            f"step {steps[0].index}"
-        out.note = f"What a real kernel can run of this model case: {used}."
+        span = f"steps {steps[0].index}..{used}" if used > steps[0].index else f"step {used}"
+        out.note = f"What a real kernel can run of this model case: {span}"
+        if calls:
+            out.note += f", with {', '.join(calls)} as plain calls"
+        out.note += "."
         if out.left_out:
             out.note += " Left out: " + "; ".join(out.left_out) + "."
         if case.design not in KERNEL_DESIGNS:
