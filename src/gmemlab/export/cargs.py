@@ -31,10 +31,13 @@ def param_types(op: str) -> dict[str, CInt | None]:
     return out
 
 
-def _delta(value: int) -> str:
+def _delta(value: int, plain: bool = False) -> str:
+    """ + N or - N; plain: without a C suffix where an int holds it (kselftest)."""
     if abs(value) >= 1 << 63:
         raise Refused(f"an offset of {value:#x} does not fit 64 bits")
-    return f" + {c_int(value)}" if value > 0 else f" - {c_int(-value)}" if value < 0 else ""
+    size = abs(value)
+    text = (f"{size:#x}" if size >= 4096 else str(size)) if plain and size < 1 << 31 else c_int(size)
+    return f" + {text}" if value > 0 else f" - {text}" if value < 0 else ""
 
 
 class Args:
@@ -109,7 +112,7 @@ def ref_number(ref: Ref, ctypes: dict[str, str], names: dict[str, str]) -> str:
     base = {VM: f"{var}->fd", VCPU: f"{var}->fd", PTR: f"(uintptr_t){var}"}.get(ctype, var)
     if not ref.delta:
         return base
-    return f"({base}{_delta(ref.delta)})"
+    return f"({base}{_delta(ref.delta, plain=True)})"
 
 
 class KselftestArgs(Args):
@@ -142,11 +145,25 @@ class KselftestArgs(Args):
         v = self.value(name)
         if isinstance(v, Ref):
             if self.ctypes.get(v.var) == PTR:
-                return self.name(v) + _delta(v.delta)
+                return self.name(v) + _delta(v.delta, plain=True)
             return f"(char *)(uintptr_t){self.ref_number(v)}"
         if v == 0:
             return "NULL"
         return f"(char *){c_int(int(v), 64, False)}"
+
+    def indexed(self, name: str) -> tuple[str, int] | None:
+        """(pointer variable, offset) when an address argument is one: a[0x1000 + i]."""
+        v = self.value(name)
+        if isinstance(v, Ref) and self.ctypes.get(v.var) == PTR and v.delta >= 0:
+            return self.name(v), v.delta
+        return None
+
+    def byte(self, name: str) -> str:
+        """The byte an address argument points at, as an lvalue: a[0x1000]."""
+        v = self.value(name)
+        if isinstance(v, Ref) and self.ctypes.get(v.var) == PTR and v.delta >= 0:
+            return f"{self.name(v)}[{v.delta:#x}]" if v.delta else f"{self.name(v)}[0]"
+        return f"*({self.ptr(name)})"
 
     def obj(self, name: str, ctype: str) -> str | None:
         """The kvm_util object (VM or vCPU) an argument names, if it names one as it is."""

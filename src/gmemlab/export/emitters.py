@@ -53,7 +53,8 @@ class KWriter(Protocol):
 
     def scratch(self, ctype: str) -> str: ...
 
-    def bytes_checks(self, buf: str, length: str, checks: Sequence[Check]) -> list[str]: ...
+    def bytes_checks(self, buf: str, length: str, checks: Sequence[Check],
+                     index: tuple[str, int] | None = None) -> list[str]: ...
 
     def table_checks(self, table: str, checks: Sequence[Check]) -> list[str]: ...
 
@@ -346,7 +347,7 @@ def _k_read_mem(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
     if sp.step.signal is not None:
         sig = uapi.signal_name(sp.step.signal)
         if length == 1:
-            return [f"EXPECT_SIGNAL({sig}, (void)READ_ONCE(*({mem})));"]
+            return [f"EXPECT_SIGNAL({sig}, (void)READ_ONCE({a.byte('addr')}));"]
         w.need("char sink[4096];")
         return [f"EXPECT_SIGNAL({sig}, read_range(sink, {mem}, {length}));"]
     if sp.step.errno is not None:
@@ -357,7 +358,7 @@ def _k_read_mem(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
     if not sp.checks:
         w.need("char sink[4096];")
         return [f"read_range(sink, {mem}, {length});"]
-    return w.bytes_checks(mem, str(length), sp.checks)
+    return w.bytes_checks(mem, str(length), sp.checks, a.indexed("addr"))
 
 
 def _k_write_mem(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:

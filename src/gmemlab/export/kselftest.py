@@ -148,15 +148,24 @@ class TestWriter:
     def fail(self, message: str) -> str:
         return f"TEST_FAIL({_message(f'{self.tag}: {message}')});"
 
-    def bytes_checks(self, buf: str, length: str, checks: Sequence[Check]) -> list[str]:
+    def bytes_checks(self, buf: str, length: str, checks: Sequence[Check],
+                     index: tuple[str, int] | None = None) -> list[str]:
         out = []
         for check in checks:
             if isinstance(check, AllBytes):
+                if index is not None:
+                    at = f"{index[0]}[{f'{index[1]:#x} + ' if index[1] else ''}i]"
+                else:
+                    at = f"{buf}[i]" if buf.replace("_", "").replace(".", "").isalnum() \
+                        else f"({buf})[i]"
+                if length == "1":
+                    first = at.replace(" + i]", "]").replace("[i]", "[0]")
+                    out.append(f"TEST_ASSERT_EQ(READ_ONCE({first}), (char){check.value:#04x});")
+                    continue
                 self.need("size_t i;")
-                at = buf if buf.replace("_", "").replace(".", "").isalnum() else f"({buf})"
                 bound = length if length.isdigit() else f"(size_t){length}"
                 out += [f"for (i = 0; i < {bound}; i++)",
-                        f"\tTEST_ASSERT_EQ(READ_ONCE({at}[i]), (char){check.value:#04x});"]
+                        f"\tTEST_ASSERT_EQ(READ_ONCE({at}), (char){check.value:#04x});"]
             elif isinstance(check, BytesEqual):
                 n = len(check.data)
                 same_length = f"(size_t){length} == {n} && " if not length.isdigit() else ""
