@@ -5,7 +5,8 @@ setup is plain operations, its interleaving is `actor_begin` / `actor_step`
 (an operation stopped between two of its atomic steps while other actors
 run), and it ends with `observe` or `audit_log`, which only the model has.
 
-What a kernel can run is its longest prefix of interface operations, where an
+What a kernel can run is its longest prefix of interface operations (a
+step expecting the never-merged memfd_restricted to succeed ends it), where an
 actor's operation that no other step interrupts (its `actor_begin`, its
 `actor_step`s that say "running", and the `actor_step` that finishes it) is
 the plain call it stands for, with that last step's expectation.  The
@@ -22,6 +23,9 @@ from ..conform.cases import Case, Step
 from ..interface import INTERFACE_OPS
 
 CHECKER_OPS = ("actor_begin", "actor_step", "observe", "audit_log")
+# Operations of the vocabulary that no merged kernel performs: a step that
+# expects one to succeed is the model's, not a kernel's.
+NEVER_MERGED = {"memfd_restricted": "the 2022 proposal's system call was never merged into Linux"}
 # The designs that are a kernel's guest_memfd (the others model proposals).
 KERNEL_DESIGNS = ("gmem-6.8", "gmem-6.18")
 
@@ -82,6 +86,10 @@ def kernel_prefix(case: Case) -> Prefix:
         if step.op not in INTERFACE_OPS:
             out.left_out.append(f"steps {step.index}..{last}: from {step.op} on; {step.op} is a "
                                 "model-only operation, which no system call reaches")
+            break
+        if step.op in NEVER_MERGED and step.expects_success:
+            out.left_out.append(f"steps {step.index}..{last}: from {step.op} on; "
+                                f"{NEVER_MERGED[step.op]}")
             break
         steps.append(step)
         used = step.index
