@@ -158,6 +158,24 @@ def test_standalone_exports_fail_where_conform_fails(tmp_path: Path) -> None:
     assert sum(s == "FAIL" for s, _ in py.values()) >= 20  # steps the kernel refuses
 
 
+@needs_kvm_and_cc
+def test_standalone_odd_cases_judge_as_conform_does(tmp_path: Path) -> None:
+    """Unbound names, malformed calls, foreign fds and memory, a load through PROT_WRITE
+    alone, tables with wrong keys, guest exits where bytes were expected, ..."""
+    edge = ROOT / "tests" / "data" / "export_edge_cases.toml"
+    report = export_paths([str(edge)], tmp_path, "standalone")
+    factory, unavailable = kernel_factory("host")
+    py = {}
+    for f in report.files:
+        for case in collect([str(edge)])[0].cases:
+            r = run_case(case, "host", factory, unavailable)
+            py[(f.source, case.id)] = (r.status, r.message)
+    assert not [why for f in report.files for why in f.refusals()]
+    c = _build_and_run(report)
+    assert not _compare(c, py), "\n".join(_compare(c, py))
+    assert sorted(s for s, _ in py.values()).count("FAIL") >= 25
+
+
 # --- kselftest ---------------------------------------------------------------------------------
 
 

@@ -70,13 +70,24 @@ class Args:
         return spell_flags(self.op, name, value, t.bits, t.signed)
 
 
+def delta128(value: int) -> str:
+    """ + N or - N in __int128 arithmetic (N may need more than 64 bits)."""
+    size = abs(value)
+    if size < 1 << 63:
+        return _delta(value)
+    if size >= 1 << 126:
+        raise Refused(f"an offset of {value:#x} does not fit 126 bits")
+    text = f"(((__int128){size >> 64:#x}ULL << 64) | {size & ((1 << 64) - 1):#x}ULL)"
+    return f" + {text}" if value > 0 else f" - {text}"
+
+
 class StandaloneArgs(Args):
     """Arguments for gmemlab's C runtime (gl_* functions)."""
 
     def ref(self, ref: Ref, name: str, t: CInt | None) -> str:
         if t is None or (not ref.delta and ((ref.fd and t.bits >= 32) or (t.bits == 64 and t.limit is None))):
             return ref.var + _delta(ref.delta)
-        return (f"gl_fit((__int128){ref.var}{_delta(ref.delta)}, {t.bits}, {int(t.signed)}, "
+        return (f"gl_fit((__int128){ref.var}{delta128(ref.delta)}, {t.bits}, {int(t.signed)}, "
                 f"{t.limit or 0}ULL, {c_string(t.ctype)}, {c_string(name)})")
 
     def c(self, name: str) -> str:

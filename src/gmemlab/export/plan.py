@@ -199,11 +199,11 @@ _PLACEHOLDER: dict[str, Any] = {"int": 0, "bytes": b"", "stat": Stat(0, 0, 0, 0,
                                 "guest": GuestAccess("none")}
 
 
-def _placeholders(value: Any) -> Any:
+def _placeholders(value: Any, number: int = 0) -> Any:
     if isinstance(value, Ref):
-        return _PLACEHOLDER[value.kind]
+        return number if value.kind == "int" else _PLACEHOLDER[value.kind]
     if isinstance(value, list):
-        return [_placeholders(v) for v in value]
+        return [_placeholders(v, number) for v in value]
     return value
 
 
@@ -231,6 +231,13 @@ def _call_arguments(step: Step, env: dict[str, _Binding], host_check: HostCheck)
         checked = check_call(step.op, (), {k: _placeholders(v) for k, v in kwargs.items()})
     except UsageError as exc:
         if _has_refs(kwargs, "int"):
+            # A bound value stands in as 0 above: the call is malformed whatever it is
+            # only if it is with another value too, for the same reason.
+            try:
+                check_call(step.op, (), {k: _placeholders(v, 4096) for k, v in kwargs.items()})
+            except UsageError as again:
+                if str(again) == str(exc):
+                    raise _StepFails(f"bad call: {exc}") from None
             raise Refused(f"whether the call is well-formed depends on a bound value "
                           f"({exc})") from None
         raise _StepFails(f"bad call: {exc}") from None
@@ -351,6 +358,7 @@ def plan_case(case: Case, cfile: str, has_emitter: Any, host_check: Any) -> Case
             break
         except Refused as exc:
             plan.refused.append(f"step {step.index} ({step.op}): {exc}")
+            plan.steps.pop()
             break
         if not step.expects_success:
             continue

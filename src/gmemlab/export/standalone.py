@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 
 from .. import uapi
-from .cargs import StandaloneArgs
+from .cargs import StandaloneArgs, delta128
 from .clang import c_bytes, c_comment, c_int, c_string, identifier
 from .emitters import EMITTERS
 from .plan import AllBytes, BytesEqual, CasePlan, Fails, IntEqual, Ref, Refused, StepPlan, TableEqual
@@ -31,8 +31,9 @@ def runtime(name: str) -> str:
 
 def _want(value: int | Ref) -> str:
     if isinstance(value, Ref):
-        return f"(__int128){value.var}" + (f" + {c_int(value.delta)}" if value.delta > 0 else
-                                          f" - {c_int(-value.delta)}" if value.delta < 0 else "")
+        return f"(__int128){value.var}{delta128(value.delta)}"
+    if not -(1 << 63) <= value < 1 << 64:
+        return f"(__int128)0{delta128(value)}"
     return f"(__int128){c_int(value)}"
 
 
@@ -89,7 +90,7 @@ def case_function(plan: CasePlan, name: str, number: int) -> list[str]:
         head += f"\n\n{plan.note}"
     out = [*c_comment(head), f"static void {name}(void)", "{"]
     if plan.steps:
-        out.append("\tstruct gl_out o;")
+        out.append("\tstruct gl_out o __attribute__((unused));")
     out += [f"\tint64_t {var} __attribute__((unused)) = 0;" for var in plan.variables]
     if len(out) > 3:
         out.append("")
@@ -158,6 +159,8 @@ def render(source: str, plans: list[CasePlan], guest: bool, command: str) -> str
 
 def exportable(plan: CasePlan) -> None:
     """Render every step once, so that a step no emitter can write is refused here."""
+    if plan.refused:
+        return
     for sp in plan.steps:
         if sp.before is None:
             emitter = EMITTERS[sp.op].standalone
