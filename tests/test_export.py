@@ -72,12 +72,15 @@ def _build_and_run(report: ExportReport) -> dict[tuple[str, str], tuple[str, str
 
 def _compare(c: dict[tuple[str, str], tuple[str, str]],
              py: dict[tuple[str, str], tuple[str, str]]) -> list[str]:
-    """Where the C verdicts differ from Python's: the status, a SKIP's reason, a FAIL's step."""
+    """Where the C verdicts differ from Python's: the status, a SKIP's reason, a FAIL's step.
+    (Without GNU as, guest steps are not exported: such a case skips for that reason.)"""
     diffs = []
     for key, (status, message) in py.items():
         got, text = c[key]
+        no_as = asm.missing_reason()
         same = got == status and (status == "PASS" or (
-            text == message if status == "SKIP" else text.split(":")[0] == message.split(":")[0]))
+            text == message or bool(no_as and text.startswith("not exported:") and no_as in text)
+            if status == "SKIP" else text.split(":")[0] == message.split(":")[0]))
         if not same:
             diffs.append(f"{key[0]}::{key[1]}: C {got} {text!r}, Python {status} {message!r}")
     return diffs

@@ -198,7 +198,9 @@ class TestWriter:
 
     def _table_check(self, table: str, check: TableEqual) -> list[str]:
         key, kind, want = check.key, check.kind, check.want
-        shown = f"{self.tag}: expected {key} = {want.show() if isinstance(want, Ref) else want!r}"
+        text = want.show() if isinstance(want, Ref) else \
+            hex(want) if kind == "int" and want >= 4096 else repr(want)
+        shown = f"{self.tag}: expected {key} = {text}"
         if table == "st":
             if kind != "int":
                 return [self.fail(f"{shown}: fstat gives numbers")]
@@ -355,7 +357,7 @@ class TestWriter:
                 out += self._cap_skip(req, f"requires {req.text}")
         for need in plan.needs:
             out += self._cap_skip(need.requirement, need.describe())
-        guest_asked = False
+        guest_asked = any(req.cmp == "guest" for req in plan.requires)
         for step, message in plan.op_checks:
             if message is None:
                 if guest_asked:

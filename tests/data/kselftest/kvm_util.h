@@ -51,7 +51,6 @@ int __vm_set_user_memory_region2(struct kvm_vm *vm, uint32_t slot, uint32_t flag
 void vm_set_memory_attributes(struct kvm_vm *vm, uint64_t gpa, uint64_t size, uint64_t attributes);
 
 struct kvm_vcpu *__vm_vcpu_add(struct kvm_vm *vm, uint32_t vcpu_id);
-int __vcpu_run(struct kvm_vcpu *vcpu);
 void vcpu_regs_set(struct kvm_vcpu *vcpu, struct kvm_regs *regs);
 void vcpu_sregs_get(struct kvm_vcpu *vcpu, struct kvm_sregs *sregs);
 void vcpu_sregs_set(struct kvm_vcpu *vcpu, struct kvm_sregs *sregs);

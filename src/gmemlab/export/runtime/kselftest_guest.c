@@ -167,7 +167,7 @@ static int guest_access(struct kvm_vcpu *vcpu, uint32_t slot, const struct gpa_r
 	vcpu_regs_set(vcpu, &regs);
 
 	do {
-		r = __vcpu_run(vcpu);
+		r = ioctl(vcpu->fd, KVM_RUN, NULL);
 	} while (r == -1 && errno == EINTR);
 	err = errno;
 	memset(out, 0, sizeof(*out));
@@ -188,7 +188,7 @@ static int guest_access(struct kvm_vcpu *vcpu, uint32_t slot, const struct gpa_r
 		out->write = run->mmio.is_write;
 		/* Complete the pending instruction without running the guest again. */
 		run->immediate_exit = 1;
-		r = __vcpu_run(vcpu);
+		r = ioctl(vcpu->fd, KVM_RUN, NULL);
 		run->immediate_exit = 0;
 		TEST_ASSERT(r == -1 && errno == EINTR, "KVM_RUN with immediate_exit should give EINTR");
 		r = 0;
