@@ -92,7 +92,8 @@ def _render(style: str, source: str, plans: list[CasePlan], command: str) -> str
         from . import standalone
         for plan in plans:
             standalone.exportable(plan)
-        guest = any(p.guest and p.verdict is None and not p.refused for p in plans)
+        guest = asm.missing_reason() is None and \
+            any(p.guest and p.verdict is None and not p.refused for p in plans)
         return standalone.render(source, plans, guest, command)
     from . import kselftest
     return kselftest.render(source, plans, command)

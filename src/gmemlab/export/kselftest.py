@@ -344,6 +344,9 @@ class TestWriter:
         out = []
         for req in plan.requires:
             if req.cmp == "guest":
+                if asm.missing_reason():
+                    raise Refused(f"{req.text} needs gmemlab's guest program: "
+                                  f"{asm.missing_reason()}")
                 self.need("const char *path;")
                 self.uses.add("guest")
                 out += ["\tpath = guest_access_path();", "\tif (!path)",
@@ -442,7 +445,7 @@ def render(source: str, plans: list[CasePlan], command: str) -> str | None:
         try:
             body = writer.body()
         except Refused as exc:
-            plan.refused.append(f"{writer.tag}: {exc}")
+            plan.refused.append(f"{writer.tag}: {exc}" if writer.tag else str(exc))
             continue
         uses |= writer.uses
         case = plan.case

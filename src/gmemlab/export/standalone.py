@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import resources
 
 from .. import uapi
+from ..vmm import asm
 from .cargs import StandaloneArgs, delta128
 from .clang import c_bytes, c_comment, c_int, c_string, identifier
 from .emitters import EMITTERS
@@ -134,6 +135,9 @@ def render(source: str, plans: list[CasePlan], guest: bool, command: str) -> str
     lines += ["", uapi_c.constants_block()]
     if guest:
         lines.append(uapi_c.guest_block())
+    else:
+        why = asm.missing_reason() or "no case of this file runs a guest"
+        lines.append(f"#define GL_NO_GUEST {c_string(why)}\n")
     lines.append(runtime("standalone.c"))
     if guest:
         lines.append(runtime("standalone_guest.c"))

@@ -119,7 +119,7 @@ GL_FN void gl_probe_guest(void)
 	}
 #else
 	(void)status;
-	snprintf(gl_guest_missing, sizeof(gl_guest_missing), "no guest program was exported");
+	gl_copy(gl_guest_missing, sizeof(gl_guest_missing), GL_NO_GUEST);
 #endif
 }
 
