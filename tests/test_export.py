@@ -118,12 +118,12 @@ def test_an_operation_without_an_emitter_is_refused_at_its_step(
 
 
 @needs_kvm_and_cc
-def test_standalone_exports_judge_as_conform_does(standalone: ExportReport) -> None:
+def test_standalone_exports_judge_as_conform_does(standalone: ExportReport, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "GMEMLAB_HOST_MASK"}
-    proc = subprocess.run([sys.executable, "-m", "gmemlab", "conform", str(bundled_cases()),
-                           "--kernel", "host", "--json", "/dev/stdout"], capture_output=True,
-                          text=True, env=env, cwd=ROOT)
-    doc = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    subprocess.run([sys.executable, "-m", "gmemlab", "conform", str(bundled_cases()), "--kernel",
+                    "host", "--json", str(tmp_path / "conform.json")], capture_output=True, env=env,
+                   cwd=ROOT)
+    doc = json.loads((tmp_path / "conform.json").read_text())
     py = {(r["file"], r["id"]): (r["status"], r["message"]) for r in doc["results"]}
     c = _build_and_run(standalone)
     assert set(c) == set(py)

@@ -53,10 +53,6 @@ class ExportReport:
         return sum(1 for f in self.files for p in f.plans if p.verdict is None and not p.refused)
 
 
-def _host_check(op: str) -> emitters.HostCheck | None:
-    return emitters.host_check(op)
-
-
 def plan_for(case: Case, cfile: str, style: str, model_cases: str = "auto") -> CasePlan:
     """The plan of one case in a style (the kernel-runnable prefix of a model case, if asked)."""
     note, left_out = "", []
@@ -76,7 +72,7 @@ def plan_for(case: Case, cfile: str, style: str, model_cases: str = "auto") -> C
             why = asm.missing_reason()
         return why
 
-    plan = plan_case(case, cfile, has_emitter, _host_check)
+    plan = plan_case(case, cfile, has_emitter, emitters.host_check)
     plan.note, plan.left_out = note, left_out
     return plan
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from .. import uapi
 from .cargs import INT, LONG, PTR, VCPU, VM, KselftestArgs, StandaloneArgs
-from .plan import AllBytes, BytesEqual, Check, Fails, IntEqual, Refused, StepPlan
+from .plan import AllBytes, BytesEqual, Check, Fails, HostCheck, IntEqual, Refused, StepPlan
 from .uapi_c import VM_TYPE_NAMES
 
 
@@ -65,7 +65,6 @@ class KWriter(Protocol):
 
 StandaloneEmit = Callable[[StandaloneArgs], str]
 KselftestEmit = Callable[[KselftestArgs, StepPlan, KWriter], "KCall | list[str]"]
-HostCheck = Callable[[dict[str, Any]], "str | None"]
 
 
 @dataclass(frozen=True)

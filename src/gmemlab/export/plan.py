@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -217,10 +218,12 @@ def _has_refs(value: Any, kind: str | None = None) -> bool:
     return False
 
 
-HostCheck = Any  # Callable[[dict[str, Any]], str | None]
+# HostKernel's own argument checks of an operation: the message of a malformed call, or None.
+HostCheck = Callable[[dict[str, Any]], "str | None"]
 
 
-def _call_arguments(step: Step, env: dict[str, _Binding], host_check: HostCheck) -> dict[str, Any]:
+def _call_arguments(step: Step, env: dict[str, _Binding],
+                    host_check: HostCheck | None) -> dict[str, Any]:
     """The checked arguments of the call, by parameter name (defaults filled in)."""
     resolved = _resolve(step.args, env)
     try:
@@ -314,7 +317,8 @@ def _checks(step: Step, env: dict[str, _Binding]) -> list[Check]:
 # --- a case ------------------------------------------------------------------------------------
 
 
-def plan_case(case: Case, cfile: str, has_emitter: Any, host_check: Any) -> CasePlan:
+def plan_case(case: Case, cfile: str, has_emitter: Callable[[str], str | None],
+              host_check: Callable[[str], HostCheck | None]) -> CasePlan:
     """The plan of one case for a flavour whose emitter table answers has_emitter(op)
     (None when it has one, else why not) and host_check(op) (HostKernel's own
     argument checks for op, or None)."""
