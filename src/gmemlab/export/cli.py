@@ -26,6 +26,9 @@ def summary_lines(report: ExportReport) -> list[str]:
         for plan in f.plans:
             for why in plan.refused:
                 out.append(f"  not exported: {plan.case.id}: {why}")
+            if plan.static_failure is not None and not plan.refused:
+                out.append(f"  fails before any step, as conform fails it: {plan.case.id}: "
+                           f"{plan.static_failure}")
             if plan.note:
                 out.append(f"  {plan.case.id}: {plan.note}")
             elif plan.left_out and plan.verdict is not None:

@@ -394,6 +394,8 @@ class TestWriter:
         decls = [f"\t{d}" for d in self.decls]
         if any("kvm_fd" in line for line in steps):
             decls.insert(0, "\tint kvm_fd = open_kvm_dev_path_or_exit();")
+        if not (decls or skips) and steps and not steps[0]:
+            steps = steps[1:]
         return decls + ([""] if decls and skips else []) + skips + steps
 
 
@@ -440,6 +442,9 @@ def render(source: str, plans: list[CasePlan], command: str) -> str | None:
     taken: set[str] = set()
     for plan in plans:
         if plan.verdict is not None or plan.refused:
+            continue
+        if plan.static_failure is not None:
+            plan.refused.append(f"{plan.static_failure} (a test that can only fail)")
             continue
         writer = TestWriter(plan, set())
         try:
