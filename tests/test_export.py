@@ -136,29 +136,38 @@ def test_standalone_exports_judge_as_conform_does(standalone: ExportReport, tmp_
 @needs_kvm_and_cc
 def test_standalone_exports_fail_where_conform_fails(tmp_path: Path) -> None:
     """With what the cases require and need ignored on both sides, every step runs on
-    this kernel, whatever it lacks: each case must end at the same step either way."""
+    this kernel, whatever it lacks: each case must end at the same step either way.
+    (All the bundled cases in one program, to build it once.)"""
     from gmemlab.conform import runner
+    from gmemlab.conform.cases import CaseFile
     from gmemlab.export import plan as plan_module
 
-    files = [f for f in collect([str(bundled_cases())])
-             if any(c.kernel != "model" for c in f.cases)]
-    for f in files:
-        f.cases = [dataclasses.replace(c, requires=tuple(r for r in c.requires
-                                                         if r.startswith("guest:")))
-                   for c in f.cases]
+    merged = str(tmp_path / "all.toml")
+    cases = [dataclasses.replace(c, file=merged, id=f"{Path(f.path).stem}::{c.id}",
+                                 requires=tuple(r for r in c.requires if r.startswith("guest:")))
+             for f in collect([str(bundled_cases())]) for c in f.cases if c.kernel != "model"]
+    files = [CaseFile(path=merged, cases=cases)]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "infer", lambda case: [])
         mp.setattr(plan_module, "infer", lambda case: [])
         report = export_files(files, tmp_path, "standalone")
         factory, unavailable = kernel_factory("host")
         py = {}
-        for f in files:
-            for case in f.cases:
-                r = run_case(case, "host", factory, unavailable)
-                py[(f.path, case.id)] = (r.status, r.message)
+        for case in cases:
+            r = run_case(case, "host", factory, unavailable)
+            py[(merged, case.id)] = (r.status, r.message)
+    assert not [why for f in report.files for why in f.refusals()]
     c = _build_and_run(report)
     assert not _compare(c, py), "\n".join(_compare(c, py))
-    assert sum(s == "FAIL" for s, _ in py.values()) >= 20  # steps the kernel refuses
+    statuses = [s for s, _ in py.values()]
+    assert statuses.count("FAIL") >= 100 and statuses.count("PASS") >= 40  # steps the kernel refuses
+    # The NUMA policy calls ran, and guest accesses.
+    reached = set()
+    for case in cases:
+        status, message = py[(merged, case.id)]
+        last = int(message.split()[1]) if status == "FAIL" and message.startswith("step ") else 0
+        reached |= {s.op for s in case.steps if status == "PASS" or s.index <= last}
+    assert {"mbind", "get_mempolicy", "set_mempolicy", "guest_access"} <= reached
 
 
 @needs_kvm_and_cc
@@ -179,26 +188,130 @@ def test_standalone_odd_cases_judge_as_conform_does(tmp_path: Path) -> None:
     assert sorted(s for s, _ in py.values()).count("FAIL") >= 25
 
 
-# --- kselftest ---------------------------------------------------------------------------------
+# --- who says private: the C runtime's rule against the Python host's ------------------------
+
+PRIVATE_RULE_MAIN = ROOT / "tests" / "data" / "private_rule_main.c"
+
+
+def _private_rule_scenarios(seed: int, count: int) -> tuple[str, list[str]]:
+    """Random VMs, attributes, guest_memfds and memslots, and accesses to ask about:
+    the C program's input, and what the Python host says of each access."""
+    import random
+    from types import SimpleNamespace
+
+    from gmemlab import uapi
+    from gmemlab.errors import UsageError
+    from gmemlab.guestaccess import check_call, check_private
+    from gmemlab.host.kernel import GFNS, HostKernel, _GmemInfo, _Slot, _VmInfo
+    from gmemlab.rangemap import RangeMap
+
+    rng = random.Random(seed)
+    private = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+    lines, want = [], []
+    for _ in range(count):
+        vm_type, inplace = rng.choice([0, 1, 1, 1, 1, 4, 5]), rng.random() < 0.6
+        vm = _VmInfo(vm_type)
+        gmems: list[_GmemInfo] = []
+        lines.append(f"vm {vm_type} {int(inplace)}")
+        for _ in range(rng.randrange(12)):
+            kind = rng.choice(["attr", "gmem", "gattr", "gattr", "slot", "slot"])
+            lo = rng.randrange(16)
+            hi = lo + rng.randrange(1, 8)
+            value = rng.choice([0, private, private | 1, 1])
+            if kind == "attr":
+                vm.attributes.set(lo, hi, value)
+                lines.append(f"attr {lo} {hi} {value}")
+            elif kind == "gmem":
+                shared = rng.random() < 0.5
+                gmems.append(_GmemInfo(RangeMap(0 if shared else private, GFNS) if inplace else None))
+                lines.append(f"gmem {int(shared)}")
+            elif kind == "gattr" and gmems:
+                g = rng.randrange(len(gmems))
+                attributes = gmems[g].attributes
+                if attributes is not None:
+                    attributes.set(lo, hi, value)
+                lines.append(f"gattr {g} {lo} {hi} {value}")
+            elif kind == "slot":
+                key, g = rng.randrange(4), rng.randrange(-1, len(gmems)) if gmems else -1
+                size = rng.choice([0, 0, 4, 8]) << 12
+                gpa, offset = rng.randrange(12) << 12, rng.randrange(4) << 12
+                if size:
+                    vm.slots[key] = _Slot(gpa, size, 0, gmems[g] if g >= 0 else None, offset)
+                else:
+                    vm.slots.pop(key, None)
+                lines.append(f"slot {key} {gpa} {size} {g + 1} {offset}")
+        host = SimpleNamespace(_inplace=lambda inplace=inplace: inplace)
+        for _ in range(6):
+            gpa, length = rng.randrange(16 << 12), rng.randrange(1, 3 << 12)
+            asked = rng.choice([None, False, True])
+            lines.append(f"check {gpa} {length} {0 if asked is None else int(asked) + 1}")
+            try:
+                check_call(vm_type != 0, vm_type, gpa, length, False, asked, b"")
+                check_private(vm_type, asked, gpa, length,
+                              lambda gfn, vm=vm, host=host: HostKernel._kvm_private(host, vm, gfn))
+                want.append("ok")
+            except UsageError as exc:
+                want.append(str(exc))
+    return "\n".join(lines) + "\n", want
 
 
 @needs_cc
-def test_kselftest_exports_compile_against_standins(tmp_path: Path) -> None:
-    report = export_paths([str(bundled_cases())], tmp_path / "out", "kselftest",
-                          command="gmemlab export-c cases -o out --style kselftest")
-    include = tmp_path / "include"
-    include.mkdir()
+def test_private_access_rule_in_c_is_the_hosts(tmp_path: Path) -> None:
+    """Which gfns KVM holds private (VM attributes, or a guest_memfd's own under in-place
+    conversion, through memslots changed and deleted) and what `private` may say of an
+    access, per VM type: this machine has only VM type 0, so the rule is compared here."""
+    from gmemlab.export import standalone
+
+    source = "\n".join(["#define _GNU_SOURCE", *[f"#include <{h}>" for h in standalone.INCLUDES],
+                        uapi_c.constants_block(), standalone.runtime("standalone.c"),
+                        PRIVATE_RULE_MAIN.read_text()])
+    (tmp_path / "rule.c").write_text(source)
+    built = subprocess.run([str(CC), "-O1", "-Wall", "-Werror", "-o", str(tmp_path / "rule"),
+                            str(tmp_path / "rule.c")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[:4000]
+    scenarios, want = _private_rule_scenarios(seed=7, count=400)
+    ran = subprocess.run([str(tmp_path / "rule")], input=scenarios, capture_output=True, text=True,
+                         timeout=60)
+    got = ran.stdout.splitlines()
+    assert len(got) == len(want)
+    diffs = [(i, g, w) for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+    assert not diffs, diffs[:5]
+    # Every rule was asked: accesses allowed, refused on type 0, refused by the attributes.
+    assert want.count("ok") > 100
+    assert any("has no private memory" in w for w in want)
+    assert any("is private, and on a VM of type 1" in w for w in want)
+    assert any("is shared, and on a VM of type 1" in w for w in want)
+
+
+# --- kselftest ---------------------------------------------------------------------------------
+
+
+def _standin_constants(include: Path) -> None:
+    include.mkdir(exist_ok=True)
     (include / "gmemlab_constants.h").write_text("".join(
         f"#ifndef {name}\n#define {name} {value:#x}\n#endif\n"
         for name, value in uapi_c.kernel_names().items()))
-    written = [f.path for f in report.files if f.path is not None]
-    assert len(written) >= 8
-    for path in written:
+
+
+def _syntax_check(paths: list[Path], include: Path) -> None:
+    for path in paths:
         proc = subprocess.run([str(CC), "-fsyntax-only", "-std=gnu11", "-Wall", "-Werror",
                                "-D_GNU_SOURCE", "-I", str(STANDINS), "-I", str(include), str(path)],
                               capture_output=True, text=True)
         assert proc.returncode == 0, f"{path.name}:\n{proc.stderr[:4000]}"
-    mmap = (tmp_path / "out" / "gmem_mmap_test.c").read_text()
+
+
+@needs_cc
+def test_kselftest_exports_compile_against_standins(tmp_path: Path) -> None:
+    edge = ROOT / "tests" / "data" / "export_edge_cases.toml"
+    report = export_paths([str(bundled_cases()), str(edge)], tmp_path / "out", "kselftest",
+                          command="gmemlab export-c cases -o out --style kselftest")
+    _standin_constants(tmp_path / "include")
+    written = [f.path for f in report.files if f.path is not None]
+    assert len(written) >= 20
+    _syntax_check(written, tmp_path / "include")
+    out = tmp_path / "out"
+    mmap = (out / "gmem_mmap_test.c").read_text()
     # It reads like guest_memfd_test.c: kvm_util, the harness, the SIGBUS pattern.
     for text in ("#include \"kselftest_harness.h\"", "TEST(fault_beyond_size_sigbus)",
                  "vm_create_guest_memfd(vm, 0x4000ULL, GUEST_MEMFD_FLAG_MMAP | "
@@ -206,10 +319,70 @@ def test_kselftest_exports_compile_against_standins(tmp_path: Path) -> None:
                  "SKIP(return, \"step 2 (create_guest_memfd) creates a guest_memfd: needs "
                  "cap:GUEST_MEMFD\")", "TEST_HARNESS_MAIN"):
         assert text in mmap
+    # The NUMA policy as the kernel's tests call it (numaif.h), the generation of
+    # guest_memfd asked at run time, fields of earlier results, differs.
+    mempolicy = (out / "gmem_mempolicy_test.c").read_text()
+    for text in ('#include "numaif.h"', "kvm_mbind(a, 0x2000ULL, MPOL_BIND, nodes, 64ULL, 0);",
+                 "kvm_get_mempolicy(&mode, got_nodes, 64ULL, a + 0x1000, MPOL_F_ADDR);",
+                 "TEST_ASSERT_EQ(mode, MPOL_BIND);", "TEST_ASSERT_EQ(got_nodes[0], 1);",
+                 "ret = mbind(a, 0x1000ULL, 999, nodes, 64ULL, 0);",
+                 "design = gmem_design();", "if (strcmp(design, \"gmem-6.19\"))",
+                 "TEST_ASSERT(sf.st_dev != svm.st_dev, ", "TEST_ASSERT_EQ(st.st_dev, sf.st_dev);",
+                 "why = numa_unavailable();"):
+        assert text in mempolicy, text
+    # In-place conversion through the series' kvm_util helpers, skipped on kernels without it.
+    conversions = (out / "selftests_guest_memfd_conversions_test_inplace_v8_test.c").read_text()
+    assert "gmem_set_private(f, 0, 0x1000ULL);" in conversions
+    assert "kvm_check_cap(KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES)" in conversions
+    # A one-word case id is not a C library function's name.
+    assert "TEST(truncate_test)" in conversions
+    # Private accesses on a VM whose attributes decide are the same access, exported.
+    guest = (out / "gmem_guest_test.c").read_text()
+    assert "guest_access(cpu, " in guest
     # Cases the model alone runs are not written as tests; their files not at all.
-    assert not (tmp_path / "out" / "pkvm_test.c").exists()
-    refused = [r for f in report.files for r in f.refusals()]
-    assert any("private guest accesses" in r for r in refused) == (asm.missing_reason() is None)
+    assert not (out / "pkvm_test.c").exists()
+    refused = {(f.source, r) for f in report.files for r in f.refusals()}
+    assert {r for f, r in refused if f != str(edge)} == {
+        "restricted-syscall-missing-elsewhere: step 1 (memfd_restricted): memfd_restricted was "
+        "never merged into Linux: no kernel has a system call number for it"}
+    # What a selftest does not write of the odd cases, and why.
+    assert sorted(r.partition(":")[0] for f, r in refused if f == str(edge)) == [
+        "guest-field-not-a-number", "guest-fields-as-values", "guest-on-memfd", "huge-delta",
+        "mempolicy-fields-as-values", "model-only-op", "private-access"]
+    assert (str(edge), "guest-fields-as-values: step 3 (guest_access): a later step reads this "
+            "guest access's result") in refused
+
+
+def _refusals(doc: dict[str, object], style: str, tmp_path: Path) -> list[str]:
+    report = export_files([parse(doc, "x.toml")], tmp_path / style, style)
+    return [r for f in report.files for r in f.refusals()]
+
+
+def test_what_cannot_be_exported_is_refused_at_its_step(tmp_path: Path) -> None:
+    vcpu = [{"op": "create_vm", "type": "snp", "as": "vm"},
+            {"op": "create_vcpu", "vm": "$vm", "id": 0, "as": "cpu"}]
+    doc = {"case": [
+        {"id": "snp-private", "steps": [
+            *vcpu, {"op": "guest_access", "vcpu": "$cpu", "gpa": 0x1000, "length": 1,
+                    "private": True}]},
+        {"id": "data-hex-of-a-guest", "steps": [
+            *vcpu, {"op": "guest_access", "vcpu": "$cpu", "gpa": 0x1000, "length": 1, "as": "ga"},
+            {"op": "memfd_create", "name": "t", "flags": 0, "as": "m"},
+            {"op": "pread", "fd": "$m", "length": 1, "offset": 0, "differs": "$ga.data_hex"}]},
+        {"id": "exit-as-a-name", "steps": [
+            *vcpu, {"op": "guest_access", "vcpu": "$cpu", "gpa": 0x1000, "length": 1, "as": "ga"},
+            {"op": "memfd_create", "name": "$ga.exit", "flags": 0}]},
+    ]}
+    standalone = _refusals(doc, "standalone", tmp_path)
+    assert standalone == [
+        "data-hex-of-a-guest: step 5 (pread): differs compares the bytes read with "
+        "$ga.data_hex, a hex string known only when the guest access has run",
+        "exit-as-a-name: step 4 (memfd_create): argument name is field 'exit' of a bound guest "
+        "result, which the export does not pass on"]
+    kselftest = _refusals(doc, "kselftest", tmp_path)
+    assert kselftest[0] == ("snp-private: step 3 (guest_access): a private access of an SNP or "
+                            "TDX guest: gmemlab's access program sets no C-bit or shared bit")
+    assert len(kselftest) == 3
 
 
 # --- counterexamples ------------------------------------------------------------------------

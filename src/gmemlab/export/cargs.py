@@ -81,13 +81,32 @@ def delta128(value: int) -> str:
     return f" + {text}" if value > 0 else f" - {text}"
 
 
+def s_ref(ref: Ref) -> str:
+    """A bound number in the standalone program, as an __int128 expression: the variable,
+    or the field of a stored table result, plus the offset, rounded up by align_up."""
+    if ref.field is not None:
+        base = f"gl_field_num(&{ref.var}, {c_string(ref.field)}, {c_string(ref.name)})"
+    else:
+        base = f"(__int128){ref.var}"
+    expr = base + delta128(ref.delta)
+    if ref.align is not None:
+        if ref.align >= 1 << 63:
+            raise Refused(f"an alignment of {ref.align:#x} does not fit 63 bits")
+        expr = f"gl_align_up({expr}, {c_int(ref.align)})"
+    return expr
+
+
 class StandaloneArgs(Args):
     """Arguments for gmemlab's C runtime (gl_* functions)."""
 
     def ref(self, ref: Ref, name: str, t: CInt | None) -> str:
-        if t is None or (not ref.delta and ((ref.fd and t.bits >= 32) or (t.bits == 64 and t.limit is None))):
+        plain = ref.field is None and ref.align is None
+        if plain and (t is None or (not ref.delta and (
+                (ref.fd and t.bits >= 32) or (t.bits == 64 and t.limit is None)))):
             return ref.var + _delta(ref.delta)
-        return (f"gl_fit((__int128){ref.var}{delta128(ref.delta)}, {t.bits}, {int(t.signed)}, "
+        if t is None:
+            return f"(int64_t)({s_ref(ref)})"
+        return (f"gl_fit({s_ref(ref)}, {t.bits}, {int(t.signed)}, "
                 f"{t.limit or 0}ULL, {c_string(t.ctype)}, {c_string(name)})")
 
     def c(self, name: str) -> str:
@@ -102,25 +121,52 @@ class StandaloneArgs(Args):
             return c_string(v)
         raise Refused(f"argument {name} = {v!r} has no C spelling here")
 
-    def seq(self, name: str) -> tuple[str, int]:
-        """A list of u64: a compound literal and its length."""
-        items = tuple(self.value(name) or ())
+    def seq(self, name: str) -> tuple[str, str]:
+        """A list of u64: a compound literal and its length (or a bound node mask's words)."""
+        value = self.value(name)
+        if isinstance(value, Ref):
+            if value.kind != "list" or value.field is None:
+                raise Refused(f"argument {name} = {value.show()} has no C spelling here")
+            return f"(const uint64_t *){value.var}.words", f"{value.var}.nwords"
+        items = tuple(value or ())
         if not items:
-            return "NULL", 0
+            return "NULL", "0"
         parts = [self.ref(v, f"{name}[{i}]", CInt("u64", 64, False)) if isinstance(v, Ref)
                  else c_int(v, 64, False) for i, v in enumerate(items)]
-        return f"(const uint64_t[]){{{', '.join(parts)}}}", len(items)
+        return f"(const uint64_t[]){{{', '.join(parts)}}}", str(len(items))
 
 
-# The C type a kselftest binding has, by what made it.
-VM, VCPU, PTR, INT, LONG = "struct kvm_vm *", "struct kvm_vcpu *", "char *", "int", "long"
+# The C type a kselftest binding has, by what made it (POLICY: get_mempolicy's mode and
+# node mask, as NAME_mode and NAME_nodes).
+VM, VCPU, PTR, INT, LONG, STAT, POLICY = ("struct kvm_vm *", "struct kvm_vcpu *", "char *", "int",
+                                          "long", "struct stat", "policy")
+STAT_FIELDS = {"size": "st_size", "mode": "st_mode", "blksize": "st_blksize", "blocks": "st_blocks",
+               "nlink": "st_nlink", "ino": "st_ino", "dev": "st_dev"}
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and not n & (n - 1)
 
 
 def ref_number(ref: Ref, ctypes: dict[str, str], names: dict[str, str]) -> str:
-    """A bound value as a number in a kselftest (a VM's or vCPU's fd, a pointer's address)."""
+    """A bound value as a number in a kselftest (a VM's or vCPU's fd, a pointer's address,
+    a field of a bound fstat or get_mempolicy, rounded up by align_up)."""
     ctype = ctypes.get(ref.var, LONG)
     var = names[ref.var]
-    base = {VM: f"{var}->fd", VCPU: f"{var}->fd", PTR: f"(uintptr_t){var}"}.get(ctype, var)
+    if ref.field is not None:
+        if ctype == STAT and ref.field in STAT_FIELDS:
+            base = f"{var}.{STAT_FIELDS[ref.field]}"
+        elif ctype == POLICY and ref.field == "mode":
+            base = f"{var}_mode"
+        else:
+            raise Refused(f"{ref.show()} as a number")
+    else:
+        base = {VM: f"{var}->fd", VCPU: f"{var}->fd", PTR: f"(uintptr_t){var}"}.get(ctype, var)
+    if ref.align is not None:
+        value = f"{base}{_delta(ref.delta, plain=True)}"
+        if _power_of_two(ref.align) and ref.align < 1 << 63:
+            return f"align_up({value}, {ref.align:#x})"
+        raise Refused(f"align_up to {ref.align:#x}, not a power of two")
     if not ref.delta:
         return base
     return f"({base}{_delta(ref.delta, plain=True)})"
@@ -155,8 +201,12 @@ class KselftestArgs(Args):
         """An address argument, as a pointer."""
         v = self.value(name)
         if isinstance(v, Ref):
-            if self.ctypes.get(v.var) == PTR:
-                return self.name(v) + _delta(v.delta, plain=True)
+            if self.ctypes.get(v.var) == PTR and v.field is None:
+                if v.align is not None and _power_of_two(v.align) and v.align < 1 << 63:
+                    return f"(char *)align_ptr_up({self.name(v)}{_delta(v.delta, plain=True)}, " \
+                        f"{v.align:#x})"
+                if v.align is None:
+                    return self.name(v) + _delta(v.delta, plain=True)
             return f"(char *)(uintptr_t){self.ref_number(v)}"
         if v == 0:
             return "NULL"
@@ -165,24 +215,29 @@ class KselftestArgs(Args):
     def indexed(self, name: str) -> tuple[str, int] | None:
         """(pointer variable, offset) when an address argument is one: a[0x1000 + i]."""
         v = self.value(name)
-        if isinstance(v, Ref) and self.ctypes.get(v.var) == PTR and v.delta >= 0:
+        if isinstance(v, Ref) and self.ctypes.get(v.var) == PTR and v.delta >= 0 \
+                and v.field is None and v.align is None:
             return self.name(v), v.delta
         return None
 
     def byte(self, name: str) -> str:
         """The byte an address argument points at, as an lvalue: a[0x1000]."""
         v = self.value(name)
-        if isinstance(v, Ref) and self.ctypes.get(v.var) == PTR and v.delta >= 0:
+        if self.indexed(name) is not None and isinstance(v, Ref):
             return f"{self.name(v)}[{v.delta:#x}]" if v.delta else f"{self.name(v)}[0]"
         return f"*({self.ptr(name)})"
 
     def obj(self, name: str, ctype: str) -> str | None:
         """The kvm_util object (VM or vCPU) an argument names, if it names one as it is."""
         v = self.value(name)
-        if isinstance(v, Ref) and not v.delta and self.ctypes.get(v.var) == ctype:
+        if isinstance(v, Ref) and not v.delta and v.field is None and v.align is None \
+                and self.ctypes.get(v.var) == ctype:
             return self.name(v)
         return None
 
     def seq(self, name: str) -> list[str]:
+        value = self.value(name)
+        if isinstance(value, Ref):
+            raise Refused(f"argument {name} = {value.show()}, a bound node mask")
         return [self.ref_number(v) if isinstance(v, Ref) else c_int(v, 64, False)
-                for v in tuple(self.value(name) or ())]
+                for v in tuple(value or ())]

@@ -77,7 +77,14 @@ def identifier(text: str, taken: set[str] | None = None) -> str:
 
 # --- flag values by their kernel names -------------------------------------------------------
 
-# (names, prefix, kind): kind "bits" decomposes into set bits, "enum" names a whole value.
+# A NUMA policy mode is an enum in the low bits with mode flags above (MPOL_F_STATIC_NODES).
+MPOL_MODES: Mapping[str, int] = {
+    name: value for name, value in uapi.MPOL_MODE_NAMES.items() if not value & uapi.MPOL_MODE_FLAGS}
+MPOL_MODE_FLAGS: Mapping[str, int] = {
+    f"F_{name}": value for name, value in uapi.MPOL_MODE_NAMES.items() if value & uapi.MPOL_MODE_FLAGS}
+
+# (names, prefix, kind): kind "bits" decomposes into set bits, "enum" names a whole value,
+# "mpol" a mode and its flags.
 FLAG_SPELLING: Mapping[tuple[str, str], tuple[Mapping[str, int], str, str]] = {
     ("mmap", "prot"): (uapi.PROT_NAMES, "PROT_", "bits"),
     ("mprotect", "prot"): (uapi.PROT_NAMES, "PROT_", "bits"),
@@ -90,6 +97,12 @@ FLAG_SPELLING: Mapping[tuple[str, str], tuple[Mapping[str, int], str, str]] = {
     ("set_user_memory_region2", "flags"): (uapi.MEMSLOT_FLAG_NAMES, "KVM_MEM_", "bits"),
     ("set_memory_attributes", "attributes"): ({"PRIVATE": uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE},
                                               "KVM_MEMORY_ATTRIBUTE_", "bits"),
+    ("set_memory_attributes2", "attributes"): ({"PRIVATE": uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE},
+                                               "KVM_MEMORY_ATTRIBUTE_", "bits"),
+    ("mbind", "mode"): ({**MPOL_MODES, **MPOL_MODE_FLAGS}, "MPOL_", "mpol"),
+    ("set_mempolicy", "mode"): ({**MPOL_MODES, **MPOL_MODE_FLAGS}, "MPOL_", "mpol"),
+    ("mbind", "flags"): (uapi.MBIND_FLAG_NAMES, "MPOL_MF_", "bits"),
+    ("get_mempolicy", "flags"): (uapi.MPOL_GET_FLAG_NAMES, "MPOL_F_", "bits"),
     ("lseek", "whence"): (uapi.SEEK_NAMES, "SEEK_", "enum"),
     ("memfd_create", "flags"): (uapi.MFD_NAMES, "MFD_", "bits"),
     ("check_extension", "cap"): (uapi.CAPS, "KVM_CAP_", "enum"),
@@ -122,6 +135,14 @@ def spell_flags(op: str, arg: str, value: int, bits: int, signed: bool) -> str:
             by_value.setdefault(number, prefix + name)
     if kind == "enum":
         return by_value.get(value, c_int(value, bits, signed))
+    if kind == "mpol":
+        mode, rest = value & ~uapi.MPOL_MODE_FLAGS, value & uapi.MPOL_MODE_FLAGS
+        if mode not in MPOL_MODES.values():
+            return c_int(value, bits, signed)
+        parts = [prefix + next(n for n, v in MPOL_MODES.items() if v == mode)]
+        parts += [prefix + n for n, v in sorted(MPOL_MODE_FLAGS.items(), key=lambda i: i[1])
+                  if rest & v]
+        return " | ".join(parts)
     parts = []
     rest = value
     if kind == "map":

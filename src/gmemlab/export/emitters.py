@@ -25,8 +25,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import uapi
-from .cargs import INT, LONG, PTR, VCPU, VM, KselftestArgs, StandaloneArgs
-from .plan import AllBytes, BytesEqual, Check, Fails, HostCheck, IntEqual, Refused, StepPlan
+from ..guestaccess import guest_chooses_private
+from .cargs import INT, LONG, POLICY, PTR, STAT, STAT_FIELDS, VCPU, VM, KselftestArgs, StandaloneArgs
+from .plan import (
+    AllBytes,
+    BytesEqual,
+    Check,
+    Fails,
+    HostCheck,
+    IntEqual,
+    Refused,
+    StepPlan,
+    mask_words,
+)
 from .uapi_c import VM_TYPE_NAMES
 
 
@@ -40,6 +51,8 @@ class KCall:
     ok_form: str | None = None  # the asserting kvm_util form, when success is expected
     ok_ctype: str | None = None  # the type of ok_form's value (None: it has none)
     pre: tuple[str, ...] = ()  # statements that set up its arguments
+    error_offset: str | None = None  # where a failed call leaves the error's offset
+    raw_decls: tuple[str, ...] = ()  # declarations the call needs when it is expr, not ok_form
 
 
 class KWriter(Protocol):
@@ -56,11 +69,23 @@ class KWriter(Protocol):
     def bytes_checks(self, buf: str, length: str, checks: Sequence[Check],
                      index: tuple[str, int] | None = None) -> list[str]: ...
 
-    def table_checks(self, table: str, checks: Sequence[Check]) -> list[str]: ...
+    def table_checks(self, table: Any, checks: Sequence[Check]) -> list[str]: ...
+
+    def int_checks(self, value: str, checks: Sequence[Check], what: str) -> list[str]: ...
 
     def fail(self, message: str) -> str: ...
 
     def guest_slots(self) -> tuple[str, int]: ...
+
+    def bind(self, var: str, ctype: str) -> str: ...
+
+    def vm_type(self, value: object) -> int | None: ...
+
+    used: set[str]
+    words: dict[str, int]
+    step_index: int
+
+    def node_mask(self, words: int, values: list[str] | None, base: str = "nodes") -> str: ...
 
 
 StandaloneEmit = Callable[[StandaloneArgs], str]
@@ -119,8 +144,20 @@ def _s_enable_cap(a: StandaloneArgs) -> str:
 
 def _s_guest_access(a: StandaloneArgs) -> str:
     lit, n = a.data()
+    private = "-1" if a.value("private") is None else a.c("private")
     return (f"gl_guest_access({a.c('vcpu')}, {a.c('gpa')}, {a.c('length')}, {a.c('write')}, "
-            f"{a.c('private')}, (const unsigned char *){lit}, {n})")
+            f"{private}, (const unsigned char *){lit}, {n})")
+
+
+def _s_mbind(a: StandaloneArgs) -> str:
+    arr, n = a.seq("nodemask")
+    return (f"gl_mbind({a.c('addr')}, {a.c('len')}, {a.c('mode')}, {arr}, {n}, {a.c('maxnode')}, "
+            f"{a.c('flags')})")
+
+
+def _s_set_mempolicy(a: StandaloneArgs) -> str:
+    arr, n = a.seq("nodemask")
+    return f"gl_set_mempolicy({a.c('mode')}, {arr}, {n}, {a.c('maxnode')})"
 
 
 # --- HostKernel's checks of its own ----------------------------------------------------------------
@@ -297,8 +334,10 @@ def _k_create_vcpu(a: KselftestArgs, sp: StepPlan, w: KWriter) -> KCall:
 
 # Operations whose checks are their own: they return statements.
 
-STAT_FIELDS = {"size": "st_size", "mode": "st_mode", "blksize": "st_blksize", "blocks": "st_blocks",
-               "nlink": "st_nlink", "ino": "st_ino", "dev": "st_dev"}
+
+def _table(kind: str, **kwargs: Any) -> Any:
+    from .kselftest import Table
+    return Table(kind, **kwargs)
 
 
 def _expect_errno(w: KWriter, sp: StepPlan, call: str, failed: str, show: str) -> list[str]:
@@ -328,14 +367,19 @@ def _k_read(with_offset: bool) -> KselftestEmit:
 
 
 def _k_fstat(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
-    w.need("struct stat st;")
+    if sp.bind and sp.bind in w.used:
+        st = w.bind(sp.bind, STAT)
+    else:
+        st = "st"
+        w.need("struct stat st;")
     if sp.step.errno is not None:
         w.need("long ret;")
-        return _expect_errno(w, sp, f"fstat({a.num('fd')}, &st)", "ret == -1", "%ld")
+        return _expect_errno(w, sp, f"fstat({a.num('fd')}, &{st})", "ret == -1", "%ld")
     if sp.step.signal is not None:
         return [w.fail(f"expected {uapi.signal_name(sp.step.signal)}: fstat never signals")]
-    return [f'TEST_ASSERT(!fstat({a.num("fd")}, &st), "{w.tag} failed: %s", strerror(errno));',
-            *w.table_checks("st", sp.checks)]
+    table = _table("stat", lvalues={k: f"{st}.{f}" for k, f in STAT_FIELDS.items()})
+    return [f'TEST_ASSERT(!fstat({a.num("fd")}, &{st}), "{w.tag} failed: %s", strerror(errno));',
+            *w.table_checks(table, sp.checks)]
 
 
 def _k_read_mem(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
@@ -376,9 +420,13 @@ def _k_write_mem(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
                        "an errno")]
     out = [f"{store};"] if length != 0 else []
     for check in sp.checks:
-        if isinstance(check, IntEqual) and isinstance(check.want, int):
-            if check.want != length:
-                out.append(w.fail(f"expected {check.want}, got {length}"))
+        if isinstance(check, IntEqual) and check.want.kind != "int":
+            if not check.differ:
+                out.append(w.fail(f"expected {check.want.shown}, got {length}"))
+        elif isinstance(check, IntEqual) and isinstance(check.want.value, int):
+            if (check.want.value == length) == check.differ:
+                out.append(w.fail(f"expected {'a result other than ' if check.differ else ''}"
+                                  f"{check.want.shown}, got {length}"))
         elif isinstance(check, Fails):
             out.append(w.fail(check.message))
         else:
@@ -390,8 +438,19 @@ def _k_guest_access(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
     vcpu = a.obj("vcpu", VCPU)
     if vcpu is None:
         raise Refused("a guest access on a vCPU that kvm_util did not create")
-    if a.value("private"):
-        raise Refused("private guest accesses are not performed by gmemlab's host kernel")
+    private = a.value("private")
+    if private is not None:
+        # Where KVM decides from the memory attributes, `private` only restates them and the
+        # access is the same instruction; SNP and TDX guests would set a bit of their own.
+        vm_type = w.vm_type(sp.args["vcpu"])
+        if vm_type is None:
+            raise Refused("private = ... on a vCPU whose VM type is not known when exporting")
+        if private and vm_type == uapi.KVM_X86_DEFAULT_VM:
+            raise Refused(f"a VM of type {vm_type} has no private memory, so no private access "
+                          "(a test that can only fail)")
+        if private and guest_chooses_private(vm_type):
+            raise Refused("a private access of an SNP or TDX guest: gmemlab's access program "
+                          "sets no C-bit or shared bit")
     length = a.value("length")
     if not isinstance(length, int):
         raise Refused("a guest access of a length bound at run time")
@@ -415,7 +474,82 @@ def _k_guest_access(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
     if data_checks:
         out.append("TEST_ASSERT_EQ(ga.exit, GUEST_EXIT_NONE);")
         out += w.bytes_checks("ga.data", str(length), data_checks)
-    return out + w.table_checks("ga", [c for c in sp.checks if c not in data_checks])
+    return out + w.table_checks(_table("guest", length=length),
+                                [c for c in sp.checks if c not in data_checks])
+
+
+def _nodes(a: KselftestArgs, w: KWriter) -> tuple[str, tuple[str, ...]]:
+    """A node mask argument: NULL, or an array of the words the kernel may read (and the
+    statements that fill it, when words are bound values)."""
+    items = a.seq("nodemask")
+    if not items:
+        return "NULL", ()
+    maxnode = a.value("maxnode")
+    if not isinstance(maxnode, int):
+        raise Refused("a node mask whose maxnode is bound at run time")
+    words = max(1, mask_words(maxnode))
+    values = (items + ["0"] * words)[:words]
+    if not a.literal("nodemask"):
+        name = w.node_mask(words, None)
+        return name, tuple(f"{name}[{i}] = {v};" for i, v in enumerate(values))
+    while len(values) > 1 and values[-1] == "0":
+        values.pop()
+    return w.node_mask(words, values), ()
+
+
+def _k_mbind(a: KselftestArgs, sp: StepPlan, w: KWriter) -> KCall:
+    nodes, pre = _nodes(a, w)
+    args = (f"{a.ptr('addr')}, {a.num('len')}, {a.num('mode')}, {nodes}, {a.num('maxnode')}, "
+            f"{a.num('flags')}")
+    return KCall(f"mbind({args})", LONG, ok_form=f"kvm_mbind({args})", pre=pre)
+
+
+def _k_set_mempolicy(a: KselftestArgs, sp: StepPlan, w: KWriter) -> KCall:
+    nodes, pre = _nodes(a, w)
+    args = f"{a.num('mode')}, {nodes}, {a.num('maxnode')}"
+    return KCall(f"set_mempolicy({args})", LONG, ok_form=f"kvm_set_mempolicy({args})", pre=pre)
+
+
+def _k_get_mempolicy(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
+    maxnode = a.value("maxnode")
+    if not isinstance(maxnode, int):
+        raise Refused("a get_mempolicy whose maxnode is bound at run time")
+    words = 0 if maxnode == 0 else mask_words(maxnode)
+    if sp.bind and sp.bind in w.used:
+        name = w.bind(sp.bind, POLICY)
+        mode, nodes = f"{name}_mode", f"{name}_nodes"
+        w.words[sp.bind] = words
+    else:
+        mode, nodes = "mode", w.node_mask(max(words, 1), None, "got_nodes")
+    w.need(f"int {mode};")
+    if maxnode and sp.bind and sp.bind in w.used:
+        w.need(f"unsigned long {nodes}[{max(words, 1)}];")
+    args = (f"&{mode}, {nodes if maxnode else 'NULL'}, {a.num('maxnode')}, {a.ptr('addr')}, "
+            f"{a.num('flags')}")
+    if sp.step.errno is not None:
+        w.need("long ret;")
+        return _expect_errno(w, sp, f"get_mempolicy({args})", "ret == -1", "%ld")
+    if sp.step.signal is not None:
+        return [w.fail(f"expected {uapi.signal_name(sp.step.signal)}: get_mempolicy never "
+                       "signals")]
+    table = _table("mempolicy", lvalues={"mode": mode, "nodemask": nodes}, words=words)
+    return [f"kvm_get_mempolicy({args});", *w.table_checks(table, sp.checks)]
+
+
+def _k_set_memory_attributes2(a: KselftestArgs, sp: StepPlan, w: KWriter) -> KCall:
+    fd, offset, size = a.num("fd"), a.num("offset"), a.num("size")
+    attributes, flags = a.value("attributes"), a.value("flags")
+    if flags == 0 and attributes in (0, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE):
+        which = "private" if attributes else "shared"
+        return KCall(f"__gmem_set_{which}({fd}, {offset}, {size}, &error_offset)",
+                     ok_form=f"gmem_set_{which}({fd}, {offset}, {size})",
+                     error_offset="error_offset", raw_decls=("loff_t error_offset;",))
+    w.need("struct kvm_memory_attributes2 attr2;")
+    pre = ("attr2 = (struct kvm_memory_attributes2){", f"\t.offset = {offset},",
+           f"\t.size = {size},", f"\t.attributes = {a.num('attributes')},",
+           f"\t.flags = {a.num('flags')},", "};")
+    return KCall(f"ioctl({fd}, KVM_SET_MEMORY_ATTRIBUTES2, &attr2)", pre=pre,
+                 error_offset="attr2.error_offset")
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -463,6 +597,12 @@ EMITTERS: dict[str, Emitter] = {
     "enable_cap": Emitter(_s_enable_cap, _k_enable_cap, _cap_args_check),
     "create_vcpu": Emitter(call("gl_create_vcpu", "vm", "id"), _k_create_vcpu),
     "guest_access": Emitter(_s_guest_access, _k_guest_access),
+    "mbind": Emitter(_s_mbind, _k_mbind),
+    "get_mempolicy": Emitter(call("gl_get_mempolicy", "maxnode", "addr", "flags"), _k_get_mempolicy),
+    "set_mempolicy": Emitter(_s_set_mempolicy, _k_set_mempolicy),
+    "set_memory_attributes2": Emitter(
+        call("gl_set_memory_attributes2", "fd", "offset", "size", "attributes", "flags"),
+        _k_set_memory_attributes2),
 }
 
 

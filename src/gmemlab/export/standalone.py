@@ -11,10 +11,25 @@ from importlib import resources
 
 from .. import uapi
 from ..vmm import asm
-from .cargs import StandaloneArgs, delta128
+from .cargs import StandaloneArgs, delta128, s_ref
 from .clang import c_bytes, c_comment, c_int, c_string, identifier
 from .emitters import EMITTERS
-from .plan import AllBytes, BytesEqual, CasePlan, Fails, IntEqual, Ref, Refused, StepPlan, TableEqual
+from .plan import (
+    AllBytes,
+    BytesDiffer,
+    BytesEqual,
+    CasePlan,
+    ErrorOffset,
+    Fails,
+    FieldCheck,
+    FieldPresent,
+    IntEqual,
+    Ref,
+    Refused,
+    StepPlan,
+    TableEqual,
+    Want,
+)
 from .plan import cap_number as _cap_number
 from .steps import describe_step
 
@@ -22,7 +37,8 @@ CMP = {"nonzero": "GL_NONZERO", "&": "GL_AND", "&=": "GL_AND_EQ", "=": "GL_EQ", 
        "<=": "GL_LE"}
 INCLUDES = ("errno.h", "fcntl.h", "inttypes.h", "setjmp.h", "signal.h", "stdarg.h", "stdint.h",
             "stdio.h", "stdlib.h", "string.h", "strings.h", "time.h", "unistd.h", "sys/ioctl.h",
-            "sys/mman.h", "sys/stat.h", "sys/syscall.h", "sys/time.h", "sys/types.h", "sys/wait.h",
+            "sys/mman.h", "sys/stat.h", "sys/syscall.h", "sys/time.h", "sys/types.h", "sys/vfs.h",
+            "sys/wait.h",
             "linux/falloc.h", "linux/kvm.h")
 
 
@@ -32,10 +48,38 @@ def runtime(name: str) -> str:
 
 def _want(value: int | Ref) -> str:
     if isinstance(value, Ref):
-        return f"(__int128){value.var}{delta128(value.delta)}"
+        return s_ref(value)
     if not -(1 << 63) <= value < 1 << 64:
         return f"(__int128)0{delta128(value)}"
     return f"(__int128){c_int(value)}"
+
+
+def _field_val(ref: Ref) -> str:
+    """A bound table field of any kind, as a gl_val (its storage lives as long as the call)."""
+    return (f"gl_field_val(&{ref.var}, {c_string(ref.field or '')}, {c_string(ref.name)}, "
+            "&(struct gl_cell){ 0 })")
+
+
+def _val(want: Want) -> str:
+    """A value to compare with, as a struct gl_val (runner._equal's terms)."""
+    shown = c_string(want.shown)
+    value = want.value
+    if want.kind == "never":
+        return f"gl_v_never({shown})"
+    if isinstance(value, Ref) and value.kind != "int":
+        return _field_val(value)
+    if want.kind == "int":
+        return f"gl_v_int({_want(value)}, {'NULL' if isinstance(value, Ref) else shown})"
+    if want.kind == "str":
+        return f"gl_v_str({c_string(value)}, {shown})"
+    if want.kind == "bool":
+        return f"gl_v_bool({int(value)}, {shown})"
+    items = [_want(v) for v in value]
+    if not items:
+        return f"gl_v_list(NULL, 0, {shown})"
+    refs = any(isinstance(v, Ref) for v in value)
+    return (f"gl_v_list((const __int128[]){{ {', '.join(items)} }}, {len(items)}, "
+            f"{'NULL' if refs else shown})")
 
 
 def _check(check: object) -> str:
@@ -44,28 +88,30 @@ def _check(check: object) -> str:
     if isinstance(check, BytesEqual):
         return (f"gl_bytes_equal(&o, {c_bytes(check.data)}, {len(check.data)}, "
                 f"{c_string(check.hex)});")
+    if isinstance(check, BytesDiffer):
+        return (f"gl_bytes_differ(&o, {c_bytes(check.data)}, {len(check.data)}, "
+                f"{c_string(check.hex)});")
     if isinstance(check, IntEqual):
-        return f"gl_int_equal(&o, {_want(check.want)});"
+        return f"gl_int_check(&o, {_val(check.want)}, {int(check.differ)});"
     if isinstance(check, TableEqual):
-        key = c_string(check.key)
-        if check.kind == "int":
-            shown = check.want.show() if isinstance(check.want, Ref) else repr(check.want)
-            return f"gl_table_equal(&o, {key}, GL_T_INT, {_want(check.want)}, NULL, {c_string(shown)});"
-        if check.kind == "str":
-            return (f"gl_table_equal(&o, {key}, GL_T_STR, 0, {c_string(check.want)}, "
-                    f"{c_string(repr(check.want))});")
-        if check.kind == "bool":
-            return (f"gl_table_equal(&o, {key}, GL_T_BOOL, {int(check.want)}, NULL, "
-                    f"{c_string(repr(check.want))});")
-        return f"gl_table_equal(&o, {key}, GL_T_MISSING, 0, NULL, {c_string(str(check.want))});"
+        return f"gl_table_check(&o, {c_string(check.key)}, {_val(check.want)}, {int(check.differ)});"
+    if isinstance(check, FieldPresent):
+        return _present(check.check)
+    if isinstance(check, ErrorOffset):
+        return f"gl_error_offset(&o, {_val(check.want)});"
     assert isinstance(check, Fails)
     return f"gl_fail(\"%s\", {c_string(check.message)});"
+
+
+def _present(f: FieldCheck) -> str:
+    return f"gl_field_present(&{f.var}, {c_string(f.field)}, {c_string(f.name)});"
 
 
 def _step_lines(sp: StepPlan) -> list[str]:
     step = sp.step
     out = c_comment(describe_step(step), "\t")
     out.append(f"\tgl_step({step.index}, {c_string(step.op)});")
+    out += [f"\t{_present(f)}" for f in sp.fields]
     if sp.before is not None:
         return [*out, f"\tgl_fail(\"%s\", {c_string(sp.before)});"]
     emitter = EMITTERS[step.op].standalone
@@ -73,12 +119,13 @@ def _step_lines(sp: StepPlan) -> list[str]:
     out.append(f"\to = {emitter(StandaloneArgs(sp))};")
     if step.errno is not None:
         name = uapi.errno_name(step.errno)
-        return [*out, f"\tgl_expect_errno(&o, {step.errno}, {c_string(name)});"]
+        out.append(f"\tgl_expect_errno(&o, {step.errno}, {c_string(name)});")
+        return out + [f"\t{_check(c)}" for c in sp.on_errno]
     if step.signal is not None:
         return [*out, f"\tgl_expect_signal(&o, {step.signal});"]
     out.append("\tgl_expect_success(&o);")
     if sp.bind:
-        out.append(f"\t{sp.bind} = o.value;")
+        out.append(f"\t{sp.bind} = {'o.value' if sp.bind_kind == 'int' else 'o'};")
     out += [f"\t{_check(c)}" for c in sp.checks]
     return out
 
@@ -93,11 +140,14 @@ def case_function(plan: CasePlan, name: str, number: int) -> list[str]:
     if plan.steps:
         out.append("\tstruct gl_out o __attribute__((unused));")
     out += [f"\tint64_t {var} __attribute__((unused)) = 0;" for var in plan.variables]
+    out += [f"\tstruct gl_out {var} __attribute__((unused)) = {{ 0 }};" for var in plan.tables]
     if len(out) > 3:
         out.append("")
     for req in plan.requires:
         if req.cmp == "guest":
             out.append(f"\tgl_require_guest({c_string(req.text)}, {c_string(req.cap)});")
+        elif req.cmp == "design":
+            out.append(f"\tgl_require_design({c_string(req.text)}, {c_string(req.cap)});")
         else:
             out.append(f"\tgl_require_cap({c_string(req.text)}, NULL, {_cap_number(req)}, "
                        f"{CMP[req.cmp]}, {c_int(req.value)}, {c_int(req.mask)});")
@@ -105,14 +155,17 @@ def case_function(plan: CasePlan, name: str, number: int) -> list[str]:
         req = need.requirement
         out.append(f"\tgl_require_cap({c_string(req.text)}, {c_string(need.describe())}, "
                    f"{_cap_number(req)}, {CMP[req.cmp]}, {c_int(req.value)}, {c_int(req.mask)});")
-    guest_asked = False
-    for step, message in plan.op_checks:
-        if message is None:
-            if not guest_asked:  # one probe answers them all: the first asks
+    asked: set[str] = set()
+    for check in plan.op_checks:
+        if check.message is not None:
+            out.append(f"\tgl_fail(\"%s\", {c_string(check.message)});")
+        elif check.need not in asked:  # one probe answers them all: the first asks
+            asked.add(check.need or "")
+            step = check.step
+            if check.need == "guest":
                 out.append(f"\tgl_guest_usable({step.index});")
-            guest_asked = True
-        else:
-            out.append(f"\tgl_fail(\"%s\", {c_string(message)});")
+            else:
+                out.append(f"\tgl_numa_usable({step.index}, {c_string(step.op)});")
     for sp in plan.steps:
         out += _step_lines(sp)
     out.append("}")
@@ -166,11 +219,8 @@ def exportable(plan: CasePlan) -> None:
     if plan.refused:
         return
     for sp in plan.steps:
-        if sp.before is None:
-            emitter = EMITTERS[sp.op].standalone
-            assert emitter is not None
-            try:
-                emitter(StandaloneArgs(sp))
-            except Refused as exc:
-                plan.refused.append(f"step {sp.step.index} ({sp.op}): {exc}")
-                return
+        try:
+            _step_lines(sp)
+        except Refused as exc:
+            plan.refused.append(f"step {sp.step.index} ({sp.op}): {exc}")
+            return

@@ -15,7 +15,7 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return hex(value) if value >= 0x10000 else str(value)
     if isinstance(value, str):
-        return value if value.startswith("$") else json.dumps(value)
+        return value if value.startswith(("$", "align_up(")) else json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -32,8 +32,12 @@ def describe_step(step: Step) -> str:
     expect = []
     if step.errno is not None:
         expect.append(uapi.errno_name(step.errno))
+    if step.error_offset is not None:
+        expect.append(f"error_offset {_value(step.error_offset)}")
     if step.signal is not None:
         expect.append(uapi.signal_name(step.signal))
+    if step.has_differs:
+        expect.append(f"differs {_value(step.differs)}")
     if step.has_ret:
         expect.append(f"ret {_value(step.ret)}")
     if step.all_bytes is not None:

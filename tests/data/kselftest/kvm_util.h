@@ -5,6 +5,7 @@
 #include "test_util.h"
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
+#include <sys/types.h>
 
 #define KVM_DEV_PATH "/dev/kvm"
 
@@ -49,6 +50,13 @@ int __vm_set_user_memory_region2(struct kvm_vm *vm, uint32_t slot, uint32_t flag
 				 uint64_t size, void *hva, uint32_t guest_memfd,
 				 uint64_t guest_memfd_offset);
 void vm_set_memory_attributes(struct kvm_vm *vm, uint64_t gpa, uint64_t size, uint64_t attributes);
+
+/* KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd (the in-place conversion series): the __
+ * forms return the ioctl's result and store the error's offset when it fails. */
+int __gmem_set_private(int fd, loff_t offset, uint64_t size, loff_t *error_offset);
+int __gmem_set_shared(int fd, loff_t offset, uint64_t size, loff_t *error_offset);
+void gmem_set_private(int fd, loff_t offset, uint64_t size);
+void gmem_set_shared(int fd, loff_t offset, uint64_t size);
 
 struct kvm_vcpu *__vm_vcpu_add(struct kvm_vm *vm, uint32_t vcpu_id);
 void vcpu_regs_set(struct kvm_vcpu *vcpu, struct kvm_regs *regs);

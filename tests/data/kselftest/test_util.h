@@ -25,4 +25,8 @@ void test_assert(bool exp, const char *exp_str, const char *file, unsigned int l
 #define READ_ONCE(x) (*(const volatile typeof(x) *)&(x))
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* x rounded up to a multiple of size, a power of two. */
+uint64_t align_up(uint64_t x, uint64_t size);
+void *align_ptr_up(void *x, size_t size);
+
 #endif

@@ -22,6 +22,7 @@ enum { GUEST_EXIT_NONE, GUEST_EXIT_MMIO, GUEST_EXIT_MEMORY_FAULT };
 struct guest_access {
 	int exit;
 	uint64_t gpa, size, flags; /* MMIO: gpa, size; memory fault: gpa, size, flags */
+	int err;                   /* memory fault: KVM_RUN's errno */
 	bool write;                /* MMIO: the access was a write */
 	const uint8_t *data;       /* a completed load's bytes */
 };
@@ -177,6 +178,7 @@ static int guest_access(struct kvm_vcpu *vcpu, uint32_t slot, const struct gpa_r
 		out->gpa = run->memory_fault.gpa;
 		out->size = run->memory_fault.size;
 		out->flags = run->memory_fault.flags;
+		out->err = err;
 		r = 0;
 	} else if (!r && run->exit_reason == KVM_EXIT_IO && run->io.port == ACCESS_DONE_PORT) {
 		out->exit = GUEST_EXIT_NONE;

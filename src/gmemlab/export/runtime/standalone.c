@@ -16,30 +16,38 @@
  * outcome to the parent through a pipe.
  */
 
-#define GL_FN static __attribute__((unused))
+/* Never inlined: a case file of many steps then builds in half the time. */
+#define GL_FN static __attribute__((unused, noinline))
 #define GL_PAGE 4096ULL
 #define GL_VPAGES (1ULL << 52)
 #define GL_MAX_FD 65536
+#define GL_MAX_WORDS (GL_PAGE / 8 + 1) /* the longest node mask the kernel reads or fills */
 
 enum { GL_OK, GL_ERRNO, GL_SIGNAL, GL_USAGE, GL_INTERNAL };
-enum { GL_R_INT, GL_R_BYTES, GL_R_STAT, GL_R_GUEST };
+enum { GL_R_INT, GL_R_BYTES, GL_R_STAT, GL_R_GUEST, GL_R_MEMPOLICY };
 enum { GL_EXIT_NONE, GL_EXIT_MMIO, GL_EXIT_MEMORY_FAULT };
 
 struct gl_guest {
 	int exit;
 	uint64_t gpa, size, flags;
 	int write;
+	int err; /* a memory fault's KVM_RUN errno */
 };
 
 struct gl_out {
 	int kind, rkind;
 	int64_t value;
 	int err, sig;
+	int has_error_offset; /* the error carries an offset (KVM_SET_MEMORY_ATTRIBUTES2) */
+	uint64_t error_offset;
 	uint64_t addr;
 	unsigned char *data;
 	size_t len;
 	struct stat st;
 	struct gl_guest ga;
+	int mode; /* get_mempolicy: the mode and the node mask's words */
+	uint64_t *words;
+	size_t nwords;
 	char msg[600];
 };
 
@@ -185,6 +193,13 @@ GL_FN void gl_show_result(const struct gl_out *o, char *buf, size_t size)
 			strcat(buf, "...");
 	} else if (o->rkind == GL_R_STAT) {
 		snprintf(buf, size, "{'size': %lld, ...}", (long long)o->st.st_size);
+	} else if (o->rkind == GL_R_MEMPOLICY) {
+		int n = snprintf(buf, size, "{'mode': %d, 'nodemask': [", o->mode);
+
+		for (size_t i = 0; i < o->nwords && i < 4 && n > 0 && (size_t)n + 24 < size; i++)
+			n += snprintf(buf + n, size - n, "%s%" PRIu64, i ? ", " : "", o->words[i]);
+		if (n > 0 && (size_t)n + 8 < size)
+			snprintf(buf + n, size - n, "%s]}", o->nwords > 4 ? ", ..." : "");
 	} else {
 		snprintf(buf, size, "exit %s", o->ga.exit == GL_EXIT_NONE ? "none" :
 			 o->ga.exit == GL_EXIT_MMIO ? "mmio" : "memory_fault");
@@ -314,15 +329,95 @@ GL_FN struct gl_out gl_adopt(long fd)
 
 /* --- VMs and vCPUs ---------------------------------------------------------------- */
 
+/* A total map of page numbers to attribute bits, as runs of equal values
+ * (gmemlab.rangemap.RangeMap): run i maps [start[i], start[i + 1]) to val[i]. */
+#define GL_GFNS (1ULL << 52)
+
+struct gl_rmap {
+	int n;
+	uint64_t *start, *val;
+};
+
+GL_FN void gl_rmap_init(struct gl_rmap *m, uint64_t value)
+{
+	m->start = malloc(sizeof(uint64_t));
+	m->val = malloc(sizeof(uint64_t));
+	if (!m->start || !m->val)
+		gl_fail("internal error: out of memory");
+	m->n = 1;
+	m->start[0] = 0;
+	m->val[0] = value;
+}
+
+GL_FN uint64_t gl_rmap_get(const struct gl_rmap *m, uint64_t i)
+{
+	int k = 0;
+
+	while (k + 1 < m->n && m->start[k + 1] <= i)
+		k++;
+	return m->val[k];
+}
+
+GL_FN uint64_t gl_rmap_end(const struct gl_rmap *m, int k)
+{
+	return k + 1 < m->n ? m->start[k + 1] : GL_GFNS;
+}
+
+/* Map [lo, hi) to value; neighbouring runs of equal values merge. */
+GL_FN void gl_rmap_set(struct gl_rmap *m, uint64_t lo, uint64_t hi, uint64_t value)
+{
+	uint64_t *start, *val, tail;
+	int n = 0;
+
+	if (hi > GL_GFNS)
+		hi = GL_GFNS;
+	if (lo >= hi)
+		return;
+	tail = hi < GL_GFNS ? gl_rmap_get(m, hi) : value;
+	start = malloc((m->n + 2) * sizeof(uint64_t));
+	val = malloc((m->n + 2) * sizeof(uint64_t));
+	if (!start || !val)
+		gl_fail("internal error: out of memory");
+	for (int k = 0; k < m->n && m->start[k] < lo; k++, n++)
+		start[n] = m->start[k], val[n] = m->val[k];
+	start[n] = lo, val[n++] = value;
+	if (hi < GL_GFNS)
+		start[n] = hi, val[n++] = tail;
+	for (int k = 0; k < m->n; k++)
+		if (m->start[k] > hi)
+			start[n] = m->start[k], val[n++] = m->val[k];
+	free(m->start);
+	free(m->val);
+	m->n = 0;
+	for (int k = 0; k < n; k++) {
+		if (m->n && val[m->n - 1] == val[k])
+			continue;
+		start[m->n] = start[k];
+		val[m->n++] = val[k];
+	}
+	m->start = start;
+	m->val = val;
+}
+
+/* A guest_memfd the case created: under in-place conversion the kernel keeps
+ * its attributes in the file (tracked), by file page. */
+struct gl_gmem {
+	int tracked;
+	struct gl_rmap attributes;
+};
+
 struct gl_slot {
 	uint32_t key; /* as_id << 16 | id */
 	uint64_t gpa, size, uaddr;
+	int gmem; /* a KVM_MEM_GUEST_MEMFD slot's file: index + 1, or 0 */
+	uint64_t offset;
 };
 
 struct gl_vm {
 	uint64_t type;
 	struct gl_slot *slots;
 	int nslots;
+	struct gl_rmap attributes; /* KVM_SET_MEMORY_ATTRIBUTES that succeeded, by gfn */
 	int hidden_fd; /* our dup of a VM fd while the VM has vCPU fds */
 	int vcpus;
 };
@@ -343,8 +438,11 @@ static struct gl_vm gl_vms[1024];
 static int gl_nvms;
 static struct gl_vcpu gl_vcpus[1024];
 static int gl_nvcpus;
+static struct gl_gmem gl_gmems[1024];
+static int gl_ngmems;
 static short gl_vm_of[GL_MAX_FD];   /* index + 1 */
 static short gl_vcpu_of[GL_MAX_FD]; /* index + 1 */
+static short gl_gmem_of[GL_MAX_FD]; /* index + 1 */
 
 GL_FN struct gl_vm *gl_vm_info(int64_t fd)
 {
@@ -356,7 +454,10 @@ GL_FN struct gl_vcpu *gl_vcpu_info(int64_t fd)
 	return gl_owned(fd) && gl_vcpu_of[fd] ? &gl_vcpus[gl_vcpu_of[fd] - 1] : NULL;
 }
 
-GL_FN void gl_record_memslot(int64_t vm, uint32_t slot, uint64_t gpa, uint64_t size, uint64_t uaddr)
+/* A memslot call succeeded: remember the VM's slots, in the order a Python dict
+ * keeps them (a new slot last, a changed one in place). */
+GL_FN void gl_record_memslot(int64_t vm, uint32_t slot, uint64_t gpa, uint64_t size, uint64_t uaddr,
+			     int gmem, uint64_t offset)
 {
 	struct gl_vm *info = gl_vm_info(vm);
 	int i;
@@ -366,8 +467,11 @@ GL_FN void gl_record_memslot(int64_t vm, uint32_t slot, uint64_t gpa, uint64_t s
 	for (i = 0; i < info->nslots && info->slots[i].key != slot; i++)
 		;
 	if (size == 0) {
-		if (i < info->nslots)
-			info->slots[i] = info->slots[--info->nslots];
+		if (i < info->nslots) {
+			memmove(&info->slots[i], &info->slots[i + 1],
+				(info->nslots - i - 1) * sizeof(*info->slots));
+			info->nslots--;
+		}
 		return;
 	}
 	if (i == info->nslots) {
@@ -376,7 +480,49 @@ GL_FN void gl_record_memslot(int64_t vm, uint32_t slot, uint64_t gpa, uint64_t s
 			gl_fail("internal error: out of memory");
 		info->nslots++;
 	}
-	info->slots[i] = (struct gl_slot){ slot, gpa, size, uaddr };
+	info->slots[i] = (struct gl_slot){ slot, gpa, size, uaddr, gmem, offset };
+}
+
+GL_FN struct gl_gmem *gl_gmem_info(int64_t fd)
+{
+	return gl_owned(fd) && gl_gmem_of[fd] ? &gl_gmems[gl_gmem_of[fd] - 1] : NULL;
+}
+
+/* Whether guest_memfds keep the PRIVATE attribute themselves (in-place conversion):
+ * -1 until asked. */
+static int gl_inplace_state = -1;
+
+GL_FN int gl_inplace(void)
+{
+	if (gl_inplace_state < 0) {
+		int cap = ioctl(gl_kvm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES);
+
+		gl_inplace_state = cap > 0 && (cap & KVM_MEMORY_ATTRIBUTE_PRIVATE);
+	}
+	return gl_inplace_state;
+}
+
+/* kvm_mem_is_private() as the case's own calls left it (HostKernel._kvm_private). */
+GL_FN int gl_kvm_private(const struct gl_vm *vm, uint64_t gfn)
+{
+	if (vm->type == KVM_X86_DEFAULT_VM)
+		return 0;
+	if (!gl_inplace())
+		return !!(gl_rmap_get(&vm->attributes, gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE);
+	for (int i = 0; i < vm->nslots; i++) {
+		const struct gl_slot *s = &vm->slots[i];
+		uint64_t first = s->gpa >> 12;
+
+		if (first <= gfn && gfn < first + (s->size >> 12)) {
+			const struct gl_gmem *g = s->gmem ? &gl_gmems[s->gmem - 1] : NULL;
+
+			if (!g || !g->tracked)
+				return 0;
+			return !!(gl_rmap_get(&g->attributes, (s->offset >> 12) + gfn - first) &
+				  KVM_MEMORY_ATTRIBUTE_PRIVATE);
+		}
+	}
+	return 0;
 }
 
 /* --- the case's pages ---------------------------------------------------------------- */
@@ -743,6 +889,7 @@ GL_FN struct gl_out gl_close(int64_t fd)
 		gl_forget_vcpu_fd(v, (int)fd);
 	}
 	gl_vm_of[fd] = 0;
+	gl_gmem_of[fd] = 0;
 	if (close((int)fd) < 0)
 		return gl_errno_out(errno);
 	gl_own_fd[fd] = 0;
@@ -759,6 +906,7 @@ GL_FN struct gl_out gl_dup(int64_t fd)
 		return o;
 	gl_vm_of[o.value] = gl_vm_of[fd];
 	gl_vcpu_of[o.value] = gl_vcpu_of[fd];
+	gl_gmem_of[o.value] = gl_gmem_of[fd];
 	if (gl_vcpu_of[fd]) {
 		struct gl_vcpu *v = &gl_vcpus[gl_vcpu_of[fd] - 1];
 
@@ -965,6 +1113,111 @@ GL_FN struct gl_out gl_mremap(uint64_t addr, uint64_t old_length, uint64_t new_l
 	return gl_ret(r);
 }
 
+/* --- NUMA memory policy: the raw system calls ------------------------------------------ */
+
+/* The unsigned longs of a mask of maxnode - 1 bits (the kernel drops one). */
+GL_FN unsigned __int128 gl_mask_words(uint64_t maxnode)
+{
+	return ((unsigned __int128)(uint64_t)(maxnode - 1) + 63) / 64;
+}
+
+/* The words to pass for a case's mask: as many as the kernel may read, zero-padded
+ * (NULL for an empty mask). */
+GL_FN uint64_t *gl_user_nodemask(const uint64_t *mask, size_t n, uint64_t maxnode)
+{
+	unsigned __int128 want = gl_mask_words(maxnode);
+	size_t words = want > GL_MAX_WORDS ? GL_MAX_WORDS : want < 1 ? 1 : (size_t)want;
+	uint64_t *buf;
+
+	if (!n)
+		return NULL;
+	buf = calloc(words, sizeof(uint64_t));
+	if (!buf)
+		gl_fail("internal error: out of memory");
+	memcpy(buf, mask, (n < words ? n : words) * sizeof(uint64_t));
+	return buf;
+}
+
+GL_FN struct gl_out gl_mbind(uint64_t addr, uint64_t len, int32_t mode, const uint64_t *mask,
+			     size_t n, uint64_t maxnode, uint32_t flags)
+{
+	uint64_t size = (len + GL_PAGE - 1) & ~(GL_PAGE - 1), *words;
+	struct gl_out o;
+	long r;
+	int err;
+
+	if ((flags & GL_MPOL_MF_VALID) && !(flags & ~GL_MPOL_MF_VALID))
+		return gl_usage("mbind: flags MPOL_MF_STRICT, MOVE and MOVE_ALL refused: where pages "
+				"lie and their migration are not modelled");
+	/* Only a call the kernel could carry out needs the range to be the case's. */
+	if (!(addr & (GL_PAGE - 1)) && size &&
+	    (unsigned __int128)addr + size <= (unsigned __int128)1 << 64 &&
+	    gl_check_range(addr, size, "mbind", &o))
+		return o;
+	words = gl_user_nodemask(mask, n, maxnode);
+	r = syscall(SYS_mbind, addr, len, (long)mode, words, maxnode, (unsigned long)flags);
+	err = errno;
+	free(words);
+	return r < 0 ? gl_errno_out(err) : gl_ret(0);
+}
+
+GL_FN struct gl_out gl_get_mempolicy(uint64_t maxnode, uint64_t addr, uint64_t flags)
+{
+	unsigned __int128 want = gl_mask_words(maxnode);
+	size_t words = 0;
+	uint64_t *buf;
+	struct gl_out o;
+	int mode = 0;
+
+	if ((flags & MPOL_F_NODE) && !(flags & ~(uint64_t)(MPOL_F_NODE | MPOL_F_ADDR)))
+		return gl_usage("get_mempolicy: MPOL_F_NODE refused: the node of a page or the next "
+				"interleave node is not modelled");
+	if ((flags & MPOL_F_ADDR) && gl_check_range(addr, 1, "get_mempolicy", &o))
+		return o;
+	if (maxnode)
+		words = want > GL_MAX_WORDS ? GL_MAX_WORDS : (size_t)want;
+	buf = calloc(words ? words : 1, sizeof(uint64_t));
+	if (!buf)
+		return gl_bad(GL_INTERNAL, "out of memory");
+	if (syscall(SYS_get_mempolicy, &mode, maxnode ? buf : NULL, maxnode, addr, flags) < 0) {
+		int err = errno;
+
+		free(buf);
+		return gl_errno_out(err);
+	}
+	o = gl_ret(0);
+	o.rkind = GL_R_MEMPOLICY;
+	o.mode = mode;
+	o.words = buf;
+	o.nwords = words;
+	return o;
+}
+
+GL_FN struct gl_out gl_set_mempolicy(int32_t mode, const uint64_t *mask, size_t n, uint64_t maxnode)
+{
+	static int saved;
+	uint64_t *words;
+	long r;
+	int err;
+
+	if (!saved) {
+		/* The Python host saves the thread's policy (1024 nodes) before the case's first
+		 * set_mempolicy, to give it back after the case; here the case's process ends
+		 * instead, but the call is made alike, as its failure would be the step's. */
+		uint64_t old[16];
+		int old_mode;
+
+		if (syscall(SYS_get_mempolicy, &old_mode, old, 64UL * 16 + 1, 0UL, 0UL) < 0)
+			return gl_errno_out(errno);
+		saved = 1;
+	}
+	words = gl_user_nodemask(mask, n, maxnode);
+	r = syscall(SYS_set_mempolicy, (long)mode, words, maxnode);
+	err = errno;
+	free(words);
+	return r < 0 ? gl_errno_out(err) : gl_ret(0);
+}
+
 /* --- KVM ---------------------------------------------------------------------------- */
 
 struct gl_create_guest_memfd {
@@ -988,6 +1241,10 @@ struct gl_memory_attributes {
 	uint64_t address, size, attributes, flags;
 };
 
+struct gl_memory_attributes2 {
+	uint64_t offset, size, attributes, flags, error_offset, reserved[11];
+};
+
 struct gl_enable_cap {
 	uint32_t cap, flags;
 	uint64_t args[4];
@@ -1002,6 +1259,7 @@ _Static_assert(sizeof(struct gl_create_guest_memfd) == GL_SIZEOF_KVM_CREATE_GUES
 _Static_assert(sizeof(struct gl_memory_region) == GL_SIZEOF_KVM_USERSPACE_MEMORY_REGION, "layout");
 _Static_assert(sizeof(struct gl_memory_region2) == GL_SIZEOF_KVM_USERSPACE_MEMORY_REGION2, "layout");
 _Static_assert(sizeof(struct gl_memory_attributes) == GL_SIZEOF_KVM_MEMORY_ATTRIBUTES, "layout");
+_Static_assert(sizeof(struct gl_memory_attributes2) == GL_SIZEOF_KVM_MEMORY_ATTRIBUTES2, "layout");
 _Static_assert(sizeof(struct gl_enable_cap) == GL_SIZEOF_KVM_ENABLE_CAP, "layout");
 _Static_assert(sizeof(struct kvm_regs) == GL_SIZEOF_KVM_REGS, "layout");
 _Static_assert(sizeof(struct kvm_sregs) == GL_SIZEOF_KVM_SREGS, "layout");
@@ -1014,6 +1272,7 @@ GL_FN struct gl_out gl_create_vm(uint64_t type)
 		if (gl_nvms == (int)(sizeof(gl_vms) / sizeof(gl_vms[0])))
 			return gl_bad(GL_INTERNAL, "more VMs than the export tracks");
 		gl_vms[gl_nvms] = (struct gl_vm){ .type = type, .hidden_fd = -1 };
+		gl_rmap_init(&gl_vms[gl_nvms].attributes, 0);
 		gl_vm_of[o.value] = (short)++gl_nvms;
 	}
 	return o;
@@ -1034,11 +1293,24 @@ GL_FN struct gl_out gl_create_guest_memfd(int64_t vm, uint64_t size, uint64_t fl
 					  const uint64_t *reserved, int nreserved)
 {
 	struct gl_create_guest_memfd arg = { .size = size, .flags = flags };
+	struct gl_out o;
+	struct gl_gmem *g;
 
 	for (int i = 0; i < nreserved && i < 6; i++)
 		arg.reserved[i] = reserved[i];
 	GL_CHECK_FD(vm);
-	return gl_adopt(ioctl((int)vm, KVM_CREATE_GUEST_MEMFD, &arg));
+	o = gl_adopt(ioctl((int)vm, KVM_CREATE_GUEST_MEMFD, &arg));
+	if (o.kind != GL_OK)
+		return o;
+	if (gl_ngmems == (int)(sizeof(gl_gmems) / sizeof(gl_gmems[0])))
+		return gl_bad(GL_INTERNAL, "more guest_memfds than the export tracks");
+	g = &gl_gmems[gl_ngmems];
+	g->tracked = gl_inplace();
+	if (g->tracked)
+		gl_rmap_init(&g->attributes, flags & GUEST_MEMFD_FLAG_INIT_SHARED ? 0 :
+			     KVM_MEMORY_ATTRIBUTE_PRIVATE);
+	gl_gmem_of[o.value] = (short)++gl_ngmems;
+	return o;
 }
 
 /* An fd inside an ioctl struct: one the case does not have becomes -1. */
@@ -1056,7 +1328,7 @@ GL_FN struct gl_out gl_set_user_memory_region(int64_t vm, uint32_t slot, uint32_
 	GL_CHECK_FD(vm);
 	o = gl_sys(ioctl((int)vm, KVM_SET_USER_MEMORY_REGION, &arg));
 	if (o.kind == GL_OK)
-		gl_record_memslot(vm, slot, gpa, size, uaddr);
+		gl_record_memslot(vm, slot, gpa, size, uaddr, 0, 0);
 	return o;
 }
 
@@ -1074,7 +1346,9 @@ GL_FN struct gl_out gl_set_user_memory_region2(int64_t vm, uint32_t slot, uint32
 	GL_CHECK_FD(vm);
 	o = gl_sys(ioctl((int)vm, KVM_SET_USER_MEMORY_REGION2, &arg));
 	if (o.kind == GL_OK)
-		gl_record_memslot(vm, slot, gpa, size, uaddr);
+		gl_record_memslot(vm, slot, gpa, size, uaddr,
+				  flags & KVM_MEM_GUEST_MEMFD && gl_owned((int32_t)guest_memfd) ?
+				  gl_gmem_of[(int32_t)guest_memfd] : 0, guest_memfd_offset);
 	return o;
 }
 
@@ -1082,9 +1356,43 @@ GL_FN struct gl_out gl_set_memory_attributes(int64_t vm, uint64_t address, uint6
 					     uint64_t attributes, uint64_t flags)
 {
 	struct gl_memory_attributes arg = { address, size, attributes, flags };
+	struct gl_vm *info;
+	struct gl_out o;
 
 	GL_CHECK_FD(vm);
-	return gl_sys(ioctl((int)vm, KVM_SET_MEMORY_ATTRIBUTES, &arg));
+	o = gl_sys(ioctl((int)vm, KVM_SET_MEMORY_ATTRIBUTES, &arg));
+	info = gl_vm_info(vm);
+	if (o.kind == GL_OK && info)
+		gl_rmap_set(&info->attributes, address >> 12,
+			    (uint64_t)(((unsigned __int128)address + size) >> 12), attributes);
+	return o;
+}
+
+/* KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd (in-place conversion): on EAGAIN or
+ * ENOMEM the kernel writes back the offset of the page that stopped it. */
+GL_FN struct gl_out gl_set_memory_attributes2(int64_t fd, uint64_t offset, uint64_t size,
+					      uint64_t attributes, uint64_t flags)
+{
+	struct gl_memory_attributes2 arg = {
+		.offset = offset, .size = size, .attributes = attributes, .flags = flags,
+	};
+	struct gl_gmem *g;
+
+	GL_CHECK_FD(fd);
+	if (ioctl((int)fd, KVM_SET_MEMORY_ATTRIBUTES2, &arg) < 0) {
+		struct gl_out o = gl_errno_out(errno);
+
+		if (o.err == EAGAIN || o.err == ENOMEM) {
+			o.has_error_offset = 1;
+			o.error_offset = arg.error_offset;
+		}
+		return o;
+	}
+	g = gl_gmem_info(fd);
+	if (g && g->tracked)
+		gl_rmap_set(&g->attributes, offset >> 12,
+			    (uint64_t)(((unsigned __int128)offset + size) >> 12), attributes);
+	return gl_ret(0);
 }
 
 GL_FN struct gl_out gl_enable_cap(int64_t vm, uint32_t cap, const uint64_t *args, int nargs,
@@ -1146,6 +1454,41 @@ GL_FN void gl_forget_vcpu_fd(struct gl_vcpu *v, int fd)
 	}
 }
 
+/* Whether the guest itself marks an access private (SNP: the C-bit, TDX: the shared bit). */
+GL_FN int gl_guest_chooses_private(uint64_t type)
+{
+	return type == KVM_X86_SNP_VM || type == KVM_X86_TDX_VM;
+}
+
+/* The guest accesses no guest can make (guestaccess.check_call's private rule and
+ * check_private): 0, or -1 with the malformed call in *o.  private_access is 1 or 0 as
+ * the case says, -1 when it does not. */
+GL_FN int gl_check_private(const struct gl_vm *vm, uint64_t gpa, uint64_t length,
+			   int private_access, struct gl_out *o)
+{
+	if (private_access == 1 && vm->type == KVM_X86_DEFAULT_VM) {
+		*o = gl_usage("guest_access: a VM of type %" PRIu64 " has no private memory, so no "
+			      "private access", vm->type);
+		return -1;
+	}
+	if (private_access < 0 || gl_guest_chooses_private(vm->type))
+		return 0;
+	/* KVM, not the guest, decides from the attributes: private must say what it decides. */
+	for (uint64_t gfn = gpa >> 12; gfn <= (gpa + length - 1) >> 12; gfn++) {
+		int is_private = gl_kvm_private(vm, gfn);
+		const char *state = is_private ? "private" : "shared";
+
+		if (is_private == private_access)
+			continue;
+		*o = gl_usage("guest_access: gfn 0x%" PRIx64 " is %s, and on a VM of type %" PRIu64
+			      " KVM, not the guest, decides from the memory attributes that an access "
+			      "to it is %s: private = %s names an access no guest can make (omit "
+			      "private)", gfn, state, vm->type, state, private_access ? "true" : "false");
+		return -1;
+	}
+	return 0;
+}
+
 /* --- judging a result (conform/runner.py _check_result) ------------------------------------ */
 
 GL_FN const char *gl_exit_name(int exit)
@@ -1183,85 +1526,302 @@ GL_FN void gl_bytes_equal(const struct gl_out *o, const char *want, size_t n, co
 	gl_fail("expected bytes %s, got %s%s", hex, o->rkind == GL_R_GUEST ? "data " : "", got);
 }
 
-GL_FN void gl_int_equal(const struct gl_out *o, __int128 want)
+/* differs = "HEX" on a read: the bytes read are not these. */
+GL_FN void gl_bytes_differ(const struct gl_out *o, const char *other, size_t n, const char *hex)
 {
-	char got[64], text[48];
-
-	if (o->rkind == GL_R_INT && (__int128)o->value == want)
-		return;
-	gl_show_result(o, got, sizeof(got));
-	gl_i128_text(want, text, sizeof(text));
-	gl_fail("expected %s, got %s", text, got);
+	if (o->len == n && !memcmp(o->data, other, n))
+		gl_fail("expected bytes other than %s", hex);
 }
 
-enum { GL_T_MISSING, GL_T_INT, GL_T_STR, GL_T_BOOL };
+/* A value as the runner compares it (runner._equal): strings in any case, booleans
+ * only with booleans, lists element by element.  GL_T_MISSING equals nothing. */
+enum { GL_T_MISSING, GL_T_INT, GL_T_STR, GL_T_BOOL, GL_T_LIST };
 
-/* One value of a table result: its kind, and the value as an integer or a string. */
-GL_FN int gl_table_get(const struct gl_out *o, const char *key, int64_t *num, char *str, size_t size)
+struct gl_val {
+	int kind;
+	__int128 num;         /* GL_T_INT, GL_T_BOOL */
+	const char *str;      /* GL_T_STR */
+	const __int128 *list; /* GL_T_LIST */
+	size_t n;
+	const char *shown;    /* as the case writes it (NULL: show the value) */
+};
+
+GL_FN struct gl_val gl_v_int(__int128 v, const char *shown)
 {
+	return (struct gl_val){ .kind = GL_T_INT, .num = v, .shown = shown };
+}
+
+GL_FN struct gl_val gl_v_bool(int v, const char *shown)
+{
+	return (struct gl_val){ .kind = GL_T_BOOL, .num = !!v, .shown = shown };
+}
+
+GL_FN struct gl_val gl_v_str(const char *v, const char *shown)
+{
+	return (struct gl_val){ .kind = GL_T_STR, .str = v, .shown = shown };
+}
+
+GL_FN struct gl_val gl_v_list(const __int128 *v, size_t n, const char *shown)
+{
+	return (struct gl_val){ .kind = GL_T_LIST, .list = v, .n = n, .shown = shown };
+}
+
+GL_FN struct gl_val gl_v_never(const char *shown)
+{
+	return (struct gl_val){ .kind = GL_T_MISSING, .shown = shown };
+}
+
+GL_FN int gl_equal(const struct gl_val *got, const struct gl_val *want)
+{
+	if (got->kind == GL_T_MISSING || want->kind == GL_T_MISSING)
+		return 0;
+	if (got->kind == GL_T_STR || want->kind == GL_T_STR)
+		return got->kind == want->kind && !strcasecmp(got->str, want->str);
+	if (got->kind == GL_T_BOOL || want->kind == GL_T_BOOL)
+		return got->kind == want->kind && got->num == want->num;
+	if (got->kind != want->kind)
+		return 0;
+	if (got->kind == GL_T_INT)
+		return got->num == want->num;
+	if (got->n != want->n)
+		return 0;
+	for (size_t i = 0; i < got->n; i++)
+		if (got->list[i] != want->list[i])
+			return 0;
+	return 1;
+}
+
+/* The value as the runner shows it (repr). */
+GL_FN void gl_val_text(const struct gl_val *v, char *buf, size_t size)
+{
+	size_t at;
+
+	if (v->shown) {
+		snprintf(buf, size, "%s", v->shown);
+		return;
+	}
+	switch (v->kind) {
+	case GL_T_INT:
+		gl_i128_text(v->num, buf, size);
+		return;
+	case GL_T_STR:
+		snprintf(buf, size, "'%s'", v->str);
+		return;
+	case GL_T_BOOL:
+		snprintf(buf, size, "%s", v->num ? "True" : "False");
+		return;
+	case GL_T_LIST:
+		snprintf(buf, size, "[");
+		for (size_t i = 0; i < v->n && (at = strlen(buf)) + 48 < size; i++) {
+			if (i)
+				strcat(buf, ", ");
+			gl_i128_text(v->list[i], buf + strlen(buf), size - strlen(buf));
+		}
+		if (strlen(buf) + 2 < size)
+			strcat(buf, "]");
+		return;
+	}
+	snprintf(buf, size, "?");
+}
+
+/* Room for one value of a table result. */
+struct gl_cell {
+	struct gl_val v;
+	char text[64];
+	char *hex; /* a guest access's data_hex */
+	__int128 list[GL_MAX_WORDS];
+};
+
+GL_FN void gl_cell_free(struct gl_cell *c)
+{
+	free(c->hex);
+	c->hex = NULL;
+}
+
+/* The keys a table result has, sorted, as "a, b" (or "['a', 'b']" when quoted). */
+GL_FN void gl_table_keys(const struct gl_out *o, char *buf, size_t size, int quoted)
+{
+	static const char *stat_keys[] = { "blksize", "blocks", "dev", "ino", "mode", "nlink", "size" };
+	static const char *policy_keys[] = { "mode", "nodemask" };
+	static const char *none_keys[] = { "data_hex", "exit" };
+	static const char *mmio_keys[] = { "data_hex", "exit", "gpa", "size", "write" };
+	static const char *fault_keys[] = { "data_hex", "errno", "exit", "flags", "gpa", "size" };
+	const char **keys;
+	size_t n;
+
+	if (o->rkind == GL_R_STAT)
+		keys = stat_keys, n = 7;
+	else if (o->rkind == GL_R_MEMPOLICY)
+		keys = policy_keys, n = 2;
+	else if (o->ga.exit == GL_EXIT_NONE)
+		keys = none_keys, n = 2;
+	else if (o->ga.exit == GL_EXIT_MMIO)
+		keys = mmio_keys, n = 5;
+	else
+		keys = fault_keys, n = 6;
+	snprintf(buf, size, "%s", quoted ? "[" : "");
+	for (size_t i = 0; i < n; i++)
+		snprintf(buf + strlen(buf), size - strlen(buf), quoted ? "%s'%s'" : "%s%s",
+			 i ? ", " : "", keys[i]);
+	if (quoted)
+		snprintf(buf + strlen(buf), size - strlen(buf), "]");
+}
+
+/* One value of a table result (Stat, Mempolicy, GuestAccess .as_table()), or GL_T_MISSING. */
+GL_FN void gl_table_get(const struct gl_out *o, const char *key, struct gl_cell *c)
+{
+	memset(&c->v, 0, sizeof(c->v));
+	c->hex = NULL;
+	c->v.kind = GL_T_INT;
 	if (o->rkind == GL_R_STAT) {
 		const struct stat *st = &o->st;
 
-		if (!strcmp(key, "size")) *num = st->st_size;
-		else if (!strcmp(key, "mode")) *num = st->st_mode;
-		else if (!strcmp(key, "blksize")) *num = st->st_blksize;
-		else if (!strcmp(key, "blocks")) *num = st->st_blocks;
-		else if (!strcmp(key, "nlink")) *num = (int64_t)st->st_nlink;
-		else if (!strcmp(key, "ino")) *num = (int64_t)st->st_ino;
-		else if (!strcmp(key, "dev")) *num = (int64_t)st->st_dev;
-		else return GL_T_MISSING;
-		return GL_T_INT;
+		if (!strcmp(key, "size")) c->v.num = st->st_size;
+		else if (!strcmp(key, "mode")) c->v.num = st->st_mode;
+		else if (!strcmp(key, "blksize")) c->v.num = st->st_blksize;
+		else if (!strcmp(key, "blocks")) c->v.num = st->st_blocks;
+		else if (!strcmp(key, "nlink")) c->v.num = st->st_nlink;
+		else if (!strcmp(key, "ino")) c->v.num = st->st_ino;
+		else if (!strcmp(key, "dev")) c->v.num = st->st_dev;
+		else c->v.kind = GL_T_MISSING;
+		return;
+	}
+	if (o->rkind == GL_R_MEMPOLICY) {
+		if (!strcmp(key, "mode")) {
+			c->v.num = o->mode;
+		} else if (!strcmp(key, "nodemask")) {
+			c->v.kind = GL_T_LIST;
+			for (size_t i = 0; i < o->nwords && i < GL_MAX_WORDS; i++)
+				c->list[i] = o->words[i];
+			c->v.list = c->list;
+			c->v.n = o->nwords;
+		} else {
+			c->v.kind = GL_T_MISSING;
+		}
+		return;
+	}
+	if (o->rkind != GL_R_GUEST) {
+		c->v.kind = GL_T_MISSING;
+		return;
 	}
 	if (!strcmp(key, "exit")) {
-		snprintf(str, size, "%s", gl_exit_name(o->ga.exit));
-		return GL_T_STR;
+		c->v = gl_v_str(gl_exit_name(o->ga.exit), NULL);
+	} else if (!strcmp(key, "data_hex")) {
+		c->hex = malloc(2 * o->len + 1);
+		if (!c->hex)
+			gl_fail("internal error: out of memory");
+		c->hex[0] = 0;
+		for (size_t i = 0; i < o->len; i++)
+			snprintf(c->hex + 2 * i, 3, "%02x", o->data[i]);
+		c->v = gl_v_str(c->hex, NULL);
+	} else if (o->ga.exit != GL_EXIT_NONE && !strcmp(key, "gpa")) {
+		c->v.num = o->ga.gpa;
+	} else if (o->ga.exit != GL_EXIT_NONE && !strcmp(key, "size")) {
+		c->v.num = o->ga.size;
+	} else if (o->ga.exit == GL_EXIT_MMIO && !strcmp(key, "write")) {
+		c->v = gl_v_bool(o->ga.write, NULL);
+	} else if (o->ga.exit == GL_EXIT_MEMORY_FAULT && !strcmp(key, "flags")) {
+		c->v.num = o->ga.flags;
+	} else if (o->ga.exit == GL_EXIT_MEMORY_FAULT && !strcmp(key, "errno")) {
+		snprintf(c->text, sizeof(c->text), "%s", gl_errno_name(o->ga.err));
+		c->v = gl_v_str(c->text, NULL);
+	} else {
+		c->v.kind = GL_T_MISSING;
 	}
-	if (!strcmp(key, "data_hex")) {
-		str[0] = 0;
-		for (size_t i = 0; i < o->len && 2 * i + 2 < size; i++)
-			snprintf(str + 2 * i, size - 2 * i, "%02x", o->data[i]);
-		return GL_T_STR;
-	}
-	if (o->ga.exit != GL_EXIT_NONE && (!strcmp(key, "gpa") || !strcmp(key, "size"))) {
-		*num = (int64_t)(!strcmp(key, "gpa") ? o->ga.gpa : o->ga.size);
-		return GL_T_INT;
-	}
-	if (o->ga.exit == GL_EXIT_MMIO && !strcmp(key, "write")) {
-		*num = o->ga.write;
-		return GL_T_BOOL;
-	}
-	if (o->ga.exit == GL_EXIT_MEMORY_FAULT && !strcmp(key, "flags")) {
-		*num = (int64_t)o->ga.flags;
-		return GL_T_INT;
-	}
-	return GL_T_MISSING;
 }
 
-/* Compare key with want: kind GL_T_INT (inum), GL_T_STR (wstr, any case), GL_T_BOOL
- * (inum), or GL_T_MISSING for a value no result equals; `shown` is want as written. */
-GL_FN void gl_table_equal(const struct gl_out *o, const char *key, int kind, __int128 inum,
-			  const char *wstr, const char *shown)
+/* ret = {key = VALUE} (differ: differs = {key = VALUE}) on a table result. */
+GL_FN void gl_table_check(const struct gl_out *o, const char *key, struct gl_val want, int differ)
 {
-	char str[4096], got[4096];
-	int64_t num = 0;
-	int have, equal;
+	char got[4096], shown[4096], keys[256];
+	struct gl_cell c;
 
-	if (o->rkind != GL_R_STAT && o->rkind != GL_R_GUEST)
+	if (o->rkind != GL_R_STAT && o->rkind != GL_R_GUEST && o->rkind != GL_R_MEMPOLICY)
 		gl_fail("expected a table, got a number");
-	have = gl_table_get(o, key, &num, str, sizeof(str));
-	if (have == GL_T_MISSING)
-		gl_fail("result has no '%s'", key);
-	if (have == GL_T_STR)
-		equal = kind == GL_T_STR && !strcasecmp(str, wstr);
-	else
-		equal = kind == have && (__int128)num == inum;
-	if (equal)
+	gl_table_get(o, key, &c);
+	if (c.v.kind == GL_T_MISSING) {
+		gl_table_keys(o, keys, sizeof(keys), 1);
+		gl_fail("result has no '%s' (it has %s)", key, keys);
+	}
+	if (gl_equal(&c.v, &want) == !differ) {
+		gl_cell_free(&c);
 		return;
-	if (have == GL_T_STR)
-		snprintf(got, sizeof(got), "'%s'", str);
-	else if (have == GL_T_BOOL)
-		snprintf(got, sizeof(got), "%s", num ? "True" : "False");
-	else
-		snprintf(got, sizeof(got), "%" PRId64, num);
+	}
+	gl_val_text(&c.v, got, sizeof(got));
+	gl_val_text(&want, shown, sizeof(shown));
+	if (differ)
+		gl_fail("expected %s to differ from %s, it is the same", key, shown);
 	gl_fail("expected %s = %s, got %s", key, shown, got);
+}
+
+/* ret = VALUE (differ: differs = VALUE) on a number. */
+GL_FN void gl_int_check(const struct gl_out *o, struct gl_val want, int differ)
+{
+	struct gl_val got = gl_v_int(o->value, NULL);
+	char text[64], shown[128];
+
+	if (o->rkind == GL_R_INT && gl_equal(&got, &want) == !differ)
+		return;
+	gl_val_text(&want, shown, sizeof(shown));
+	if (differ)
+		gl_fail("expected a result other than %s", shown);
+	gl_show_result(o, text, sizeof(text));
+	gl_fail("expected %s, got %s", shown, text);
+}
+
+/* error_offset = N after the expected errno. */
+GL_FN void gl_error_offset(const struct gl_out *o, struct gl_val want)
+{
+	struct gl_val got = gl_v_int(o->error_offset, NULL);
+	char shown[128];
+
+	gl_val_text(&want, shown, sizeof(shown));
+	if (!o->has_error_offset)
+		gl_fail("expected error_offset %s, but the error reports none", shown);
+	if (!gl_equal(&got, &want))
+		gl_fail("expected error_offset %s, got %#" PRIx64, shown, o->error_offset);
+}
+
+/* $name.key of a bound table result (spelling._field): missing fails the step. */
+GL_FN void gl_field_present(const struct gl_out *t, const char *key, const char *name)
+{
+	char keys[256];
+	struct gl_cell c;
+
+	gl_table_get(t, key, &c);
+	gl_cell_free(&c);
+	if (c.v.kind != GL_T_MISSING)
+		return;
+	gl_table_keys(t, keys, sizeof(keys), 0);
+	gl_fail("$%s has no field '%s' (it has %s)", name, key, keys);
+}
+
+/* $name.key as a number (the plan knows the field holds one, once present). */
+GL_FN __int128 gl_field_num(const struct gl_out *t, const char *key, const char *name)
+{
+	struct gl_cell c;
+
+	gl_field_present(t, key, name);
+	gl_table_get(t, key, &c);
+	gl_cell_free(&c);
+	return c.v.num;
+}
+
+/* $name.key as a value to compare with; c holds what it points to. */
+GL_FN struct gl_val gl_field_val(const struct gl_out *t, const char *key, const char *name,
+				 struct gl_cell *c)
+{
+	gl_field_present(t, key, name);
+	gl_table_get(t, key, c);
+	return c->v;
+}
+
+/* align_up(v, a): v rounded up to a multiple of a (a > 0), as Python's -(-v // a) * a. */
+GL_FN __int128 gl_align_up(__int128 v, __int128 a)
+{
+	__int128 q = v / a;
+
+	if (v % a && v > 0)
+		q++;
+	return q * a;
 }

@@ -120,21 +120,34 @@ GL_FN int gl_map_large(struct gl_tables *t, uint64_t virt, uint64_t phys, uint64
 	return 0;
 }
 
-/* The runner's guest physical address: free, reachable, away from the access. */
+/* The runner's guest physical address: free, reachable, away from the access, from
+ * the case's memslots and from every gfn range KVM holds private by the VM's attributes. */
 GL_FN int gl_place(const struct gl_vm *vm, uint64_t gpa, uint64_t *base_out)
 {
 	int bits = gl_runner.phys_bits < 52 ? gl_runner.phys_bits : 52;
 	__int128 top = (__int128)1 << bits, size = GL_RUNNER_SIZE;
 	__int128 base = (top - size) & ~(size - 1);
 	__int128 window = gpa & ~(GL_LARGE_PAGE - 1);
+	const struct gl_rmap *attrs = &vm->attributes;
 
 	while (base >= 0) {
 		__int128 end = base + size, low = -1;
 
-		for (int i = 0; i <= vm->nslots; i++) {
-			__int128 s = i < vm->nslots ? vm->slots[i].gpa : window;
-			__int128 n = i < vm->nslots ? vm->slots[i].size : 2 * GL_LARGE_PAGE;
+		for (int i = 0; i <= vm->nslots + attrs->n; i++) {
+			__int128 s, n;
 
+			if (i < vm->nslots) {
+				s = vm->slots[i].gpa, n = vm->slots[i].size;
+			} else if (i < vm->nslots + attrs->n) {
+				int k = i - vm->nslots;
+
+				if (!(attrs->val[k] & KVM_MEMORY_ATTRIBUTE_PRIVATE))
+					continue;
+				s = (__int128)attrs->start[k] << 12;
+				n = ((__int128)gl_rmap_end(attrs, k) - attrs->start[k]) << 12;
+			} else {
+				s = window, n = 2 * GL_LARGE_PAGE;
+			}
 			if (s < end && base < s + n && (low < 0 || s < low))
 				low = s;
 		}
@@ -250,6 +263,7 @@ GL_FN struct gl_out gl_run_access(struct gl_vcpu *v, int fd, uint64_t gpa, uint6
 			o.ga.gpa = f.gpa;
 			o.ga.size = f.size;
 			o.ga.flags = f.flags;
+			o.ga.err = err;
 			return o;
 		}
 		return gl_errno_out(err);
@@ -289,6 +303,7 @@ GL_FN struct gl_out gl_run_access(struct gl_vcpu *v, int fd, uint64_t gpa, uint6
 	return gl_bad(GL_INTERNAL, "VmmError: guest_access: unexpected exit %u", run->exit_reason);
 }
 
+/* private_access: 1 or 0 as the case says, -1 when it does not (guestaccess.check_private). */
 GL_FN struct gl_out gl_guest_access(int64_t vcpu, uint64_t gpa, uint64_t length, int write,
 				    int private_access, const unsigned char *data, uint64_t ndata)
 {
@@ -320,12 +335,11 @@ GL_FN struct gl_out gl_guest_access(int64_t vcpu, uint64_t gpa, uint64_t length,
 				" bytes of data", length, length);
 	if (!write && ndata)
 		return gl_usage("guest_access: data is only for writes");
-	if (private_access && vm->type == 0)
-		return gl_usage("guest_access: a VM of type 0 has no private memory, so no private "
-				"access");
-	if (private_access)
-		return gl_usage("guest_access: private accesses are not implemented on the host "
-				"(this machine has no VM type with private memory)");
+	if (gl_check_private(vm, gpa, length, private_access, &o))
+		return o;
+	if (private_access == 1 && gl_guest_chooses_private(vm->type))
+		return gl_usage("guest_access: a private access of an SNP or TDX guest (C-bit, shared "
+				"bit in its page tables) is not implemented on the host");
 	if (!gl_runner.ready) {
 		o = gl_runner_init();
 		if (o.kind != GL_OK)
@@ -484,7 +498,7 @@ GL_FN void gl_probe_access_path(void)
 		gmem = o.value;
 		GL_PROBE(gl_set_user_memory_region2(vm, 0, KVM_MEM_GUEST_MEMFD, gpa, 4096,
 						    (uint64_t)addr, (uint32_t)gmem, 0));
-		GL_PROBE(gl_guest_access(vcpu, gpa, 1, 0, 0, NULL, 0));
+		GL_PROBE(gl_guest_access(vcpu, gpa, 1, 0, -1, NULL, 0));
 		if (o.ga.exit == GL_EXIT_NONE && o.len == 1 && o.data[0] == 0x00)
 			gl_finish("PATH", "mmu");
 		if (o.ga.exit == GL_EXIT_NONE && o.len == 1 && o.data[0] == 0x5a)
@@ -492,7 +506,7 @@ GL_FN void gl_probe_access_path(void)
 	} else {
 		GL_PROBE(gl_mprotect((uint64_t)addr, 4096, PROT_NONE));
 		GL_PROBE(gl_set_user_memory_region(vm, 0, 0, gpa, 4096, (uint64_t)addr));
-		o = gl_guest_access(vcpu, gpa, 1, 0, 0, NULL, 0);
+		o = gl_guest_access(vcpu, gpa, 1, 0, -1, NULL, 0);
 		if (o.kind == GL_ERRNO && o.err == EFAULT)
 			gl_finish("PATH", "mmu");
 		GL_PROBE(o);

@@ -144,6 +144,87 @@ GL_FN void gl_guest_usable(int index)
 		gl_skip("step %d (guest_access): %s", index, gl_guest_missing);
 }
 
+/* Why mbind, get_mempolicy and set_mempolicy cannot run here, or NULL
+ * (gmemlab.host.probe: get_mempolicy without a mask or an address). */
+GL_FN const char *gl_numa_missing(char *buf, size_t size)
+{
+	int mode;
+
+	if (syscall(SYS_get_mempolicy, &mode, NULL, 0UL, 0UL, 0UL) == 0)
+		return NULL;
+	if (errno == ENOSYS)
+		snprintf(buf, size, "the kernel is built without NUMA (CONFIG_NUMA): mbind, "
+			 "get_mempolicy and set_mempolicy are ENOSYS");
+	else if (errno == EPERM)
+		snprintf(buf, size, "the NUMA policy calls are forbidden here (EPERM, a seccomp "
+			 "filter?)");
+	else
+		snprintf(buf, size, "get_mempolicy fails: %s", strerror(errno));
+	return buf;
+}
+
+/* A NUMA policy step, before any step runs (the first one asks for all). */
+GL_FN void gl_numa_usable(int index, const char *op)
+{
+	char why[256];
+
+	if (gl_numa_missing(why, sizeof(why)))
+		gl_skip("step %d (%s): %s", index, op, why);
+}
+
+GL_FN int gl_cap(unsigned long cap)
+{
+	int value = ioctl(gl_kvm, KVM_CHECK_EXTENSION, cap);
+
+	return value < 0 ? 0 : value;
+}
+
+/* The statfs magic of the filesystem a guest_memfd lives on, or -1 if none can be made. */
+GL_FN long gl_gmem_fs_magic(void)
+{
+	struct gl_create_guest_memfd arg = { .size = GL_PAGE };
+	struct statfs sfs;
+	long magic = -1;
+	int vm, gmem;
+
+	vm = ioctl(gl_kvm, KVM_CREATE_VM, KVM_X86_DEFAULT_VM);
+	if (vm < 0)
+		return -1;
+	gmem = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &arg);
+	if (gmem >= 0) {
+		if (!fstatfs(gmem, &sfs))
+			magic = (long)((unsigned long)sfs.f_type & 0xffffffffUL);
+		close(gmem);
+	}
+	close(vm);
+	return magic;
+}
+
+/* The model design whose guest_memfd behaves as this kernel's (gmemlab.host.probe,
+ * KernelProfile.design): no mmap is 6.8's; attributes kept by the file are the in-place
+ * series'; the guest_memfd pseudo-filesystem came with 6.19's NUMA policy; else 6.18. */
+GL_FN const char *gl_design(void)
+{
+	int gmem = gl_cap(KVM_CAP_GUEST_MEMFD) != 0;
+
+	if (gmem && !(gl_cap(KVM_CAP_GUEST_MEMFD_FLAGS) & GUEST_MEMFD_FLAG_MMAP))
+		return "gmem-6.8";
+	if (gl_cap(KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES) & KVM_MEMORY_ATTRIBUTE_PRIVATE)
+		return "inplace";
+	if (gmem && gl_gmem_fs_magic() == GUEST_MEMFD_MAGIC)
+		return "gmem-6.19";
+	return "gmem-6.18";
+}
+
+/* A design:NAME requirement. */
+GL_FN void gl_require_design(const char *text, const char *name)
+{
+	const char *design = gl_design();
+
+	if (strcmp(design, name))
+		gl_skip("requires %s (this kernel's guest_memfd behaves as %s)", text, design);
+}
+
 enum { GL_NONZERO, GL_AND, GL_AND_EQ, GL_EQ, GL_GE, GL_LE };
 
 /* A cap: requirement (stated, or inferred: then `why` names the step). */

@@ -26,6 +26,10 @@ struct kvm_memory_attributes {
 	__u64 address, size, attributes, flags;
 };
 
+struct kvm_memory_attributes2 {
+	__u64 offset, size, attributes, flags, error_offset, reserved[11];
+};
+
 struct kvm_enable_cap {
 	__u32 cap, flags;
 	__u64 args[4];
