@@ -408,6 +408,26 @@ def test_a_counterexample_exports_what_a_kernel_can_run() -> None:
     assert plan_for(plain, "x", "standalone").verdict == ("SKIP", "written for the model kernel only")
 
 
+
+def test_a_collapsed_actor_keeps_every_expectation() -> None:
+    doc = {"case": [{"id": "c", "kernel": "model", "design": "gmem-6.19", "steps": [
+        {"op": "memfd_create", "name": "t", "flags": 0, "as": "m"},
+        {"op": "fstat", "fd": "$m", "as": "st"},
+        {"op": "actor_begin", "actor": "a", "call": "fstat", "args": {"fd": "$m"}},
+        {"op": "actor_step", "actor": "a", "ret": {"size": 0}, "differs": {"ino": 0}},
+        {"op": "actor_begin", "actor": "b", "call": "set_memory_attributes2",
+         "args": {"fd": "$m", "offset": 0, "size": 4096, "attributes": "PRIVATE"}},
+        {"op": "actor_step", "actor": "b", "errno": "EAGAIN", "error_offset": 0},
+        {"op": "observe"}]}]}
+    prefix = kernel_prefix(parse(doc, "c.toml").cases[0])
+    assert prefix.case is not None
+    fstat, convert = prefix.case.steps[2:]
+    assert (fstat.op, fstat.ret, fstat.differs, fstat.has_differs) == \
+        ("fstat", {"size": 0}, {"ino": 0}, True)
+    assert (convert.op, convert.error_offset) == ("set_memory_attributes2", 0)
+    assert "models a proposal" not in prefix.note  # 6.19 is a kernel
+
+
 @needs_kvm_and_cc
 def test_a_counterexample_prefix_runs_as_conform_runs_it(tmp_path: Path) -> None:
     """The checker's own counterexample (a P5 violation of the 2022 sketch) and a gmem one."""

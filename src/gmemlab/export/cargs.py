@@ -10,6 +10,7 @@ flag names, NULL for a null address.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from ..interface import CInt, Kernel, op_signature
@@ -142,6 +143,16 @@ VM, VCPU, PTR, INT, LONG, STAT, POLICY = ("struct kvm_vm *", "struct kvm_vcpu *"
                                           "long", "struct stat", "policy")
 STAT_FIELDS = {"size": "st_size", "mode": "st_mode", "blksize": "st_blksize", "blocks": "st_blocks",
                "nlink": "st_nlink", "ino": "st_ino", "dev": "st_dev"}
+
+
+@dataclass
+class Table:
+    """A table result in a kselftest: its kind and where its values are."""
+
+    kind: str  # "stat", "mempolicy" or "guest"
+    lvalues: dict[str, str] = field(default_factory=dict)  # key -> C lvalue
+    words: int = 0  # mempolicy: the node mask's words
+    length: int = 0  # guest: the access's length
 
 
 def _power_of_two(n: int) -> bool:

@@ -26,7 +26,19 @@ from typing import Any, Protocol
 
 from .. import uapi
 from ..guestaccess import guest_chooses_private
-from .cargs import INT, LONG, POLICY, PTR, STAT, STAT_FIELDS, VCPU, VM, KselftestArgs, StandaloneArgs
+from .cargs import (
+    INT,
+    LONG,
+    POLICY,
+    PTR,
+    STAT,
+    STAT_FIELDS,
+    VCPU,
+    VM,
+    KselftestArgs,
+    StandaloneArgs,
+    Table,
+)
 from .plan import (
     AllBytes,
     BytesEqual,
@@ -69,7 +81,7 @@ class KWriter(Protocol):
     def bytes_checks(self, buf: str, length: str, checks: Sequence[Check],
                      index: tuple[str, int] | None = None) -> list[str]: ...
 
-    def table_checks(self, table: Any, checks: Sequence[Check]) -> list[str]: ...
+    def table_checks(self, table: Table, checks: Sequence[Check]) -> list[str]: ...
 
     def int_checks(self, value: str, checks: Sequence[Check], what: str) -> list[str]: ...
 
@@ -335,11 +347,6 @@ def _k_create_vcpu(a: KselftestArgs, sp: StepPlan, w: KWriter) -> KCall:
 # Operations whose checks are their own: they return statements.
 
 
-def _table(kind: str, **kwargs: Any) -> Any:
-    from .kselftest import Table
-    return Table(kind, **kwargs)
-
-
 def _expect_errno(w: KWriter, sp: StepPlan, call: str, failed: str, show: str) -> list[str]:
     name = uapi.errno_name(sp.step.errno or 0)
     return [f"ret = {call};",
@@ -377,7 +384,7 @@ def _k_fstat(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
         return _expect_errno(w, sp, f"fstat({a.num('fd')}, &{st})", "ret == -1", "%ld")
     if sp.step.signal is not None:
         return [w.fail(f"expected {uapi.signal_name(sp.step.signal)}: fstat never signals")]
-    table = _table("stat", lvalues={k: f"{st}.{f}" for k, f in STAT_FIELDS.items()})
+    table = Table("stat", lvalues={k: f"{st}.{f}" for k, f in STAT_FIELDS.items()})
     return [f'TEST_ASSERT(!fstat({a.num("fd")}, &{st}), "{w.tag} failed: %s", strerror(errno));',
             *w.table_checks(table, sp.checks)]
 
@@ -474,7 +481,7 @@ def _k_guest_access(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
     if data_checks:
         out.append("TEST_ASSERT_EQ(ga.exit, GUEST_EXIT_NONE);")
         out += w.bytes_checks("ga.data", str(length), data_checks)
-    return out + w.table_checks(_table("guest", length=length),
+    return out + w.table_checks(Table("guest", length=length),
                                 [c for c in sp.checks if c not in data_checks])
 
 
@@ -532,7 +539,7 @@ def _k_get_mempolicy(a: KselftestArgs, sp: StepPlan, w: KWriter) -> list[str]:
     if sp.step.signal is not None:
         return [w.fail(f"expected {uapi.signal_name(sp.step.signal)}: get_mempolicy never "
                        "signals")]
-    table = _table("mempolicy", lvalues={"mode": mode, "nodemask": nodes}, words=words)
+    table = Table("mempolicy", lvalues={"mode": mode, "nodemask": nodes}, words=words)
     return [f"kvm_get_mempolicy({args});", *w.table_checks(table, sp.checks)]
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 
 from .. import uapi
 from ..host import guest as host_guest
 from ..vmm import asm, modes
-from .cargs import LONG, POLICY, PTR, VCPU, VM, KselftestArgs, ref_number
+from .cargs import LONG, POLICY, PTR, VCPU, VM, KselftestArgs, Table, ref_number
 from .clang import c_bytes, c_comment, c_int, c_string, identifier, spell_flags
 from .emitters import EMITTERS, KCall
 from .plan import (
@@ -72,16 +71,6 @@ GUEST_PRESENT = {"exit": None, "data_hex": None, "gpa": "ga.exit != GUEST_EXIT_N
                  "size": "ga.exit != GUEST_EXIT_NONE", "write": "ga.exit == GUEST_EXIT_MMIO",
                  "flags": "ga.exit == GUEST_EXIT_MEMORY_FAULT",
                  "errno": "ga.exit == GUEST_EXIT_MEMORY_FAULT"}
-
-
-@dataclass
-class Table:
-    """A table result in the test: its kind and where its values are."""
-
-    kind: str  # "stat", "mempolicy" or "guest"
-    lvalues: dict[str, str] = field(default_factory=dict)  # key -> C lvalue
-    words: int = 0  # mempolicy: the node mask's words
-    length: int = 0  # guest: the access's length
 
 EXPECT_SIGNAL = r"""static sigjmp_buf expect_signal_jmpbuf;
 

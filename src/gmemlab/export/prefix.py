@@ -27,7 +27,7 @@ CHECKER_OPS = ("actor_begin", "actor_step", "observe", "audit_log")
 # expects one to succeed is the model's, not a kernel's.
 NEVER_MERGED = {"memfd_restricted": "the 2022 proposal's system call was never merged into Linux"}
 # The designs that are a kernel's guest_memfd (the others model proposals).
-KERNEL_DESIGNS = ("gmem-6.8", "gmem-6.18")
+KERNEL_DESIGNS = ("gmem-6.8", "gmem-6.18", "gmem-6.19")
 
 
 @dataclass
@@ -56,7 +56,8 @@ def _collapse(steps: tuple[Step, ...], i: int) -> tuple[Step | None, int]:
     end = steps[j]
     return Step(index=begin.index, op=call, args=dict(args), bind=end.bind, errno=end.errno,
                 signal=end.signal, ret=end.ret, has_ret=end.has_ret, all_bytes=end.all_bytes,
-                bytes_hex=end.bytes_hex), j + 1
+                bytes_hex=end.bytes_hex, differs=end.differs, has_differs=end.has_differs,
+                error_offset=end.error_offset), j + 1
 
 
 def kernel_prefix(case: Case) -> Prefix:
