@@ -435,6 +435,30 @@ def calibrate(
     raise typer.Exit(code)
 
 
+@app.command("export-c")
+def export_c(
+    paths: Annotated[list[str], typer.Argument(help="Case files or folders of case files.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The folder to write the C files to.")],
+    style: Annotated[str, typer.Option(
+        "--style", help="kselftest (for tools/testing/selftests/kvm) or standalone (libc and "
+                        "linux/kvm.h only, TAP output, judged as conform --kernel host)")] = "kselftest",
+    model_cases: Annotated[str, typer.Option(
+        "--model-cases", help="Cases written for the model: auto (export what a kernel can run of "
+                              "checker counterexamples, skip the others), prefix, skip.")] = "auto",
+) -> None:
+    """Write each case file as a C program, one test per case (docs/UPSTREAM.md)."""
+    from .export.cli import run_export
+
+    command = " ".join(["gmemlab export-c", *paths, "-o", out, "--style", style]
+                       + (["--model-cases", model_cases] if model_cases != "auto" else []))
+    try:
+        code = run_export(paths, out, style, model_cases, command)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """The console script: exit 0 when all is well, 1 for a violated promise, a divergence
     or a failed case, 2 for bad input or an internal error (one line, never a traceback)."""
