@@ -18,6 +18,7 @@ from ..errors import UsageError, kernel_error
 from ..interface import GuestAccess
 from ..model import ModelKernel
 from ..model.designs import SEED, Design
+from ..model.legacy import Legacy
 from ..model.policies import MappingPolicy, MmapEndTo, NotifyPolicy
 from ..model.restricted import NO_NONZERO_AFTER_LAUNCH, MmapProgress
 from ..model.state import Inode, Memslot, Vm
@@ -28,12 +29,7 @@ _NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(sets_has_mapping=False))
 _END_TO_LAST = replace(SEED, notify=NotifyPolicy(MmapEndTo.LAST_STARTED))
 
 
-class HasMappingAfterEnd(ModelKernel):
-    """has_mapping set after the mmap_end calls (the window the checker found)."""
-
-    def __init__(self, design: Any = None) -> None:
-        super().__init__(_NO_HAS_MAPPING)
-
+class _HasMappingAfterEnd(Legacy):
     def _mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
         if p.phase == "end":
             assert inode.restricted is not None
@@ -41,9 +37,16 @@ class HasMappingAfterEnd(ModelKernel):
         return super()._mmap_protocol_done(inode, p)
 
 
-class AbortForward(ModelKernel):
-    """mmap_abort to the notifiers that succeeded in registration order, not reverse."""
+class HasMappingAfterEnd(ModelKernel):
+    """has_mapping set after the mmap_end calls (the window the checker found)."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_HasMappingAfterEnd)
+
+    def __init__(self, design: Any = None) -> None:
+        super().__init__(_NO_HAS_MAPPING)
+
+
+class _AbortForward(Legacy):
     def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
         assert inode.restricted is not None
         notifiers = inode.restricted.notifiers
@@ -59,9 +62,13 @@ class AbortForward(ModelKernel):
         return q
 
 
-class AbortTheRefuser(ModelKernel):
-    """The notifier whose mmap_start failed gets mmap_abort too (an off-by-one)."""
+class AbortForward(ModelKernel):
+    """mmap_abort to the notifiers that succeeded in registration order, not reverse."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_AbortForward)
+
+
+class _AbortTheRefuser(Legacy):
     def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
         q = super()._mmap_protocol_step(inode, p)
         if p.phase == "start" and q.phase == "abort":
@@ -69,17 +76,25 @@ class AbortTheRefuser(ModelKernel):
         return q
 
 
-class KvmMapsPrivate(ModelKernel):
-    """KVM's mmap_start forgets to refuse a memslot with private gfns."""
+class AbortTheRefuser(ModelKernel):
+    """The notifier whose mmap_start failed gets mmap_abort too (an off-by-one)."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_AbortTheRefuser)
+
+
+class _KvmMapsPrivate(Legacy):
     @staticmethod
     def _slot_all_shared(kvm: Vm, slot: Memslot) -> bool:
         return True
 
 
-class ConvertWhileStarting(ModelKernel):
-    """Conversions ignore a mapping that is being set up (KVM's mmap_pending)."""
+class KvmMapsPrivate(ModelKernel):
+    """KVM's mmap_start forgets to refuse a memslot with private gfns."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_KvmMapsPrivate)
+
+
+class _ConvertWhileStarting(Legacy):
     def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         for slot in self._restricted_slots(kvm, first, last):
             assert slot.private_file is not None
@@ -88,18 +103,26 @@ class ConvertWhileStarting(ModelKernel):
                 raise kernel_error(errno.EBUSY, "mapped")
 
 
-class ConvertWhileMapped(ModelKernel):
-    """Conversions ignore has_mapping: only a mapping being set up refuses them."""
+class ConvertWhileStarting(ModelKernel):
+    """Conversions ignore a mapping that is being set up (KVM's mmap_pending)."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_ConvertWhileStarting)
+
+
+class _ConvertWhileMapped(Legacy):
     def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         for slot in self._restricted_slots(kvm, first, last):
             if slot.key in kvm.mmap_pending:
                 raise kernel_error(errno.EBUSY, "mapping in progress")
 
 
-class GetPfnWhileMapped(ModelKernel):
-    """get_pfn forgets restriction 2: it hands out pages of a mapped file."""
+class ConvertWhileMapped(ModelKernel):
+    """Conversions ignore has_mapping: only a mapping being set up refuses them."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_ConvertWhileMapped)
+
+
+class _GetPfnWhileMapped(Legacy):
     def get_pfn(self, fd: int, index: int) -> int:
         f, inode, r = self._restricted(fd)
         self._alive(r)
@@ -110,9 +133,13 @@ class GetPfnWhileMapped(ModelKernel):
         return self._take_page(inode, index)
 
 
-class PutPfnForgets(ModelKernel):
-    """put_pfn checks that a reference is held, and forgets to drop it."""
+class GetPfnWhileMapped(ModelKernel):
+    """get_pfn forgets restriction 2: it hands out pages of a mapped file."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_GetPfnWhileMapped)
+
+
+class _PutPfnForgets(Legacy):
     def put_pfn(self, fd: int, index: int) -> int:
         _, inode, _ = self._restricted(fd)
         if inode.refs[index] == 0:
@@ -120,36 +147,52 @@ class PutPfnForgets(ModelKernel):
         return 0
 
 
-class GuestAccessLeaks(ModelKernel):
-    """A private guest access forgets KVM's put_pfn after the access."""
+class PutPfnForgets(ModelKernel):
+    """put_pfn checks that a reference is held, and forgets to drop it."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_PutPfnForgets)
+
+
+class _GuestAccessLeaks(Legacy):
     def _step_guest_access(self, actor: str, p: Pending) -> Outcome | Pending:
         if p.phase == "put":
             return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
         return super()._step_guest_access(actor, p)
 
 
-class DoubleReference(ModelKernel):
-    """get_pfn takes two references on the page."""
+class GuestAccessLeaks(ModelKernel):
+    """A private guest access forgets KVM's put_pfn after the access."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_GuestAccessLeaks)
+
+
+class _DoubleReference(Legacy):
     def _take_page(self, inode: Inode, index: int) -> int:
         pfn = super()._take_page(inode, index)
         inode.refs.set(index, index + 1, inode.refs[index] + 1)
         return pfn
 
 
-class KvmAbortKeepsPending(ModelKernel):
-    """KVM's notifier ignores mmap_abort: its memslot stays 'mapping in progress'."""
+class DoubleReference(ModelKernel):
+    """get_pfn takes two references on the page."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_DoubleReference)
+
+
+class _KvmAbortKeepsPending(Legacy):
     def _kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
         if event == "mmap_abort":
             return 0
         return super()._kvm_notifier(kvm, n, event, first, last)
 
 
-class MmapIgnoresConversion(ModelKernel):
-    """KVM's mmap_start does not refuse while a conversion is running."""
+class KvmAbortKeepsPending(ModelKernel):
+    """KVM's notifier ignores mmap_abort: its memslot stays 'mapping in progress'."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_KvmAbortKeepsPending)
+
+
+class _MmapIgnoresConversion(Legacy):
     def _kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
         if event == "mmap_start" and kvm.converting and kvm.type not in NO_NONZERO_AFTER_LAUNCH:
             if not self._slot_all_shared(kvm, kvm.memslots[n.slot]):
@@ -159,9 +202,13 @@ class MmapIgnoresConversion(ModelKernel):
         return super()._kvm_notifier(kvm, n, event, first, last)
 
 
-class MmapDropsLocks(ModelKernel):
-    """mmap lets go of the mmap_lock and the file lock while it calls the notifiers."""
+class MmapIgnoresConversion(ModelKernel):
+    """KVM's mmap_start does not refuse while a conversion is running."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_MmapIgnoresConversion)
+
+
+class _MmapDropsLocks(Legacy):
     def _step_mmap(self, actor: str, p: Pending) -> Outcome | Pending:
         q = super()._step_mmap(actor, p)
         if p.phase == "begin" and isinstance(q, Pending):
@@ -171,9 +218,13 @@ class MmapDropsLocks(ModelKernel):
         return q
 
 
-class UnmapKeepsHasMapping(ModelKernel):
-    """munmap of the whole mapping forgets to clear has_mapping."""
+class MmapDropsLocks(ModelKernel):
+    """mmap lets go of the mmap_lock and the file lock while it calls the notifiers."""
 
+    PARTS = replace(ModelKernel.PARTS, legacy=_MmapDropsLocks)
+
+
+class _UnmapKeepsHasMapping(Legacy):
     def _vmas_closed(self, runs: list[tuple[int, int, Any]]) -> None:
         before = {}
         for _, _, m in runs:
@@ -186,6 +237,12 @@ class UnmapKeepsHasMapping(ModelKernel):
             r = self.state.inodes[ino].restricted
             assert r is not None
             r.has_mapping = had
+
+
+class UnmapKeepsHasMapping(ModelKernel):
+    """munmap of the whole mapping forgets to clear has_mapping."""
+
+    PARTS = replace(ModelKernel.PARTS, legacy=_UnmapKeepsHasMapping)
 
 
 @dataclass(frozen=True)

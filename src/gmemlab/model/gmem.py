@@ -28,7 +28,7 @@ class GmemOps(ModelBase):
     def create_guest_memfd(self, vm: int, size: int, flags: int = 0,
                            reserved: Sequence[int] = ()) -> int:
         # kvm_gmem_create; reserved[] is not checked by the kernel.
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if self.design.kvm.private_file.value != "gmem":
             raise kernel_error(errno.ENOTTY, f"KVM_CREATE_GUEST_MEMFD does not exist in design "
                                f"{self.design.name}")
@@ -37,13 +37,13 @@ class GmemOps(ModelBase):
                                f"{self.design.gmem_flags(kvm.type):#x}")
         if size > LOFF_MAX or size == 0 or size & (P - 1):
             raise kernel_error(errno.EINVAL, "size must be positive and page-aligned")
-        inode = self._new_inode("gmem", uapi.S_IFREG | 0o600, size=size)
+        inode = self.core.new_inode("gmem", uapi.S_IFREG | 0o600, size=size)
         inode.flags = flags
         inode.vm = kvm.id
         self._gmem_inode_created(inode)
-        f = self._new_file("gmem", inode, vm=kvm)
+        f = self.core.new_file("gmem", inode, vm=kvm)
         f.bindings = RangeMap(None, GFN_LIMIT)
-        return self._install(f)
+        return self.core.install(f)
 
     # --- fallocate ----------------------------------------------------------------
 
@@ -70,7 +70,7 @@ class GmemOps(ModelBase):
             self.state.counters["host_pte_zaps"] += 1
             self._zap_file_ptes(inode.ino, first, last)
             self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
-            self._free_pfns(inode, first, last)
+            self.core.free_pfns(inode, first, last)
             if invalidated is not None:
                 invalidated(f, first, last)
             return

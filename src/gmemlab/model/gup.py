@@ -41,7 +41,8 @@ class GupOps(PkvmOps):
             raise kernel_error(errno.EFAULT, f"page at {fault.addr:#x} cannot be pinned: {fault.why}")
         for _store, offset, _n, m in segments:
             inode = self._mapping_inode(m)
-            if inode is not None and inode.flags & uapi.GUEST_MEMFD_FLAG_NO_DIRECT_MAP \
+            if inode is not None and m.file is not None \
+                    and inode.flags & uapi.GUEST_MEMFD_FLAG_NO_DIRECT_MAP \
                     and self.state.files[m.file].kind == "gmem":
                 # A folio outside the direct map has no struct page address GUP
                 # can hand out: the pin fails, as for any VM_PFNMAP-like memory.

@@ -109,7 +109,7 @@ class InplaceOps(PageMapOps):
 
     def _attributes2_checks(self, fd: int, offset: int, size: int, attributes: int,
                             flags: int) -> tuple[OpenFile, Inode, int, int]:
-        f = self._file(fd)
+        f = self.core.file(fd)
         inode = self.state.inodes[f.inode]
         if f.kind != "gmem" or inode.attributes is None:
             # Not a guest_memfd ioctl here: /dev/kvm and vCPU fds answer EINVAL,
@@ -198,7 +198,7 @@ class InplaceOps(PageMapOps):
         super()._host_refs_dropped(inode, first, last)
 
     def page_attr(self, fd: int, index: int) -> str:
-        f = self._file(fd)
+        f = self.core.file(fd)
         inode = self.state.inodes[f.inode]
         if f.kind != "gmem" or inode.attributes is None:
             raise kernel_error(errno.EINVAL, f"fd {fd} has no per-page attributes in design "

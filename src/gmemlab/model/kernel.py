@@ -1,20 +1,26 @@
-"""ModelKernel: the executable model behind the one kernel interface."""
+"""ModelKernel: the executable model behind the one kernel interface.
+
+ModelKernel is composed, not inherited: the core and one component per
+subsystem (parts.py) do the work, and the class body below is the table of
+every operation and the component method that serves it.  `checked`
+validates each interface operation's arguments and `counted` counts the
+system calls, as for any kernel.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from ..errors import UsageError
 from ..guestaccess import GUEST_PATHS
-from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, Costs, checked
+from ..interface import INTERFACE_OPS, MODEL_ONLY_OPS, Costs, checked, op_signature
 from .designs import DEFAULT_DESIGN, Design, make_design
-from .inplace import InplaceOps
-from .mempolicy import MempolicyOps
-from .observe import ObserveOps
-from .vfs import VfsOps
+from .parts import Blueprint, Parts, assemble
+from .state import State
 
 # Host loads/stores and guest accesses are not system calls.
 NOT_SYSCALLS = frozenset({"read_mem", "write_mem", "guest_access"})
@@ -22,6 +28,57 @@ NOT_SYSCALLS = frozenset({"read_mem", "write_mem", "guest_access"})
 SYSCALL_MODEL_OPS = frozenset({"kvm_map_shared"})
 COST_FIELDS = tuple(f.name for f in fields(Costs) if f.name != "vma_count")
 K = TypeVar("K")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Served(Generic[P, R]):
+    """One operation of ModelKernel and the component method serving it.
+
+    `mmap = Served(lambda k: k.parts.mm.mmap)` makes `kernel.mmap` the
+    component's bound method, with its signature for the type checker.  On the
+    class it is a plain function (self, *args, **kwargs), which `checked` and
+    `counted` wrap; it carries the interface's signature for introspection.
+    """
+
+    def __init__(self, get: Callable[[ModelKernel], Callable[P, R]]) -> None:
+        self.get = get
+        self.unbound: Callable[..., Any] = get
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        get = self.get
+
+        def operation(self: ModelKernel, *args: Any, **kwargs: Any) -> Any:
+            return get(self)(*args, **kwargs)
+
+        operation.__name__ = operation.__qualname__ = name
+        if name in INTERFACE_OPS or name in MODEL_ONLY_OPS:
+            sig = op_signature(name)
+            me = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            operation.__signature__ = sig.replace(  # type: ignore[attr-defined]
+                parameters=[me, *sig.parameters.values()])
+        self.unbound = operation
+
+    @overload
+    def __get__(self, k: None, owner: type) -> Callable[..., Any]: ...
+
+    @overload
+    def __get__(self, k: ModelKernel, owner: type) -> Callable[P, R]: ...
+
+    def __get__(self, k: ModelKernel | None, owner: type) -> Callable[..., Any]:
+        if k is None:
+            return self.unbound
+        return self.get(k)
+
+
+def serving(cls: type[K]) -> type[K]:
+    """Collect the Served table (SERVED) and check that it covers the interface."""
+    table = {name: v for name, v in vars(cls).items() if isinstance(v, Served)}
+    missing = [op for op in (*INTERFACE_OPS, *MODEL_ONLY_OPS)
+               if op not in table and not inspect.isfunction(vars(cls).get(op))]
+    assert not missing, f"operations nobody serves: {missing}"
+    cls.SERVED = table  # type: ignore[attr-defined]
+    return cls
 
 
 def counted(cls: type[K]) -> type[K]:
@@ -45,7 +102,8 @@ def counted(cls: type[K]) -> type[K]:
 
 @counted
 @checked
-class ModelKernel(ObserveOps, InplaceOps, MempolicyOps, VfsOps):
+@serving
+class ModelKernel:
     """The model of a kernel built as `design` ("gmem-6.18", "gmem-6.8", ...).
 
     Pure Python and deterministic: no /dev/kvm needed.  snapshot() and
@@ -53,11 +111,15 @@ class ModelKernel(ObserveOps, InplaceOps, MempolicyOps, VfsOps):
     """
 
     # Operations beyond the interface that only the model has (kernel-internal
-    # users, hypercalls); later designs add theirs.
+    # users, hypercalls).
     EXTRA_OPS: tuple[str, ...] = MODEL_ONLY_OPS
+    # The components' classes (a variant of the model plugs in a subclass of one).
+    PARTS: ClassVar[Blueprint] = Blueprint()
+    # operation -> the component method serving it (filled in from the table below).
+    SERVED: ClassVar[dict[str, Served[Any, Any]]]
 
     def __init__(self, design: str | Design = DEFAULT_DESIGN, guest_path: str = "mmu") -> None:
-        super().__init__(make_design(design) if isinstance(design, str) else design)
+        self.design = make_design(design) if isinstance(design, str) else design
         if guest_path not in GUEST_PATHS:
             raise UsageError(f"guest path must be one of {', '.join(GUEST_PATHS)}, "
                              f"not {guest_path!r}")
@@ -65,6 +127,125 @@ class ModelKernel(ObserveOps, InplaceOps, MempolicyOps, VfsOps):
         self.name = f"model:{self.design.name}"
         if guest_path != "mmu":
             self.name += f":{guest_path}"
+        self.parts: Parts = assemble(self.design, guest_path, self.PARTS, self._operate)
+
+    @property
+    def state(self) -> State:
+        return self.parts.core.state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        self.parts.repoint(state)
+
+    def _operate(self, op: str, kwargs: dict[str, Any]) -> Any:
+        """Run interface operation op as a caller would (checked and counted):
+        what a stepwise operation taken in one step does."""
+        return getattr(self, op)(**kwargs)
+
+    # --- the operations, and the component serving each ---------------------------------------
+
+    # files (vfs.py and the file kinds)
+    open_kvm = Served(lambda k: k.parts.legacy.open_kvm)
+    memfd_create = Served(lambda k: k.parts.legacy.memfd_create)
+    create_guest_memfd = Served(lambda k: k.parts.legacy.create_guest_memfd)
+    memfd_restricted = Served(lambda k: k.parts.legacy.memfd_restricted)
+    close = Served(lambda k: k.parts.legacy.close)
+    dup = Served(lambda k: k.parts.legacy.dup)
+    fstat = Served(lambda k: k.parts.legacy.fstat)
+    read = Served(lambda k: k.parts.legacy.read)
+    write = Served(lambda k: k.parts.legacy.write)
+    pread = Served(lambda k: k.parts.legacy.pread)
+    pwrite = Served(lambda k: k.parts.legacy.pwrite)
+    lseek = Served(lambda k: k.parts.legacy.lseek)
+    ftruncate = Served(lambda k: k.parts.legacy.ftruncate)
+    fallocate = Served(lambda k: k.parts.legacy.fallocate)
+    fsync = Served(lambda k: k.parts.legacy.fsync)
+    fchmod = Served(lambda k: k.parts.legacy.fchmod)
+
+    # the host address space (mm.py, mempolicy.py)
+    mmap = Served(lambda k: k.parts.legacy.mmap)
+    munmap = Served(lambda k: k.parts.legacy.munmap)
+    mprotect = Served(lambda k: k.parts.legacy.mprotect)
+    madvise = Served(lambda k: k.parts.legacy.madvise)
+    mremap = Served(lambda k: k.parts.legacy.mremap)
+    read_mem = Served(lambda k: k.parts.legacy.read_mem)
+    write_mem = Served(lambda k: k.parts.legacy.write_mem)
+    vma_count = Served(lambda k: k.parts.legacy.vma_count)
+    set_max_map_count = Served(lambda k: k.parts.legacy.set_max_map_count)
+    mbind = Served(lambda k: k.parts.legacy.mbind)
+    get_mempolicy = Served(lambda k: k.parts.legacy.get_mempolicy)
+    set_mempolicy = Served(lambda k: k.parts.legacy.set_mempolicy)
+
+    # KVM (kvm.py, vcpus.py)
+    create_vm = Served(lambda k: k.parts.legacy.create_vm)
+    check_extension = Served(lambda k: k.parts.legacy.check_extension)
+    enable_cap = Served(lambda k: k.parts.legacy.enable_cap)
+    set_user_memory_region = Served(lambda k: k.parts.legacy.set_user_memory_region)
+    set_user_memory_region2 = Served(lambda k: k.parts.legacy.set_user_memory_region2)
+    set_memory_attributes = Served(lambda k: k.parts.legacy.set_memory_attributes)
+    populate = Served(lambda k: k.parts.legacy.populate)
+    launch_finish = Served(lambda k: k.parts.legacy.launch_finish)
+    get_pfn = Served(lambda k: k.parts.legacy.get_pfn)
+    put_pfn = Served(lambda k: k.parts.legacy.put_pfn)
+    create_vcpu = Served(lambda k: k.parts.legacy.create_vcpu)
+    guest_access = Served(lambda k: k.parts.legacy.guest_access)
+    guest_hypercall = Served(lambda k: k.parts.legacy.guest_hypercall)
+
+    # guest_memfd's in-place conversion (inplace.py)
+    set_memory_attributes2 = Served(lambda k: k.parts.legacy.set_memory_attributes2)
+    page_attr = Served(lambda k: k.parts.legacy.page_attr)
+
+    # the 2022 restricted memfd (restricted.py, notifiers.py, restricted_slots.py)
+    add_notifier = Served(lambda k: k.parts.legacy.add_notifier)
+    notifier_log = Served(lambda k: k.parts.legacy.notifier_log)
+    file_state = Served(lambda k: k.parts.legacy.file_state)
+    wait_unreferenced = Served(lambda k: k.parts.legacy.wait_unreferenced)
+    kvm_map_shared = Served(lambda k: k.parts.legacy.kvm_map_shared)
+
+    # long-term GUP pins (gup.py)
+    gup_pin = Served(lambda k: k.parts.legacy.gup_pin)
+    gup_unpin = Served(lambda k: k.parts.legacy.gup_unpin)
+
+    # the pKVM hypervisor (pkvm.py)
+    pkvm_host_share_hyp = Served(lambda k: k.parts.legacy.pkvm_host_share_hyp)
+    pkvm_host_unshare_hyp = Served(lambda k: k.parts.legacy.pkvm_host_unshare_hyp)
+    pkvm_host_donate_hyp = Served(lambda k: k.parts.legacy.pkvm_host_donate_hyp)
+    pkvm_hyp_donate_host = Served(lambda k: k.parts.legacy.pkvm_hyp_donate_host)
+    pkvm_host_share_ffa = Served(lambda k: k.parts.legacy.pkvm_host_share_ffa)
+    pkvm_host_unshare_ffa = Served(lambda k: k.parts.legacy.pkvm_host_unshare_ffa)
+    hyp_pin_shared_mem = Served(lambda k: k.parts.legacy.hyp_pin_shared_mem)
+    hyp_unpin_shared_mem = Served(lambda k: k.parts.legacy.hyp_unpin_shared_mem)
+    pkvm_host_share_guest = Served(lambda k: k.parts.legacy.pkvm_host_share_guest)
+    pkvm_host_unshare_guest = Served(lambda k: k.parts.legacy.pkvm_host_unshare_guest)
+    pkvm_host_donate_guest = Served(lambda k: k.parts.legacy.pkvm_host_donate_guest)
+    pkvm_guest_share_host = Served(lambda k: k.parts.legacy.pkvm_guest_share_host)
+    pkvm_guest_unshare_host = Served(lambda k: k.parts.legacy.pkvm_guest_unshare_host)
+    pkvm_host_reclaim_page = Served(lambda k: k.parts.legacy.pkvm_host_reclaim_page)
+    pkvm_page_state = Served(lambda k: k.parts.legacy.pkvm_page_state)
+    pkvm_page = Served(lambda k: k.parts.legacy.pkvm_page)
+
+    # the stepwise API the checker drives (steps.py)
+    begin = Served(lambda k: k.parts.legacy.begin)
+    busy = Served(lambda k: k.parts.legacy.busy)
+    enabled = Served(lambda k: k.parts.legacy.enabled)
+    step = Served(lambda k: k.parts.legacy.step)
+    actor_begin = Served(lambda k: k.parts.legacy.actor_begin)
+    actor_step = Served(lambda k: k.parts.legacy.actor_step)
+
+    # what the checker's promises are judged on (observe.py)
+    observe = Served(lambda k: k.parts.legacy.observe)
+    audit_log = Served(lambda k: k.parts.legacy.audit_log)
+    drain_events = Served(lambda k: k.parts.legacy.drain_events)
+    private_pages = Served(lambda k: k.parts.legacy.private_pages)
+    host_references = Served(lambda k: k.parts.legacy.host_references)
+    outstanding_references = Served(lambda k: k.parts.legacy.outstanding_references)
+    mapping_counts = Served(lambda k: k.parts.legacy.mapping_counts)
+    mmaps_in_progress = Served(lambda k: k.parts.legacy.mmaps_in_progress)
+    kvm_mmap_pending = Served(lambda k: k.parts.legacy.kvm_mmap_pending)
+    stray_mmap_pending = Served(lambda k: k.parts.legacy.stray_mmap_pending)
+    pkvm_problems = Served(lambda k: k.parts.legacy.pkvm_problems)
+
+    # --- the kernel as a whole ------------------------------------------------------------------
 
     def costs(self) -> Costs:
         """What the operations so far cost (interface.Costs documents each
@@ -72,17 +253,31 @@ class ModelKernel(ObserveOps, InplaceOps, MempolicyOps, VfsOps):
         counters = self.state.counters
         return Costs(vma_count=self.state.map_count, **{k: counters[k] for k in COST_FIELDS})
 
-    def __enter__(self) -> ModelKernel:
-        return self
+    def snapshot(self) -> State:
+        """A copy of the whole model state; restore() brings it back."""
+        return self.state.snapshot()
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
+    def restore(self, state: State) -> None:
+        self.state = state.snapshot()
+
+    def shutdown(self) -> None:
+        for fd in list(self.state.fds):
+            self.parts.core.drop_fd(fd)
+
+    def unsupported(self, op: str) -> str | None:
+        return None
 
     def access_path(self) -> str:
         return self.guest_path
 
     def behaves_as(self) -> str:
         return self.design.name
+
+    def __enter__(self) -> ModelKernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
 
     def __repr__(self) -> str:
         extra = f", guest_path={self.guest_path!r}" if self.guest_path != "mmu" else ""

@@ -47,15 +47,12 @@ FIXED_CAPS = {
 
 
 class KvmOps(GmemOps, MmOps):
-    # Who executes a guest access: "mmu" or "emulator" (guestaccess.py).
-    guest_path = "mmu"
-
     # --- VMs and capabilities ----------------------------------------------------------
 
     def _anon_inode(self) -> int:
         """The one anon inode every VM and vCPU file shares, as in the kernel."""
         if self.state.anon_ino is None:
-            inode = self._new_inode("anon", 0o600)
+            inode = self.core.new_inode("anon", 0o600)
             inode.files += 1  # never freed
             self.state.anon_ino = inode.ino
         return self.state.anon_ino
@@ -65,13 +62,13 @@ class KvmOps(GmemOps, MmOps):
             raise kernel_error(errno.EINVAL, f"VM type {type} is not supported")
         kvm = Vm(id=self.state.new_id(), type=type)
         self.state.vms[kvm.id] = kvm
-        f = self._new_file("vm", self.state.inodes[self._anon_inode()], vm=kvm)
-        return self._install(f)
+        f = self.core.new_file("vm", self.state.inodes[self._anon_inode()], vm=kvm)
+        return self.core.install(f)
 
     def check_extension(self, cap: int, vm: int | None = None) -> int:
         kvm = None
         if vm is not None:
-            f = self._file(vm)
+            f = self.core.file(vm)
             if f.kind == "vm":
                 assert f.vm is not None
                 kvm = self.state.vms[f.vm]
@@ -95,7 +92,7 @@ class KvmOps(GmemOps, MmOps):
         return 0
 
     def enable_cap(self, vm: int, cap: int, args: Sequence[int] = (), flags: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if len(args) > 4:
             raise UsageError("enable_cap: at most 4 args")
         if flags:
@@ -109,7 +106,7 @@ class KvmOps(GmemOps, MmOps):
         raise kernel_error(errno.EINVAL, f"capability {cap} cannot be enabled")
 
     def create_vcpu(self, vm: int, id: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if id >= KVM_MAX_VCPU_IDS:
             raise kernel_error(errno.EINVAL, f"vCPU id {id} >= {KVM_MAX_VCPU_IDS}")
         if len(kvm.vcpus) >= KVM_MAX_VCPUS:
@@ -117,15 +114,15 @@ class KvmOps(GmemOps, MmOps):
         if id in kvm.vcpus:
             raise kernel_error(errno.EEXIST, f"vCPU {id} exists")
         kvm.vcpus.add(id)
-        f = self._new_file("vcpu", self.state.inodes[self._anon_inode()], vm=kvm)
+        f = self.core.new_file("vcpu", self.state.inodes[self._anon_inode()], vm=kvm)
         f.vcpu = id
-        return self._install(f)
+        return self.core.install(f)
 
     # --- memslots -----------------------------------------------------------------------
 
     def set_user_memory_region(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
                                memory_size: int, userspace_addr: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if flags & ~V1_FLAGS:
             raise kernel_error(errno.EINVAL, "the v1 ioctl takes only LOG_DIRTY_PAGES|READONLY")
         return self._set_memory_region(kvm, slot, flags, guest_phys_addr, memory_size,
@@ -134,7 +131,7 @@ class KvmOps(GmemOps, MmOps):
     def set_user_memory_region2(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
                                 memory_size: int, userspace_addr: int = 0,
                                 guest_memfd: int = -1, guest_memfd_offset: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         return self._set_memory_region(kvm, slot, flags, guest_phys_addr, memory_size,
                                        userspace_addr, guest_memfd, guest_memfd_offset)
 
@@ -224,7 +221,7 @@ class KvmOps(GmemOps, MmOps):
 
     def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
                               flags: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         first, last, attributes = self._attributes_checks(kvm, address, size, attributes, flags)
         self._set_attributes(kvm, first, last, attributes)
         return 0
@@ -280,13 +277,13 @@ class KvmOps(GmemOps, MmOps):
 
     def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
                      private: bool | None = None, data: bytes = b"") -> GuestAccess:
-        f = self._ioctl_file(vcpu, "vcpu")
+        f = self.core.ioctl_file(vcpu, "vcpu")
         assert f.vm is not None
         kvm = self.state.vms[f.vm]
         check_call(self.design.kvm.has_private_mem(kvm.type), kvm.type, gpa, length, write, private,
                    data)
         check_private(kvm.type, private, gpa, length, lambda gfn: self._kvm_private(kvm, gfn))
-        if self.guest_path == "emulator" and self.design.kvm.has_private_mem(kvm.type):
+        if self.core.guest_path == "emulator" and self.design.kvm.has_private_mem(kvm.type):
             raise UsageError("guest_access: the emulator guest path is modelled for VMs without "
                              "private memory only")
         self.state.counters["exits"] += 1
@@ -316,7 +313,7 @@ class KvmOps(GmemOps, MmOps):
     def _guest_page(self, kvm: Vm, gpa: int, n: int, write: bool, private: bool | None,
                     data: bytes | None) -> bytes | GuestAccess:
         """One access within a page: its bytes, or the exit it causes."""
-        emulated = self.guest_path == "emulator"
+        emulated = self.core.guest_path == "emulator"
         gfn = gpa >> SHIFT
         if self.design.kvm.has_private_mem(kvm.type):
             attr = self._gfn_private(kvm, gfn)
@@ -387,7 +384,7 @@ class KvmOps(GmemOps, MmOps):
     def guest_hypercall(self, vcpu: int, nr: int, args: Sequence[int] = ()) -> GuestHypercall:
         """A 64-bit guest at CPL 0 executes vmcall with RAX = nr and the args
         in RBX, RCX, RDX, RSI: __kvm_emulate_hypercall's answer."""
-        f = self._ioctl_file(vcpu, "vcpu")
+        f = self.core.ioctl_file(vcpu, "vcpu")
         assert f.vm is not None
         kvm = self.state.vms[f.vm]
         a = [_u64(v, "args") for v in args] + [0] * (4 - len(args))

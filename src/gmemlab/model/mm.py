@@ -147,7 +147,7 @@ class MmOps(PteOps):
         for fid in {m.file for m in mappings if m.file is not None}:
             f = self.state.files.get(fid)
             if f is not None:
-                self._maybe_release(f)
+                self.core.maybe_release(f)
 
     def _may_split(self, m: Mapping, vpage: int) -> None:
         """vm_ops->may_split; ordinary mappings always may."""
@@ -219,7 +219,7 @@ class MmOps(PteOps):
             raise kernel_error(errno.EINVAL, "offset not page-aligned")
         pgoff = (offset & ((1 << 64) - 1)) >> SHIFT
         anonymous = bool(flags & uapi.MAP_ANONYMOUS)
-        f = None if anonymous else self._file(fd)
+        f = None if anonymous else self.core.file(fd)
         if length == 0:
             raise kernel_error(errno.EINVAL, "length 0")
         size = page_align(length)
@@ -290,8 +290,8 @@ class MmOps(PteOps):
                               shared=plan.shared, maywrite=True, mayexec=plan.mayexec,
                               overlay=overlay)
         elif plan.shared:
-            inode = self._new_inode("shmem", uapi.S_IFREG | 0o777, size=npages * P)
-            f = self._new_file("shmem", inode)
+            inode = self.core.new_inode("shmem", uapi.S_IFREG | 0o777, size=npages * P)
+            f = self.core.new_file("shmem", inode)
             mapping = Mapping(file=f.id, delta=-first, prot=plan.prot, shared=True,
                               maywrite=True, mayexec=True)
         else:

@@ -132,7 +132,7 @@ class PageMapOps(GupOps):
 
     def kvm_map_shared(self, vm: int, gpa: int, size: int,
                        prot: int = uapi.PROT_READ | uapi.PROT_WRITE) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if self.design.mapping.scope is not MapScope.KVM_ONLY:
             raise kernel_error(errno.ENOTTY, f"KVM maps no guest memory for the host in design "
                                f"{self.design.name}")

@@ -23,7 +23,7 @@ SHIFT = uapi.PAGE_SHIFT
 
 class PfnOps(RestrictedOps):
     def _gmem_inode(self, fd: int) -> Inode | None:
-        f = self._file(fd)
+        f = self.core.file(fd)
         return self.state.inodes[f.inode] if f.kind == "gmem" else None
 
     def get_pfn(self, fd: int, index: int) -> int:
@@ -33,7 +33,7 @@ class PfnOps(RestrictedOps):
         if index >= inode.size >> SHIFT:
             raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
         self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
-        pfn = self._assign_pfn(inode, index)
+        pfn = self.core.assign_pfn(inode, index)
         inode.refs.set(index, index + 1, inode.refs[index] + 1)
         return pfn
 

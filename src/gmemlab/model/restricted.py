@@ -71,15 +71,15 @@ class RestrictedOps(KvmOps):
                                f"{self.design.name}")
         if flags:
             raise kernel_error(errno.EINVAL, "memfd_restricted takes no flags")
-        inode = self._new_inode("restricted", uapi.S_IFREG | 0o600)
+        inode = self.core.new_inode("restricted", uapi.S_IFREG | 0o600)
         inode.restricted = RestrictedState()
-        f = self._new_file("restricted", inode)
+        f = self.core.new_file("restricted", inode)
         f.bindings = RangeMap(None, GFN_LIMIT)
-        return self._install(f)
+        return self.core.install(f)
 
     def _restricted(self, fd: int) -> tuple[OpenFile, Inode, RestrictedState]:
         """The restricted memfd behind fd; EBADF or EINVAL for any other fd."""
-        f = self._file(fd)
+        f = self.core.file(fd)
         inode = self.state.inodes[f.inode]
         if inode.restricted is None:
             raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a restricted memfd")
@@ -301,7 +301,7 @@ class RestrictedOps(KvmOps):
             raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
         if r.has_mapping:
             raise kernel_error(errno.EBUSY, "get_pfn is refused while the file is mapped")
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.mapped_pages:
             self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
         return self._take_page(inode, index)
@@ -309,7 +309,7 @@ class RestrictedOps(KvmOps):
     def _take_page(self, inode: Inode, index: int) -> int:
         """One reference on page index, allocating it (zeroed) if needed; its pfn."""
         self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
-        pfn = self._assign_pfn(inode, index)
+        pfn = self.core.assign_pfn(inode, index)
         inode.refs.set(index, index + 1, inode.refs[index] + 1)
         return pfn
 
@@ -371,7 +371,7 @@ class RestrictedOps(KvmOps):
         kvm.mmap_pending.discard(slot.key)
         slot.private_file = None
         f.holders -= 1
-        self._maybe_release(f)
+        self.core.maybe_release(f)
 
     def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         """Conversions and mapping are mutually exclusive (KVM's rule 2)."""
@@ -436,7 +436,7 @@ class RestrictedOps(KvmOps):
                                          slot.private_pgoff + lo - slot.base_gfn))
 
     def populate(self, vm: int, gpa: int, data: bytes) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if not self.design.kvm.has_private_mem(kvm.type):
             raise kernel_error(errno.EINVAL, "the VM has no private memory")
         if kvm.launched and kvm.type in NO_NONZERO_AFTER_LAUNCH and any(data):
@@ -460,7 +460,7 @@ class RestrictedOps(KvmOps):
         return 0
 
     def launch_finish(self, vm: int) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if not self.design.kvm.has_private_mem(kvm.type) or kvm.launched:
             raise kernel_error(errno.EINVAL, "no pre-boot phase to finish")
         kvm.launched = True

@@ -34,6 +34,7 @@ hash it.  `enabled(actor)` says whether the actor's next step could run now
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -83,6 +84,9 @@ class Pending:
 
 
 class StepOps(RestrictedOps):
+    # Runs one operation of the kernel's interface, checked and counted as a call.
+    operate: Callable[[str, dict[str, Any]], Any]
+
     # --- the actor interface ------------------------------------------------------------
 
     def begin(self, actor: str, op: str, **kwargs: Any) -> None:
@@ -151,13 +155,13 @@ class StepOps(RestrictedOps):
             if st.file_locks.get(ino, actor) != actor:
                 return f"the restricted memfd's lock is held by {st.file_locks[ino]}"
         if p.op == "set_memory_attributes":
-            kvm = self._vm_or_none(p.kwargs["vm"])
+            kvm = self.core.vm_or_none(p.kwargs["vm"])
             if kvm is not None and kvm.converting:
                 return "another conversion of this VM is running"
         if p.op == "wait_unreferenced":
             # DESIGNS.md: the wait is a step that can happen only once the
             # references are gone (or the file is destroyed: EIO at once).
-            f = self._file_or_none(p.kwargs["fd"])
+            f = self.core.file_or_none(p.kwargs["fd"])
             inode = self.state.inodes[f.inode] if f is not None else None
             if inode is not None and inode.restricted is not None and \
                     not inode.restricted.destroyed and total_refs(inode):
@@ -168,7 +172,7 @@ class StepOps(RestrictedOps):
         """Restricted memfds whose lock the operation's first step takes."""
         args = p.kwargs
         if p.op == "mmap":
-            f = self._file_or_none(args["fd"])
+            f = self.core.file_or_none(args["fd"])
             return [f.inode] if f is not None and f.kind == "restricted" else []
         if p.op == "munmap":
             first = args["addr"] >> SHIFT
@@ -178,30 +182,22 @@ class StepOps(RestrictedOps):
                            if m.file is not None and self.state.files[m.file].kind == "restricted"})
         if p.op == "set_user_memory_region2" and args["flags"] & uapi.KVM_MEM_GUEST_MEMFD:
             fd = args["guest_memfd"]
-            f = self._file_or_none(fd - (1 << 32) if fd >= 1 << 31 else fd)
+            f = self.core.file_or_none(fd - (1 << 32) if fd >= 1 << 31 else fd)
             return [f.inode] if f is not None and f.kind == "restricted" else []
         return []
-
-    def _file_or_none(self, fd: int) -> Any:
-        fid = self.state.fds.get(fd)
-        return self.state.files[fid] if fid is not None else None
-
-    def _vm_or_none(self, fd: int) -> Any:
-        f = self._file_or_none(fd)
-        return self.state.vms.get(f.vm) if f is not None and f.kind == "vm" else None
 
     # --- one-step operations ---------------------------------------------------------------------
 
     def _step_atomic(self, actor: str, p: Pending) -> Outcome:
         for ino in self._file_locks_needed(p):
             self.state.file_locks[ino] = actor  # held for the step, released by _finish
-        return Outcome("ret", getattr(self, p.op)(**p.kwargs))
+        return Outcome("ret", self.operate(p.op, p.kwargs))
 
     # --- mmap of a restricted memfd: one step per notifier call ------------------------------------
 
     def _step_mmap(self, actor: str, p: Pending) -> Outcome | Pending:
         args = p.kwargs
-        f = self._file_or_none(args["fd"])
+        f = self.core.file_or_none(args["fd"])
         if p.phase == "begin":
             if f is None or f.kind != "restricted" or args["flags"] & uapi.MAP_ANONYMOUS:
                 return self._step_atomic(actor, p)
@@ -210,6 +206,7 @@ class StepOps(RestrictedOps):
             self.state.file_locks[f.inode] = actor
             inode = self._restricted_mmap_checks(f, plan.shared, plan.pgoff, plan.npages)
             return replace(p, phase="protocol", plan=plan, progress=MmapProgress())
+        assert f is not None
         inode = self.state.inodes[f.inode]
         progress = self._mmap_protocol_step(inode, p.progress)
         if not progress.done:
@@ -224,7 +221,7 @@ class StepOps(RestrictedOps):
     def _step_set_memory_attributes(self, actor: str, p: Pending) -> Outcome | Pending:
         if p.phase == "begin":
             args = p.kwargs
-            kvm = self._vm_of(args["vm"])
+            kvm = self.core.vm_of(args["vm"])
             first, last, attributes = self._attributes_checks(kvm, args["address"], args["size"],
                                                                args["attributes"], args["flags"])
             if kvm.attributes.all_equal(first, last, attributes):
@@ -278,12 +275,13 @@ class StepOps(RestrictedOps):
     def _restricted_private_target(self, args: dict[str, Any]) -> Any:
         """(vm, slot, gfn) when the access is a one-page private access to a
         restricted memfd with a matching attribute; None otherwise."""
-        f = self._file_or_none(args["vcpu"])
+        f = self.core.file_or_none(args["vcpu"])
         if f is None or f.kind != "vcpu":
             return None
         gpa, length = args["gpa"], args["length"]
         if length < 1 or (gpa & (P - 1)) + length > P:
             return None
+        assert f.vm is not None
         kvm = self.state.vms[f.vm]
         gfn = gpa >> SHIFT
         held_private = bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)

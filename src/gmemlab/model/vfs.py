@@ -60,8 +60,8 @@ class VfsOps(ModelBase):
     # --- opening ---------------------------------------------------------------
 
     def open_kvm(self) -> int:
-        inode = self._new_inode("chardev", MODES["kvm"])
-        return self._install(self._new_file("kvm", inode))
+        inode = self.core.new_inode("chardev", MODES["kvm"])
+        return self.core.install(self.core.new_file("kvm", inode))
 
     def memfd_create(self, name: str = "gmemlab", flags: int = 0) -> int:
         if "\0" in name:
@@ -73,20 +73,20 @@ class VfsOps(ModelBase):
         if len(name.encode()) > MFD_NAME_MAX:
             raise kernel_error(errno.EINVAL, f"name longer than {MFD_NAME_MAX} bytes")
         mode = uapi.S_IFREG | (0o666 if flags & MFD_NOEXEC_SEAL else 0o777)
-        inode = self._new_inode("memfd", mode, nlink=0)
-        return self._install(self._new_file("memfd", inode))
+        inode = self.core.new_inode("memfd", mode, nlink=0)
+        return self.core.install(self.core.new_file("memfd", inode))
 
     def close(self, fd: int) -> int:
-        self._drop_fd(fd)
+        self.core.drop_fd(fd)
         return 0
 
     def dup(self, fd: int) -> int:
-        return self._install(self._file(fd))
+        return self.core.install(self.core.file(fd))
 
     # --- metadata ---------------------------------------------------------------
 
     def fstat(self, fd: int) -> Stat:
-        f = self._file(fd)
+        f = self.core.file(fd)
         inode = self.state.inodes[f.inode]
         blocks = 0
         if f.kind == "memfd":
@@ -102,7 +102,7 @@ class VfsOps(ModelBase):
         return INODE_FS[kind]
 
     def fchmod(self, fd: int, mode: int) -> int:
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind not in ("gmem", "memfd", "restricted"):
             raise UsageError("fchmod: only guest_memfd and memfd files may be changed "
                              "(the others share a system-wide inode)")
@@ -113,7 +113,7 @@ class VfsOps(ModelBase):
         return 0
 
     def fsync(self, fd: int) -> int:
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind == "memfd":
             return 0  # noop_fsync
         raise kernel_error(errno.EINVAL, "no fsync file operation")
@@ -121,7 +121,7 @@ class VfsOps(ModelBase):
     # --- read and write -------------------------------------------------------------
 
     def read(self, fd: int, length: int) -> bytes:
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind != "memfd":
             raise kernel_error(errno.EINVAL, f"a {f.kind} file has no read operation")
         data = self._memfd_read(f, f.pos, length)
@@ -129,7 +129,7 @@ class VfsOps(ModelBase):
         return data
 
     def write(self, fd: int, data: bytes) -> int:
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind != "memfd":
             raise kernel_error(errno.EINVAL, f"a {f.kind} file has no write operation")
         n = self._memfd_write(f, f.pos, data)
@@ -139,7 +139,7 @@ class VfsOps(ModelBase):
     def pread(self, fd: int, length: int, offset: int) -> bytes:
         if offset < 0:
             raise kernel_error(errno.EINVAL, "negative offset")
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind not in SEEKABLE:
             raise kernel_error(errno.ESPIPE, f"a {f.kind} file is not seekable")
         if f.kind != "memfd":
@@ -149,7 +149,7 @@ class VfsOps(ModelBase):
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         if offset < 0:
             raise kernel_error(errno.EINVAL, "negative offset")
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind not in SEEKABLE:
             raise kernel_error(errno.ESPIPE, f"a {f.kind} file is not seekable")
         if f.kind != "memfd":
@@ -172,7 +172,7 @@ class VfsOps(ModelBase):
         return len(data)
 
     def lseek(self, fd: int, offset: int, whence: int) -> int:
-        f = self._file(fd)
+        f = self.core.file(fd)
         if whence > SEEK_MAX:
             raise kernel_error(errno.EINVAL, f"whence {whence}")
         if f.kind in NOOP_LLSEEK:
@@ -210,7 +210,7 @@ class VfsOps(ModelBase):
     def ftruncate(self, fd: int, length: int) -> int:
         if length < 0:
             raise kernel_error(errno.EINVAL, "negative length")
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind not in REGULAR:
             raise kernel_error(errno.EINVAL, f"a {f.kind} file is not a regular file")
         handler = self._handler("ftruncate", f)
@@ -247,7 +247,7 @@ class VfsOps(ModelBase):
                 raise kernel_error(errno.EOPNOTSUPP, "COLLAPSE/INSERT with KEEP_SIZE")
         elif kind not in (0, uapi.FALLOC_FL_ZERO_RANGE, uapi.FALLOC_FL_UNSHARE_RANGE):
             raise kernel_error(errno.EOPNOTSUPP, "modes are exclusive")
-        f = self._file(fd)
+        f = self.core.file(fd)
         if f.kind not in REGULAR:
             raise kernel_error(errno.ENODEV, f"a {f.kind} file is not a regular file")
         if offset + length > MAX_LFS_FILESIZE:
