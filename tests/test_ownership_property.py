@@ -373,8 +373,8 @@ MUTANTS: list[tuple[str, str, str, Any]] = [
     ("inplace", "InplaceOps", "_attributes2_zap", lambda self, inode, first, last: None),
     ("pkvm-inplace", "InplaceOps", "_unreferenced",
      staticmethod(lambda inode, first, last, with_ptes: [(first, last)])),
-    ("page-mmap", "ModelKernel", "pkvm_host_unshare_ffa", _unshare_ffa_bare),
-    ("inplace", "ModelKernel", "pkvm_host_unshare_guest", _unshare_guest_uncounted),
+    ("page-mmap", "Pkvm", "pkvm_host_unshare_ffa", _unshare_ffa_bare),
+    ("inplace", "Pkvm", "pkvm_host_unshare_guest", _unshare_guest_uncounted),
 ]
 
 
@@ -382,9 +382,9 @@ MUTANTS: list[tuple[str, str, str, Any]] = [
 @pytest.mark.parametrize("design, owner, name, broken", MUTANTS, ids=[m[2] for m in MUTANTS])
 def test_the_walk_catches_a_broken_design(monkeypatch: pytest.MonkeyPatch, design: str, owner: str,
                                           name: str, broken: Any) -> None:
-    # Public operations are wrapped when ModelKernel is built: patch the wrapper itself.
+    # The method of the component class: every kernel built afterwards uses it.
     cls = {"PageMapOps": pagemap.PageMapOps, "InplaceOps": inplace.InplaceOps,
-           "ModelKernel": ModelKernel}[owner]
+           "Pkvm": pkvm.Pkvm}[owner]
     monkeypatch.setattr(cls, name, broken)
 
     @given(data=st.data())

@@ -201,7 +201,9 @@ class KvmOps(GmemOps, MmOps):
 
     def _destroy_vm(self, vm: Vm) -> None:
         """kvm_destroy_vm frees the memslots, unbinding their private files
-        (a restricted memfd loses KVM's notifier and the binding's reference)."""
+        (a restricted memfd loses KVM's notifier and the binding's reference),
+        after the hypervisor reclaimed the guest's pages."""
+        self.pkvm.vm_destroyed(vm)
         for slot in list(vm.memslots.values()):
             self._unbind_private(vm, slot)
         super()._destroy_vm(vm)

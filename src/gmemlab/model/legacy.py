@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .inplace import InplaceOps
 from .mempolicy import MempolicyOps
-from .observe import ObserveOps
+from .steps import StepOps
 from .vfs import VfsOps
 
 
-class Legacy(ObserveOps, InplaceOps, MempolicyOps, VfsOps):
+class Legacy(StepOps, InplaceOps, MempolicyOps, VfsOps):
     pass

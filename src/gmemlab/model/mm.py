@@ -25,8 +25,10 @@ from typing import Any
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
 from . import pages
+from .observe import Observer
+from .pkvm import Pkvm
 from .ptes import PteOps
-from .state import TASK_SIZE, Inode, Mapping, OpenFile
+from .state import TASK_SIZE, Mapping, OpenFile
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -93,6 +95,9 @@ Segment = tuple[pages.PageStore, int, int, Mapping]
 
 
 class MmOps(PteOps):
+    pkvm: Pkvm
+    observer: Observer
+
     # --- VMA bookkeeping ----------------------------------------------------------
 
     def _count_vmas(self, first: int, last: int) -> int:
@@ -622,15 +627,10 @@ class MmOps(PteOps):
             return self.state.inodes[f.inode].pages, first
         served: int = handler(f, first, last, write)
         inode = self.state.inodes[f.inode]
-        served = self._host_stage2_limit(inode, first, served)
+        served = self.pkvm.stage2_limit(inode, first, served)
         if served > first:
             self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, first, served)
         return inode.pages, served
-
-    def _host_stage2_limit(self, inode: Inode, first: int, served: int) -> int:
-        """The first page of [first, served) a hypervisor would not let the
-        host touch (pKVM, model/pkvm.py); served when there is none."""
-        return served
 
     def _why_sigbus(self, m: Mapping, addr: int) -> str:
         return "the file cannot serve this page"
@@ -648,7 +648,7 @@ class MmOps(PteOps):
                      fill: int | None = None) -> bytes:
         """A load (data and fill None) or a store, through the host mappings."""
         segments, fault = self._resolve(addr, length, write)
-        self._audit_host_access(segments, write)
+        self.observer.audit_host_access(segments, write)
         out = bytearray()
         pos = 0
         for store, offset, n, m in segments:
@@ -661,9 +661,6 @@ class MmOps(PteOps):
         if fault is not None:
             raise MemorySignal(fault.signo, fault.addr, fault.why)
         return bytes(out)
-
-    def _audit_host_access(self, segments: list[Segment], write: bool) -> None:
-        """Record host accesses to private memory (design hook)."""
 
     def _load(self, store: pages.PageStore, offset: int, n: int, m: Mapping) -> bytes:
         if m.shared or m.file is None:

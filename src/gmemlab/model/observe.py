@@ -20,12 +20,10 @@ from collections import defaultdict
 from typing import Any
 
 from .. import uapi
-from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import Observation
-from ..spelling import call_arguments
+from .core import Component
 from .invariants import ownership_violations, private_page_runs
 from .policies import HostMappingPromise
-from .steps import StepOps
 
 SHIFT = uapi.PAGE_SHIFT
 Runs = tuple[tuple[int, int, int], ...]
@@ -64,7 +62,9 @@ def _count(pieces: dict[int, list[tuple[int, int, int]]]) -> CountedRuns:
     return tuple(out)
 
 
-class ObserveOps(StepOps):
+class Observer(Component):
+    """The facts and events the checker's promises are judged on."""
+
     # --- events ----------------------------------------------------------------------
 
     def drain_events(self) -> list[tuple[Any, ...]]:
@@ -81,7 +81,7 @@ class ObserveOps(StepOps):
                 inode.restricted.log = []
         return events
 
-    def _audit_host_access(self, segments: list[Any], write: bool) -> None:
+    def audit_host_access(self, segments: list[Any], write: bool) -> None:
         """Record host loads and stores that reach the bytes of a private page
         (promise P1), for every design: whatever a design calls private, as its
         private_pages() says."""
@@ -197,26 +197,3 @@ class ObserveOps(StepOps):
         if not kind:
             return [list(e) for e in self.state.audit]
         return [list(e[1:]) for e in self.state.audit if e[0] == kind]
-
-    def actor_begin(self, actor: str, call: str, args: dict[str, Any] | None = None) -> int:
-        if call in ("actor_begin", "actor_step"):
-            raise UsageError("actor_begin: an actor runs kernel operations, not actor_begin/actor_step")
-        self.begin(actor, call, **call_arguments(call, args or {}))
-        return 0
-
-    def actor_step(self, actor: str) -> Any:
-        if actor not in self.state.pending:
-            raise UsageError(f"actor_step: actor {actor!r} has no operation in progress")
-        if not self.enabled(actor):
-            raise UsageError(f"actor_step: actor {actor!r} cannot run now: "
-                             f"{self._blocker(actor, self.state.pending[actor])}")
-        out = self.step(actor)
-        if out is None:
-            return "running"
-        if out.kind == "errno":
-            raise kernel_error(out.value, f"actor {actor}'s operation failed")
-        if out.kind == "signal":
-            raise MemorySignal(out.value, 0, f"actor {actor}'s access")
-        if out.kind == "usage":
-            raise UsageError(out.value)
-        return out.value

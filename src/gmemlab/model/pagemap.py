@@ -38,8 +38,8 @@ from typing import Any
 
 from .. import uapi
 from ..errors import kernel_error
-from .gup import GupOps
 from .invariants import bound_private_runs
+from .pfns import PfnOps
 from .policies import HostMappingPromise, MapScope
 from .restricted import NO_NONZERO_AFTER_LAUNCH
 from .state import Inode, Mapping, Memslot, Notifier, OpenFile, Vm
@@ -50,7 +50,7 @@ PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 FAULTING_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 
 
-class PageMapOps(GupOps):
+class PageMapOps(PfnOps):
     def _page_granular(self) -> bool:
         return self.design.mapping.scope is not MapScope.WHOLE_FILE
 

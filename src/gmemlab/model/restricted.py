@@ -260,6 +260,10 @@ class RestrictedOps(KvmOps):
 
     def _why_sigbus(self, m: Mapping, addr: int) -> str:
         f = self.state.files.get(m.file) if m.file is not None else None
+        if self.state.pkvm is not None and f is not None:
+            reason = self.pkvm.why_sigbus(self.state.inodes[f.inode], (addr >> SHIFT) + m.delta)
+            if reason is not None:
+                return reason
         if f is not None and f.kind == "restricted":
             inode = self.state.inodes[f.inode]
             if inode.restricted is not None and inode.restricted.destroyed:

@@ -39,8 +39,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import uapi
-from ..errors import MemorySignal, UsageError
+from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import GuestAccess, check_call
+from ..spelling import call_arguments
 from . import pages
 from .mm import MmapPlan
 from .restricted import MmapProgress, RestrictedOps, total_refs
@@ -306,3 +307,27 @@ class StepOps(RestrictedOps):
                            flags=uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE if private else 0,
                            errno=uapi.errno_name(err))
 
+    # --- the same, as model-only case operations -----------------------------------------------
+
+    def actor_begin(self, actor: str, call: str, args: dict[str, Any] | None = None) -> int:
+        if call in ("actor_begin", "actor_step"):
+            raise UsageError("actor_begin: an actor runs kernel operations, not actor_begin/actor_step")
+        self.begin(actor, call, **call_arguments(call, args or {}))
+        return 0
+
+    def actor_step(self, actor: str) -> Any:
+        if actor not in self.state.pending:
+            raise UsageError(f"actor_step: actor {actor!r} has no operation in progress")
+        if not self.enabled(actor):
+            raise UsageError(f"actor_step: actor {actor!r} cannot run now: "
+                             f"{self._blocker(actor, self.state.pending[actor])}")
+        out = self.step(actor)
+        if out is None:
+            return "running"
+        if out.kind == "errno":
+            raise kernel_error(out.value, f"actor {actor}'s operation failed")
+        if out.kind == "signal":
+            raise MemorySignal(out.value, 0, f"actor {actor}'s access")
+        if out.kind == "usage":
+            raise UsageError(out.value)
+        return out.value
