@@ -225,18 +225,12 @@ class MmapDropsLocks(ModelKernel):
 
 
 class _UnmapKeepsHasMapping(Legacy):
-    def _vmas_closed(self, runs: list[tuple[int, int, Any]]) -> None:
-        before = {}
-        for _, _, m in runs:
-            if self._is_restricted(m):
-                inode = self.state.inodes[self.state.files[m.file].inode]
-                assert inode.restricted is not None
-                before[inode.ino] = inode.restricted.has_mapping
-        super()._vmas_closed(runs)
-        for ino, had in before.items():
-            r = self.state.inodes[ino].restricted
-            assert r is not None
-            r.has_mapping = had
+    def _restricted_close(self, m: Any) -> None:
+        r = self.state.inodes[self.state.files[m.file].inode].restricted
+        assert r is not None
+        had = r.has_mapping
+        super()._restricted_close(m)
+        r.has_mapping = had
 
 
 class UnmapKeepsHasMapping(ModelKernel):

@@ -9,23 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from .core import Component
-from .state import Inode, OpenFile, Vm
+from .mm import AddressSpace
+from .pkvm import Pkvm
+from .ptes import HostPtes
+from .state import Inode, Vm
 
 
 class ModelBase(Component):
     """The shared state plus the hooks the groups fill in."""
 
-    def _release_file(self, f: OpenFile) -> None:
-        """Kind-specific release (guest_memfd clears its bindings)."""
+    mm: AddressSpace
+    ptes: HostPtes
+    pkvm: Pkvm
 
     def _destroy_vm(self, vm: Vm) -> None:
         """Free memslots of a VM nobody references any more."""
         vm.memslots.clear()
 
     # --- hooks the designs fill in ----------------------------------------------
-
-    def _zap_file_ptes(self, ino: int, first: int, last: int) -> None:
-        """unmap_mapping_range: drop every host PTE of file pages [first, last)."""
 
     def _host_refs_dropped(self, inode: Inode, first: int, last: int) -> None:
         """References on pages [first, last) went away (PTE, pin or get_pfn)."""

@@ -21,11 +21,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..uapi import PAGE_SHIFT
 from .pages import PageStore
-from .state import Mapping, Memslot, OpenFile, Vm
+from .state import Inode, Mapping, Memslot, OpenFile, Vm
 
 # The page behind a private guest access, or the errno getting it fails with.
 Backing = tuple[PageStore, int] | int
+
+
+def beyond_size(inode: Inode, index: int) -> str | None:
+    """The SIGBUS of a fault at or beyond i_size, which every fault handler gives."""
+    if index << PAGE_SHIFT >= inode.size:
+        return f"file offset {index << PAGE_SHIFT:#x} is at or beyond i_size {inode.size:#x}"
+    return None
 
 
 def noop_llseek(f: OpenFile, offset: int, whence: int) -> int:

@@ -17,11 +17,18 @@ from ..errors import kernel_error
 from ..rangemap import RangeMap
 from . import pages
 from .base import ModelBase
-from .state import GFN_LIMIT, Inode, Mapping, Memslot, OpenFile, Vm
+from .fileops import beyond_size
+from .state import GFN_LIMIT, Inode, Memslot, OpenFile, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 LOFF_MAX = (1 << 63) - 1
+# The in-place designs' shared/private state of a file page (Inode.attributes).
+SHARED = 0
+PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+# Model-only: an unshare waiting for the host's last reference (NONE_SHARED).
+NONE_SHARED = PRIVATE | 1 << 32
+ATTR_NAMES = {SHARED: "shared", PRIVATE: "private", NONE_SHARED: "none_shared"}
 
 
 class GmemOps(ModelBase):
@@ -68,7 +75,7 @@ class GmemOps(ModelBase):
             # No size check: punching at or beyond EOF succeeds.
             invalidate(f, first, last)
             self.state.counters["host_pte_zaps"] += 1
-            self._zap_file_ptes(inode.ino, first, last)
+            self.ptes.zap_file(inode.ino, first, last)
             self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
             self.core.free_pfns(inode, first, last)
             if invalidated is not None:
@@ -102,21 +109,27 @@ class GmemOps(ModelBase):
     def _fault_gmem(self, f: OpenFile, first: int, last: int, write: bool) -> int:
         # kvm_gmem_fault_user_mapping
         inode = self.state.inodes[f.inode]
+        if inode.attributes is not None:
+            # In place: every page may be mapped, a page the file holds private
+            # raises SIGBUS.
+            last = max(first, min(last, inode.size >> SHIFT))
+            hit = inode.attributes.find(first, last, lambda a: a != SHARED)
+            return last if hit is None else hit
         if not inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED:
             return first
         return max(first, min(last, inode.size >> SHIFT))
 
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if f is None:
-            return "the file cannot serve this page"
+    def _gmem_refuses_page(self, f: OpenFile, index: int) -> str | None:
         inode = self.state.inodes[f.inode]
-        pgoff = (addr >> SHIFT) + m.delta
-        if pgoff << SHIFT >= inode.size:
-            return f"file offset {pgoff << SHIFT:#x} is at or beyond i_size {inode.size:#x}"
-        if f.kind == "gmem":
-            return "guest_memfd without GUEST_MEMFD_FLAG_INIT_SHARED refuses host faults"
-        return "the file cannot serve this page"
+        if inode.attributes is not None and index < inode.size >> SHIFT \
+                and inode.attributes[index] != SHARED:
+            return (f"guest_memfd page {index} is {ATTR_NAMES[inode.attributes[index]]}: "
+                    "host faults on it raise SIGBUS")
+        return None
+
+    def _gmem_why_sigbus(self, f: OpenFile, index: int) -> str:
+        return beyond_size(self.state.inodes[f.inode], index) or \
+            "guest_memfd without GUEST_MEMFD_FLAG_INIT_SHARED refuses host faults"
 
     # --- binding -------------------------------------------------------------------------
 
@@ -187,8 +200,3 @@ class GmemOps(ModelBase):
             self.state.counters["kvm_zaps"] += 1
             self.state.counters["tlb_flushes"] += 1
         f.bindings = None
-
-    def _release_file(self, f: OpenFile) -> None:
-        handler = getattr(self, f"_release_{f.kind}", None)
-        if handler is not None:
-            handler(f)

@@ -47,19 +47,16 @@ from typing import Any
 from .. import uapi
 from ..errors import ConversionError, kernel_error
 from ..rangemap import RangeMap
+from .gmem import ATTR_NAMES, NONE_SHARED, PRIVATE, SHARED
 from .pagemap import PageMapOps
 from .pages import PAGE_INDEX_LIMIT
-from .state import Inode, Mapping, OpenFile, Vm
+from .ptes import first_referenced, unreferenced
+from .state import Inode, OpenFile, Vm
 from .steps import Outcome, Pending
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 U64 = (1 << 64) - 1
-SHARED = 0
-PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
-# Model-only: an unshare waiting for the host's last reference (NONE_SHARED).
-NONE_SHARED = PRIVATE | 1 << 32
-ATTR_NAMES = {SHARED: "shared", PRIVATE: "private", NONE_SHARED: "none_shared"}
 # Operations that take a guest_memfd's invalidate lock (shared) for a moment;
 # dropping a reference (put_pfn, gup_unpin, munmap) takes none.
 FILE_OPS = frozenset({"get_pfn", "fallocate", "set_memory_attributes2", "page_attr"})
@@ -67,32 +64,15 @@ RANGE_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 
 
 class InplaceOps(PageMapOps):
+    _unreferenced = staticmethod(unreferenced)
+
     def _gmem_inode_created(self, inode: Inode) -> None:
         if self.design.conversion.in_place:
             start = SHARED if inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
             inode.attributes = RangeMap(start, PAGE_INDEX_LIMIT)
         super()._gmem_inode_created(inode)
 
-    # --- host and guest faults ---------------------------------------------------------
-
-    def _fault_gmem(self, f: OpenFile, first: int, last: int, write: bool) -> int:
-        inode = self.state.inodes[f.inode]
-        if inode.attributes is None:
-            return super()._fault_gmem(f, first, last, write)
-        last = max(first, min(last, inode.size >> SHIFT))
-        hit = inode.attributes.find(first, last, lambda a: a != SHARED)
-        return last if hit is None else hit
-
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if f is not None and f.kind == "gmem":
-            inode = self.state.inodes[f.inode]
-            index = (addr >> SHIFT) + m.delta
-            if inode.attributes is not None and index < inode.size >> SHIFT \
-                    and inode.attributes[index] != SHARED:
-                return (f"guest_memfd page {index} is {ATTR_NAMES[inode.attributes[index]]}: "
-                        "host faults on it raise SIGBUS")
-        return super()._why_sigbus(m, addr)
+    # --- guest faults ----------------------------------------------------------------
 
     def _gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
         key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
@@ -156,10 +136,10 @@ class InplaceOps(PageMapOps):
         """unmap_mapping_pages: no host PTE of the range survives."""
         self.state.counters["host_pte_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
-        self._zap_file_ptes(inode.ino, first, last)
+        self.ptes.zap_file(inode.ino, first, last)
 
     def _attributes2_refcheck(self, inode: Inode, first: int, last: int) -> None:
-        held = self._first_referenced(inode, first, last, with_ptes=False)
+        held = first_referenced(inode, first, last, with_ptes=False)
         if held is not None:
             self.state.counters["refused"] += 1
             offset = max(held, first) << SHIFT
@@ -250,7 +230,7 @@ class InplaceOps(PageMapOps):
                 length = len(args.get("data", b""))
             first = args["addr"] >> SHIFT
             last = min(first + ((length + P - 1) >> SHIFT) + 1, self.state.vmas.limit)
-            return {self.state.files[m.file].inode for _, _, m in self._mapping_runs(first, last)
+            return {self.state.files[m.file].inode for _, _, m in self.mm.mapping_runs(first, last)
                     if m.file is not None}
         if pending.op == "guest_access":
             fid = self.state.fds.get(args["vcpu"])

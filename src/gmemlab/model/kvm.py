@@ -19,8 +19,7 @@ from ..guestaccess import check_call, check_private, step_width
 from ..interface import GuestAccess, GuestHypercall
 from . import pages
 from .gmem import GmemOps
-from .mm import MmOps
-from .state import TASK_SIZE, Memslot, Vm
+from .state import TASK_SIZE, Memslot, OpenFile, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -46,8 +45,15 @@ FIXED_CAPS = {
 }
 
 
-class KvmOps(GmemOps, MmOps):
+KVM_DEV_MODE = 0o020600  # /dev/kvm, a character device
+
+
+class KvmOps(GmemOps):
     # --- VMs and capabilities ----------------------------------------------------------
+
+    def open_kvm(self) -> int:
+        inode = self.core.new_inode("chardev", KVM_DEV_MODE)
+        return self.core.install(self.core.new_file("kvm", inode))
 
     def _anon_inode(self) -> int:
         """The one anon inode every VM and vCPU file shares, as in the kernel."""
@@ -365,7 +371,7 @@ class KvmOps(GmemOps, MmOps):
         if write and slot.flags & uapi.KVM_MEM_READONLY:
             return GuestAccess(exit="mmio", gpa=gpa, size=n, write=True)
         hva = slot.userspace_addr + (gpa - (slot.base_gfn << SHIFT))
-        segments, host_fault = self._resolve(hva, n, write)
+        segments, host_fault = self.mm.resolve(hva, n, write)
         if host_fault is not None:
             if emulated:  # the emulator's copy failed: emulated MMIO
                 return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
@@ -374,12 +380,18 @@ class KvmOps(GmemOps, MmOps):
         for store, offset, count, m in segments:
             if write:
                 assert data is not None
-                self._store(store, offset, count, m, data[len(out):len(out) + count], None)
+                self.mm.store(store, offset, count, m, data[len(out):len(out) + count], None)
                 out += bytes(count)
             else:
-                out += self._load(store, offset, count, m)
+                out += self.mm.load(store, offset, count, m)
         return b"" if write else bytes(out)
 
+
+    def _mmap_vcpu(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+        return None
+
+    def _fault_vcpu(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        return max(first, min(last, 3))  # kvm_run, pio page, coalesced MMIO ring
 
     # --- guest hypercalls (model only: on a PVM host a guest's vmcall gives no exit) ------
 

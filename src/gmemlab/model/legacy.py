@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from .inplace import InplaceOps
-from .mempolicy import MempolicyOps
 from .steps import StepOps
-from .vfs import VfsOps
 
 
-class Legacy(StepOps, InplaceOps, MempolicyOps, VfsOps):
+class Legacy(StepOps, InplaceOps):
     pass

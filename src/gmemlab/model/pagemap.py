@@ -38,9 +38,11 @@ from typing import Any
 
 from .. import uapi
 from ..errors import kernel_error
+from .fileops import FileOps
 from .invariants import bound_private_runs
 from .pfns import PfnOps
 from .policies import HostMappingPromise, MapScope
+from .ptes import first_referenced
 from .restricted import NO_NONZERO_AFTER_LAUNCH
 from .state import Inode, Mapping, Memslot, Notifier, OpenFile, Vm
 
@@ -66,18 +68,34 @@ class PageMapOps(PfnOps):
 
     # --- mapping: where, and what KVM's notifier says ---------------------------------------------
 
-    def _mmap_hint(self, f: OpenFile, pgoff: int, npages: int, addr: int, fixed: bool) -> int:
+    def _restricted_file_ops(self) -> FileOps:
+        """The restricted memfd's operations, as this design builds it."""
+        m, scope = self.design.mapping, self.design.mapping.scope
+        whole_file = scope is MapScope.WHOLE_FILE
+        return FileOps(
+            regular=True, noexec=True, mmap=self._mmap_restricted,
+            get_unmapped_area=self._restricted_unmapped_area if scope is MapScope.PAGES else None,
+            fallocate=self._fallocate_restricted, setsize=self._ftruncate_restricted,
+            fault=self._fault_restricted,
+            may_split=self._restricted_may_split if whole_file else None,
+            mremap=self._restricted_mremap if whole_file else None,
+            close=self._restricted_close if self.design.references.destroy_at_unmap else None,
+            refuses_page=self._restricted_refuses_page if m.faults_check_private else None,
+            why_sigbus=self._restricted_why_sigbus)
+
+    def _restricted_unmapped_area(self, f: OpenFile, pgoff: int, npages: int, addr: int,
+                                  fixed: bool) -> int:
+        """Offset o goes to the file's canonical address plus o."""
         inode = self.state.inodes[f.inode]
         r = inode.restricted
-        if r is None or self.design.mapping.scope is not MapScope.PAGES or r.destroyed \
-                or pgoff + npages > inode.size >> SHIFT:
-            return super()._mmap_hint(f, pgoff, npages, addr, fixed)
+        if r is None or r.destroyed or pgoff + npages > inode.size >> SHIFT:
+            return addr
         if r.canonical is None:
             if fixed:
                 base = (addr >> SHIFT) - pgoff
                 r.canonical = base if base >= 0 else None
                 return addr
-            r.canonical = self._unmapped_area(inode.size >> SHIFT, 0)[0]
+            r.canonical = self.mm.unmapped_area(inode.size >> SHIFT, 0)[0]
         return addr if fixed else (r.canonical + pgoff) << SHIFT
 
     def _restricted_mmap_checks(self, f: OpenFile, shared: bool, pgoff: int, npages: int) -> Inode:
@@ -116,18 +134,6 @@ class PageMapOps(PfnOps):
         kvm.mmap_pending.add(n.slot)
         return 0
 
-    def _may_split(self, m: Mapping, vpage: int) -> None:
-        if not self._page_granular():
-            super()._may_split(m, vpage)
-
-    def _mremap_check(self, m: Mapping) -> None:
-        if not self._page_granular():
-            super()._mremap_check(m)
-
-    def _vmas_closed(self, runs: list[tuple[int, int, Mapping]]) -> None:
-        if self.design.references.destroy_at_unmap:
-            super()._vmas_closed(runs)
-
     # --- kvm-map: KVM maps, and KVM answers the faults -----------------------------------------
 
     def kvm_map_shared(self, vm: int, gpa: int, size: int,
@@ -158,7 +164,7 @@ class PageMapOps(PfnOps):
             raise kernel_error(errno.EPERM, "KVM does not map private memory for the host")
         r = inode.restricted
         if r.canonical is None:
-            r.canonical = self._unmapped_area(inode.size >> SHIFT, 0)[0]
+            r.canonical = self.mm.unmapped_area(inode.size >> SHIFT, 0)[0]
         pgoff = slot.private_pgoff + first - slot.base_gfn
         vfirst, vlast = r.canonical + pgoff, r.canonical + pgoff + last - first
         mapping = Mapping(file=f.id, delta=pgoff - vfirst, prot=prot, shared=True, maywrite=True,
@@ -172,7 +178,7 @@ class PageMapOps(PfnOps):
         if holes and self.state.map_count > self.state.max_map_count:
             raise kernel_error(errno.ENOMEM, "vm.max_map_count exceeded")
         for s, e in holes:
-            self._assign(s, e, mapping)
+            self.mm.assign(s, e, mapping)
         return vfirst << SHIFT
 
     def _fault_restricted(self, f: OpenFile, first: int, last: int, write: bool) -> int:
@@ -182,13 +188,10 @@ class PageMapOps(PfnOps):
         stop = next((s for s, _ in self._private_pages(f, first, served)), None)
         return served if stop is None else max(first, stop)
 
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if f is not None and f.kind == "restricted" and self.design.mapping.faults_check_private:
-            index = (addr >> SHIFT) + m.delta
-            if any(True for _ in self._private_pages(f, index, index + 1)):
-                return f"page {index} is private: KVM refuses the host's fault"
-        return super()._why_sigbus(m, addr)
+    def _restricted_refuses_page(self, f: OpenFile, index: int) -> str | None:
+        if any(True for _ in self._private_pages(f, index, index + 1)):
+            return f"page {index} is private: KVM refuses the host's fault"
+        return None
 
     def _design_blocker(self, actor: str, pending: Any) -> str | None:
         # kvm-map's faults ask KVM, which holds them off while it converts
@@ -251,9 +254,9 @@ class PageMapOps(PfnOps):
                 self.state.counters["host_pte_zaps"] += 1
                 self.state.counters["tlb_flushes"] += 1
                 for s, e in changing:
-                    self._zap_file_ptes(inode.ino, s, e)
+                    self.ptes.zap_file(inode.ino, s, e)
             for s, e in changing:
-                held = self._first_referenced(inode, s, e, with_ptes=False)
+                held = first_referenced(inode, s, e, with_ptes=False)
                 if held is not None:
                     self.state.counters["refused"] += 1
                     raise kernel_error(errno.EBUSY, f"file page {held} is referenced "

@@ -38,6 +38,7 @@ from ..errors import UsageError, kernel_error
 from ..interface import FileState
 from ..rangemap import RangeMap
 from . import pages
+from .fileops import beyond_size
 from .kvm import KvmOps
 from .policies import MmapEndTo
 from .state import GFN_LIMIT, Inode, Mapping, Memslot, Notifier, OpenFile, RestrictedState, Vm
@@ -258,43 +259,29 @@ class RestrictedOps(KvmOps):
             return first
         return max(first, min(last, inode.size >> SHIFT))
 
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if self.state.pkvm is not None and f is not None:
-            reason = self.pkvm.why_sigbus(self.state.inodes[f.inode], (addr >> SHIFT) + m.delta)
-            if reason is not None:
-                return reason
-        if f is not None and f.kind == "restricted":
-            inode = self.state.inodes[f.inode]
-            if inode.restricted is not None and inode.restricted.destroyed:
-                return "the restricted memfd was destroyed"
-        return super()._why_sigbus(m, addr)
+    def _restricted_why_sigbus(self, f: OpenFile, index: int) -> str:
+        inode = self.state.inodes[f.inode]
+        if inode.restricted is not None and inode.restricted.destroyed:
+            return "the restricted memfd was destroyed"
+        return beyond_size(inode, index) or "the file cannot serve this page"
 
-    def _is_restricted(self, m: Mapping) -> bool:
-        return m.file is not None and self.state.files[m.file].kind == "restricted"
+    def _restricted_may_split(self, m: Mapping, vpage: int) -> None:
+        raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be split")
 
-    def _may_split(self, m: Mapping, vpage: int) -> None:
-        if self._is_restricted(m):
-            raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be split")
+    def _restricted_mremap(self, m: Mapping) -> None:
+        raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be mremap'd")
 
-    def _mremap_check(self, m: Mapping) -> None:
-        if self._is_restricted(m):
-            raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be mremap'd")
-
-    def _vmas_closed(self, runs: list[tuple[int, int, Mapping]]) -> None:
+    def _restricted_close(self, m: Mapping) -> None:
         """memfd_restricted_close: destroy the file if references are out."""
-        for _, _, m in runs:
-            if not self._is_restricted(m):
-                continue
-            assert m.file is not None
-            inode = self.state.inodes[self.state.files[m.file].inode]
-            r = inode.restricted
-            assert r is not None
-            if total_refs(inode):
-                r.destroyed = True
-                self.state.counters["files_destroyed"] += 1
-            else:
-                r.has_mapping = False
+        assert m.file is not None
+        inode = self.state.inodes[self.state.files[m.file].inode]
+        r = inode.restricted
+        assert r is not None
+        if total_refs(inode):
+            r.destroyed = True
+            self.state.counters["files_destroyed"] += 1
+        else:
+            r.has_mapping = False
 
     # --- references ----------------------------------------------------------------------------
 
@@ -337,7 +324,7 @@ class RestrictedOps(KvmOps):
 
     def file_state(self, fd: int) -> FileState:
         _, inode, r = self._restricted(fd)
-        mapped = sum(1 for _, _, m in self._mapping_runs(0, self.state.vmas.limit)
+        mapped = sum(1 for _, _, m in self.mm.mapping_runs(0, self.state.vmas.limit)
                      if m.file is not None and self.state.files[m.file].inode == inode.ino)
         return FileState(size=inode.size, mapped=mapped, destroyed=r.destroyed,
                          refs=total_refs(inode), has_mapping=r.has_mapping)
@@ -468,17 +455,6 @@ class RestrictedOps(KvmOps):
         if not self.design.kvm.has_private_mem(kvm.type) or kvm.launched:
             raise kernel_error(errno.EINVAL, "no pre-boot phase to finish")
         kvm.launched = True
-        return 0
-
-    # --- the host address space -----------------------------------------------------------------
-
-    def vma_count(self) -> int:
-        return self.state.map_count
-
-    def set_max_map_count(self, value: int) -> int:
-        if value < 0:
-            raise kernel_error(errno.EINVAL, "vm.max_map_count cannot be negative")
-        self.state.max_map_count = value
         return 0
 
 

@@ -179,7 +179,7 @@ class StepOps(RestrictedOps):
             first = args["addr"] >> SHIFT
             last = first + ((args["length"] + P - 1) >> SHIFT)
             return sorted({self.state.files[m.file].inode
-                           for _, _, m in self._mapping_runs(first, min(last, self.state.vmas.limit))
+                           for _, _, m in self.mm.mapping_runs(first, min(last, self.state.vmas.limit))
                            if m.file is not None and self.state.files[m.file].kind == "restricted"})
         if p.op == "set_user_memory_region2" and args["flags"] & uapi.KVM_MEM_GUEST_MEMFD:
             fd = args["guest_memfd"]
@@ -203,7 +203,7 @@ class StepOps(RestrictedOps):
             if f is None or f.kind != "restricted" or args["flags"] & uapi.MAP_ANONYMOUS:
                 return self._step_atomic(actor, p)
             self.state.mm_lock = actor
-            plan: MmapPlan = self._mmap_plan(**args)
+            plan: MmapPlan = self.mm.mmap_plan(**args)
             self.state.file_locks[f.inode] = actor
             inode = self._restricted_mmap_checks(f, plan.shared, plan.pgoff, plan.npages)
             return replace(p, phase="protocol", plan=plan, progress=MmapProgress())
@@ -213,9 +213,9 @@ class StepOps(RestrictedOps):
         if not progress.done:
             return replace(p, progress=progress)
         if progress.error:
-            self._mmap_refused(p.plan)
+            self.mm.mmap_refused(p.plan)
             return Outcome("errno", progress.error)
-        return Outcome("ret", self._mmap_install(p.plan))
+        return Outcome("ret", self.mm.mmap_install(p.plan))
 
     # --- conversions: zap, then store ----------------------------------------------------------
 
