@@ -43,13 +43,16 @@ class Served(Generic[P, R]):
 
     def __init__(self, get: Callable[[ModelKernel], Callable[P, R]]) -> None:
         self.get = get
+        self.name = ""
         self.unbound: Callable[..., Any] = get
 
     def __set_name__(self, owner: type, name: str) -> None:
-        get = self.get
+        self.name = name
 
+        # Each kernel binds its components' methods once (ModelKernel.served):
+        # a call costs one dict lookup more than calling the component.
         def operation(self: ModelKernel, *args: Any, **kwargs: Any) -> Any:
-            return get(self)(*args, **kwargs)
+            return self.served[name](*args, **kwargs)
 
         operation.__name__ = operation.__qualname__ = name
         if name in INTERFACE_OPS or name in MODEL_ONLY_OPS:
@@ -68,7 +71,8 @@ class Served(Generic[P, R]):
     def __get__(self, k: ModelKernel | None, owner: type) -> Callable[..., Any]:
         if k is None:
             return self.unbound
-        return self.get(k)
+        method: Callable[P, R] = k.served[self.name]
+        return method
 
 
 def serving(cls: type[K]) -> type[K]:
@@ -76,7 +80,8 @@ def serving(cls: type[K]) -> type[K]:
     table = {name: v for name, v in vars(cls).items() if isinstance(v, Served)}
     missing = [op for op in (*INTERFACE_OPS, *MODEL_ONLY_OPS)
                if op not in table and not inspect.isfunction(vars(cls).get(op))]
-    assert not missing, f"operations nobody serves: {missing}"
+    if missing:
+        raise TypeError(f"{cls.__name__}: operations nobody serves: {missing}")
     cls.SERVED = table  # type: ignore[attr-defined]
     return cls
 
@@ -128,6 +133,9 @@ class ModelKernel:
         if guest_path != "mmu":
             self.name += f":{guest_path}"
         self.parts: Parts = assemble(self.design, guest_path, self.PARTS, self._operate)
+        # operation -> the bound method of the component instance that serves it.
+        self.served: dict[str, Callable[..., Any]] = {
+            name: s.get(self) for name, s in self.SERVED.items()}
 
     @property
     def state(self) -> State:

@@ -79,13 +79,15 @@ class Parts:
     steps: Steps
     observer: Observer
 
-    def components(self) -> list[Component]:
-        return [getattr(self, f.name) for f in fields(Blueprint)]
+    def __post_init__(self) -> None:
+        self.components: tuple[Component, ...] = tuple(
+            getattr(self, f.name) for f in fields(Blueprint))
 
     def repoint(self, state: State) -> None:
-        """Make state the one every component works on (ModelKernel.restore)."""
+        """Make state the one every component works on (ModelKernel.restore,
+        and the checker, which sets a state for every step it runs)."""
         self.core.state = state
-        for c in self.components():
+        for c in self.components:
             c.state = state
 
 
