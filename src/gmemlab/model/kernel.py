@@ -44,7 +44,7 @@ class Served(Generic[P, R]):
     def __init__(self, get: Callable[[ModelKernel], Callable[P, R]]) -> None:
         self.get = get
         self.name = ""
-        self.unbound: Callable[..., Any] = get
+        self.unbound: Callable[..., Any]  # set when the class body names it
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name

@@ -290,7 +290,7 @@ class Kvm(Component):
         return 0
 
     def attributes_checks(self, kvm: Vm, address: int, size: int, attributes: int,
-                           flags: int) -> tuple[int, int, int]:
+                          flags: int) -> tuple[int, int, int]:
         """kvm_vm_ioctl_set_mem_attributes' checks, then the design's veto."""
         if not self.design.vm_attributes(kvm.type):
             raise kernel_error(errno.ENOTTY, "KVM_SET_MEMORY_ATTRIBUTES is not available "

@@ -238,7 +238,7 @@ class AddressSpace(Component):
             self._unmap_range(plan.first, plan.first + plan.npages)
 
     def mmap_plan(self, fd: int, length: int, prot: int, flags: int, offset: int,
-                   addr: int) -> MmapPlan:
+                  addr: int) -> MmapPlan:
         """Everything do_mmap checks before it calls the file's mmap; changes nothing."""
         if offset & (P - 1):
             raise kernel_error(errno.EINVAL, "offset not page-aligned")
@@ -256,9 +256,11 @@ class AddressSpace(Component):
         if self.state.map_count > self.state.max_map_count:
             raise kernel_error(errno.ENOMEM, "vm.max_map_count exceeded")
         fixed = bool(flags & (uapi.MAP_FIXED | uapi.MAP_FIXED_NOREPLACE))
-        ops = self.ops[f.kind] if f is not None else None
-        if f is not None and ops is not None and ops.get_unmapped_area is not None:
-            addr = ops.get_unmapped_area(f, pgoff, npages, addr, fixed)
+        ops = None
+        if f is not None:
+            ops = self.ops[f.kind]
+            if ops.get_unmapped_area is not None:  # the file places its mappings itself
+                addr = ops.get_unmapped_area(f, pgoff, npages, addr, fixed)
         cache = None
         if fixed:
             if addr & (P - 1):
@@ -698,7 +700,7 @@ class AddressSpace(Component):
         return bytes(out)
 
     def store(self, store: pages.PageStore, offset: int, n: int, m: Mapping,
-               data: bytes | None, fill: int | None) -> None:
+              data: bytes | None, fill: int | None) -> None:
         target = store
         if not m.shared and m.file is not None:
             assert m.overlay is not None

@@ -1,17 +1,16 @@
-"""What the checker sees of the model: promise hooks, events, and interleavings as case steps.
+"""What the checker sees of the model: promise hooks and events.
 
 The checker (gmemlab.checker) judges its promises on a few facts the model
 states here, once, for every design: which file pages are private, which have
 host references, which references are outstanding, how many mappings each
-file has, and whether KVM still waits for an mmap to end.  Designs that keep
-such facts elsewhere (in-place conversion keeps attributes on the file, pKVM
-an ownership state per page) override the hook that reads them, so that the
-checker stays design-agnostic.
+file has, and whether KVM still waits for an mmap to end.  Where a design
+keeps such a fact (the VM's attributes or, in place, the file's; a VMA or a
+PTE as the host's reference, as its PromisePolicy says), the hook reads it
+from there, so that the checker stays design-agnostic.
 
-It also offers the interleavings the checker finds as model-only case
-operations: `actor_begin` / `actor_step` drive the stepwise API (steps.py)
-from a case file, `observe` and `audit_log` assert the state a
-counterexample ends in.
+`observe` and `audit_log` are also model-only case operations: a case file
+replaying a counterexample (steps.py's actor_begin / actor_step) asserts the
+state it ends in with them.
 """
 
 from __future__ import annotations
@@ -98,7 +97,7 @@ class Observer(Component):
                 for index in range(max(s, first), min(e, last)):
                     self.state.audit.append(("host_access_private", "write" if write else "read", ino, index))
 
-    # --- promise hooks (designs with other state override these) ------------------------
+    # --- promise hooks --------------------------------------------------------------------
 
     def private_pages(self) -> Runs:
         """File pages the design considers private: the VM's attribute for the

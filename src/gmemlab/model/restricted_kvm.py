@@ -130,7 +130,7 @@ class RestrictedKvm(Component):
             assert slot.private_file is not None
             inode = self.state.inodes[self.state.files[slot.private_file].inode]
             lo, hi = slot_pages(slot, first - slot.base_gfn + slot.private_pgoff,
-                                      last - slot.base_gfn + slot.private_pgoff)
+                                last - slot.base_gfn + slot.private_pgoff)
             held = inode.vma_cover if promise is HostMappingPromise.NO_VMA else inode.host_ptes
             hit = held.find(lo, hi, bool)
             if hit is not None:

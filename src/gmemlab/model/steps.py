@@ -303,7 +303,7 @@ class Steps(Component):
             args = p.kwargs
             kvm = self.core.vm_of(args["vm"])
             first, last, attributes = self.kvm.attributes_checks(kvm, args["address"], args["size"],
-                                                                  args["attributes"], args["flags"])
+                                                                 args["attributes"], args["flags"])
             if kvm.attributes.all_equal(first, last, attributes):
                 return Outcome("ret", 0)
             kvm.converting = True
