@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 
 from gmemlab import MemorySignal, UsageError
 from gmemlab.host import HostKernel
-from gmemlab.interface import INTERFACE_OPS, Kernel, op_signature
+from gmemlab.interface import INTERFACE_OPS, MODEL_ONLY_OPS, Kernel, op_signature
 from gmemlab.model import ModelKernel
 
 from .conftest import GMEM_MISSING
@@ -25,6 +25,16 @@ def test_every_operation_implemented_with_the_protocol_signature(cls: type) -> N
         params = list(inspect.signature(impl, follow_wrapped=True).parameters)[1:]
         assert params == list(op_signature(op).parameters), op
         assert getattr(impl, "__wrapped_op__", None) == op, f"{cls.__name__}.{op} is not checked"
+
+
+def test_every_model_operation_is_served_with_the_protocol_signature() -> None:
+    """ModelKernel's table: each operation's component method takes the interface's parameters."""
+    k = ModelKernel()
+    for op in (*INTERFACE_OPS, *MODEL_ONLY_OPS):
+        served = ModelKernel.SERVED.get(op)
+        impl = served.get(k) if served is not None else getattr(k, op)
+        params = list(inspect.signature(impl).parameters)
+        assert params == list(op_signature(op).parameters), op
 
 
 def test_kernels_are_kernels() -> None:

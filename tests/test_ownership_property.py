@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 
 from gmemlab import MemorySignal, uapi
 from gmemlab.errors import UsageError
-from gmemlab.model import ModelKernel, inplace, pagemap, pkvm
+from gmemlab.model import ModelKernel, inplace, pkvm, restricted_kvm
 from gmemlab.model.invariants import violations
 from gmemlab.model.policies import MapScope, PrivateFile
 
@@ -369,12 +369,11 @@ def _unshare_guest_uncounted(self: Any, gfn: int, vm: int) -> int:
 
 
 MUTANTS: list[tuple[str, str, str, Any]] = [
-    ("page-mmap", "PageMapOps", "_conversion_check", lambda self, kvm, first, last, attributes: None),
-    ("inplace", "InplaceOps", "_attributes2_zap", lambda self, inode, first, last: None),
-    ("pkvm-inplace", "InplaceOps", "_unreferenced",
-     staticmethod(lambda inode, first, last, with_ptes: [(first, last)])),
-    ("page-mmap", "ModelKernel", "pkvm_host_unshare_ffa", _unshare_ffa_bare),
-    ("inplace", "ModelKernel", "pkvm_host_unshare_guest", _unshare_guest_uncounted),
+    ("page-mmap", "RestrictedKvm", "conversion_check", lambda self, kvm, first, last, attributes: None),
+    ("inplace", "InPlace", "zap", lambda self, inode, first, last: None),
+    ("pkvm-inplace", "inplace", "unreferenced", lambda inode, first, last, with_ptes: [(first, last)]),
+    ("page-mmap", "Pkvm", "pkvm_host_unshare_ffa", _unshare_ffa_bare),
+    ("inplace", "Pkvm", "pkvm_host_unshare_guest", _unshare_guest_uncounted),
 ]
 
 
@@ -382,9 +381,10 @@ MUTANTS: list[tuple[str, str, str, Any]] = [
 @pytest.mark.parametrize("design, owner, name, broken", MUTANTS, ids=[m[2] for m in MUTANTS])
 def test_the_walk_catches_a_broken_design(monkeypatch: pytest.MonkeyPatch, design: str, owner: str,
                                           name: str, broken: Any) -> None:
-    # Public operations are wrapped when ModelKernel is built: patch the wrapper itself.
-    cls = {"PageMapOps": pagemap.PageMapOps, "InplaceOps": inplace.InplaceOps,
-           "ModelKernel": ModelKernel}[owner]
+    # The component class's method (or the module's function): every kernel built
+    # afterwards uses it.
+    cls = {"RestrictedKvm": restricted_kvm.RestrictedKvm, "InPlace": inplace.InPlace,
+           "inplace": inplace, "Pkvm": pkvm.Pkvm}[owner]
     monkeypatch.setattr(cls, name, broken)
 
     @given(data=st.data())

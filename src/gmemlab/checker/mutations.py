@@ -1,10 +1,12 @@
 """Deliberately broken variants of the seed design, for testing the checker.
 
-Each mutant changes one thing: a design with one policy answer changed, or a
-ModelKernel subclass overriding one method (and calling the real one for
-everything else), so that no mutant copies the model.  The checker must catch
-every one of them on the shipped scenarios with a counterexample
-(tests/test_mutations.py; `gmemlab check SCENARIO --mutant NAME` shows one).
+Each mutant changes one thing: a design with one policy answer changed, or
+one method of one model component, overridden in a subclass of that
+component (which calls the real one for everything else) and plugged into a
+ModelKernel through its blueprint (ModelKernel.PARTS), so that no mutant
+copies the model.  The checker must catch every one of them on the shipped
+scenarios with a counterexample (tests/test_mutations.py; `gmemlab check
+SCENARIO --mutant NAME` shows one).
 """
 
 from __future__ import annotations
@@ -18,152 +20,202 @@ from ..errors import UsageError, kernel_error
 from ..interface import GuestAccess
 from ..model import ModelKernel
 from ..model.designs import SEED, Design
+from ..model.notifiers import NO_NONZERO_AFTER_LAUNCH, MmapProgress, Notifiers
 from ..model.policies import MappingPolicy, MmapEndTo, NotifyPolicy
-from ..model.restricted import NO_NONZERO_AFTER_LAUNCH, MmapProgress
-from ..model.state import Inode, Memslot, Vm
-from ..model.steps import Outcome, Pending
+from ..model.restricted import RestrictedMemfd, alive
+from ..model.restricted_kvm import RestrictedKvm
+from ..model.state import Inode, Mapping, Memslot, OpenFile, Vm
+from ..model.steps import Outcome, Pending, Steps
 
 # The seed with one of the sketch's two defects each (a design is a row of policies).
 _NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(sets_has_mapping=False))
 _END_TO_LAST = replace(SEED, notify=NotifyPolicy(MmapEndTo.LAST_STARTED))
 
 
+class _HasMappingAfterEnd(Notifiers):
+    def mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
+        if p.phase == "end":
+            assert inode.restricted is not None
+            inode.restricted.has_mapping = True
+        return super().mmap_protocol_done(inode, p)
+
+
 class HasMappingAfterEnd(ModelKernel):
     """has_mapping set after the mmap_end calls (the window the checker found)."""
+
+    PARTS = replace(ModelKernel.PARTS, notifiers=_HasMappingAfterEnd)
 
     def __init__(self, design: Any = None) -> None:
         super().__init__(_NO_HAS_MAPPING)
 
-    def _mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
-        if p.phase == "end":
-            assert inode.restricted is not None
-            inode.restricted.has_mapping = True
-        return super()._mmap_protocol_done(inode, p)
 
-
-class AbortForward(ModelKernel):
-    """mmap_abort to the notifiers that succeeded in registration order, not reverse."""
-
-    def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
+class _AbortForward(Notifiers):
+    def mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
         assert inode.restricted is not None
         notifiers = inode.restricted.notifiers
         if p.phase == "abort-forward":
             failed = next(i for i, n in enumerate(notifiers) if n.name == p.refused_by)
             if p.cursor < failed:
-                self._notify(inode, notifiers[p.cursor], "mmap_abort")
+                self.notify(inode, notifiers[p.cursor], "mmap_abort")
                 return replace(p, cursor=p.cursor + 1)
-            return self._mmap_protocol_done(inode, p)
-        q = super()._mmap_protocol_step(inode, p)
+            return self.mmap_protocol_done(inode, p)
+        q = super().mmap_protocol_step(inode, p)
         if p.phase == "start" and q.phase == "abort":
             return replace(q, phase="abort-forward", cursor=0)
+        return q
+
+
+class AbortForward(ModelKernel):
+    """mmap_abort to the notifiers that succeeded in registration order, not reverse."""
+
+    PARTS = replace(ModelKernel.PARTS, notifiers=_AbortForward)
+
+
+class _AbortTheRefuser(Notifiers):
+    def mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
+        q = super().mmap_protocol_step(inode, p)
+        if p.phase == "start" and q.phase == "abort":
+            return replace(q, cursor=q.cursor + 1)
         return q
 
 
 class AbortTheRefuser(ModelKernel):
     """The notifier whose mmap_start failed gets mmap_abort too (an off-by-one)."""
 
-    def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
-        q = super()._mmap_protocol_step(inode, p)
-        if p.phase == "start" and q.phase == "abort":
-            return replace(q, cursor=q.cursor + 1)
-        return q
+    PARTS = replace(ModelKernel.PARTS, notifiers=_AbortTheRefuser)
+
+
+class _KvmMapsPrivate(Notifiers):
+    @staticmethod
+    def slot_all_shared(kvm: Vm, slot: Memslot) -> bool:
+        return True
 
 
 class KvmMapsPrivate(ModelKernel):
     """KVM's mmap_start forgets to refuse a memslot with private gfns."""
 
-    @staticmethod
-    def _slot_all_shared(kvm: Vm, slot: Memslot) -> bool:
-        return True
+    PARTS = replace(ModelKernel.PARTS, notifiers=_KvmMapsPrivate)
 
 
-class ConvertWhileStarting(ModelKernel):
-    """Conversions ignore a mapping that is being set up (KVM's mmap_pending)."""
-
-    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
-        for slot in self._restricted_slots(kvm, first, last):
+class _ConvertWhileStarting(RestrictedKvm):
+    def conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+        for slot in self.restricted_slots(kvm, first, last):
             assert slot.private_file is not None
             r = self.state.inodes[self.state.files[slot.private_file].inode].restricted
             if r is not None and not r.destroyed and r.has_mapping:
                 raise kernel_error(errno.EBUSY, "mapped")
 
 
+class ConvertWhileStarting(ModelKernel):
+    """Conversions ignore a mapping that is being set up (KVM's mmap_pending)."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted_kvm=_ConvertWhileStarting)
+
+
+class _ConvertWhileMapped(RestrictedKvm):
+    def conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+        for slot in self.restricted_slots(kvm, first, last):
+            if slot.key in kvm.mmap_pending:
+                raise kernel_error(errno.EBUSY, "mapping in progress")
+
+
 class ConvertWhileMapped(ModelKernel):
     """Conversions ignore has_mapping: only a mapping being set up refuses them."""
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
-        for slot in self._restricted_slots(kvm, first, last):
-            if slot.key in kvm.mmap_pending:
-                raise kernel_error(errno.EBUSY, "mapping in progress")
+    PARTS = replace(ModelKernel.PARTS, restricted_kvm=_ConvertWhileMapped)
+
+
+class _GetPfnWhileMapped(RestrictedMemfd):
+    def get_pfn(self, f: OpenFile, index: int) -> int:
+        inode = self.state.inodes[f.inode]
+        assert inode.restricted is not None
+        alive(inode.restricted)
+        if index >= inode.size >> 12:
+            raise kernel_error(errno.EINVAL, "beyond the file")
+        if f.mapped_pages:
+            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
+        return self.take_page(inode, index)
 
 
 class GetPfnWhileMapped(ModelKernel):
     """get_pfn forgets restriction 2: it hands out pages of a mapped file."""
 
-    def get_pfn(self, fd: int, index: int) -> int:
-        f, inode, r = self._restricted(fd)
-        self._alive(r)
-        if index >= inode.size >> 12:
-            raise kernel_error(errno.EINVAL, "beyond the file")
-        if f.mapped_pages:
-            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
-        return self._take_page(inode, index)
+    PARTS = replace(ModelKernel.PARTS, restricted=_GetPfnWhileMapped)
 
 
-class PutPfnForgets(ModelKernel):
-    """put_pfn checks that a reference is held, and forgets to drop it."""
-
-    def put_pfn(self, fd: int, index: int) -> int:
-        _, inode, _ = self._restricted(fd)
+class _PutPfnForgets(RestrictedMemfd):
+    def put_pfn(self, f: OpenFile, index: int) -> int:
+        inode = self.state.inodes[f.inode]
+        assert inode.restricted is not None
         if inode.refs[index] == 0:
             raise kernel_error(errno.EINVAL, "no reference")
         return 0
 
 
+class PutPfnForgets(ModelKernel):
+    """put_pfn checks that a reference is held, and forgets to drop it."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted=_PutPfnForgets)
+
+
+class _GuestAccessLeaks(Steps):
+    def step_guest_access(self, actor: str, p: Pending) -> Outcome | Pending:
+        if p.phase == "put":
+            return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
+        return super().step_guest_access(actor, p)
+
+
 class GuestAccessLeaks(ModelKernel):
     """A private guest access forgets KVM's put_pfn after the access."""
 
-    def _step_guest_access(self, actor: str, p: Pending) -> Outcome | Pending:
-        if p.phase == "put":
-            return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
-        return super()._step_guest_access(actor, p)
+    PARTS = replace(ModelKernel.PARTS, steps=_GuestAccessLeaks)
+
+
+class _DoubleReference(RestrictedMemfd):
+    def take_page(self, inode: Inode, index: int) -> int:
+        pfn = super().take_page(inode, index)
+        inode.refs.set(index, index + 1, inode.refs[index] + 1)
+        return pfn
 
 
 class DoubleReference(ModelKernel):
     """get_pfn takes two references on the page."""
 
-    def _take_page(self, inode: Inode, index: int) -> int:
-        pfn = super()._take_page(inode, index)
-        inode.refs.set(index, index + 1, inode.refs[index] + 1)
-        return pfn
+    PARTS = replace(ModelKernel.PARTS, restricted=_DoubleReference)
+
+
+class _KvmAbortKeepsPending(Notifiers):
+    def kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
+        if event == "mmap_abort":
+            return 0
+        return super().kvm_notifier(kvm, n, event, first, last)
 
 
 class KvmAbortKeepsPending(ModelKernel):
     """KVM's notifier ignores mmap_abort: its memslot stays 'mapping in progress'."""
 
-    def _kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
-        if event == "mmap_abort":
+    PARTS = replace(ModelKernel.PARTS, notifiers=_KvmAbortKeepsPending)
+
+
+class _MmapIgnoresConversion(Notifiers):
+    def kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
+        if event == "mmap_start" and kvm.converting and kvm.type not in NO_NONZERO_AFTER_LAUNCH:
+            if not self.slot_all_shared(kvm, kvm.memslots[n.slot]):
+                return errno.EPERM
+            kvm.mmap_pending.add(n.slot)
             return 0
-        return super()._kvm_notifier(kvm, n, event, first, last)
+        return super().kvm_notifier(kvm, n, event, first, last)
 
 
 class MmapIgnoresConversion(ModelKernel):
     """KVM's mmap_start does not refuse while a conversion is running."""
 
-    def _kvm_notifier(self, kvm: Vm, n: Any, event: str, first: int, last: int) -> int:
-        if event == "mmap_start" and kvm.converting and kvm.type not in NO_NONZERO_AFTER_LAUNCH:
-            if not self._slot_all_shared(kvm, kvm.memslots[n.slot]):
-                return errno.EPERM
-            kvm.mmap_pending.add(n.slot)
-            return 0
-        return super()._kvm_notifier(kvm, n, event, first, last)
+    PARTS = replace(ModelKernel.PARTS, notifiers=_MmapIgnoresConversion)
 
 
-class MmapDropsLocks(ModelKernel):
-    """mmap lets go of the mmap_lock and the file lock while it calls the notifiers."""
-
-    def _step_mmap(self, actor: str, p: Pending) -> Outcome | Pending:
-        q = super()._step_mmap(actor, p)
+class _MmapDropsLocks(Steps):
+    def step_mmap(self, actor: str, p: Pending) -> Outcome | Pending:
+        q = super().step_mmap(actor, p)
         if p.phase == "begin" and isinstance(q, Pending):
             self.state.mm_lock = None
             for ino in [i for i, a in self.state.file_locks.items() if a == actor]:
@@ -171,21 +223,26 @@ class MmapDropsLocks(ModelKernel):
         return q
 
 
+class MmapDropsLocks(ModelKernel):
+    """mmap lets go of the mmap_lock and the file lock while it calls the notifiers."""
+
+    PARTS = replace(ModelKernel.PARTS, steps=_MmapDropsLocks)
+
+
+class _UnmapKeepsHasMapping(RestrictedMemfd):
+    def close(self, m: Mapping) -> None:
+        assert m.file is not None
+        r = self.state.inodes[self.state.files[m.file].inode].restricted
+        assert r is not None
+        had = r.has_mapping
+        super().close(m)
+        r.has_mapping = had
+
+
 class UnmapKeepsHasMapping(ModelKernel):
     """munmap of the whole mapping forgets to clear has_mapping."""
 
-    def _vmas_closed(self, runs: list[tuple[int, int, Any]]) -> None:
-        before = {}
-        for _, _, m in runs:
-            if self._is_restricted(m):
-                inode = self.state.inodes[self.state.files[m.file].inode]
-                assert inode.restricted is not None
-                before[inode.ino] = inode.restricted.has_mapping
-        super()._vmas_closed(runs)
-        for ino, had in before.items():
-            r = self.state.inodes[ino].restricted
-            assert r is not None
-            r.has_mapping = had
+    PARTS = replace(ModelKernel.PARTS, restricted=_UnmapKeepsHasMapping)
 
 
 @dataclass(frozen=True)

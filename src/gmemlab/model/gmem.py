@@ -1,9 +1,19 @@
-"""guest_memfd: creation, fallocate, mmap, faults, binding and release.
+"""guest_memfd: creation, fallocate, mmap, faults, binding, get_pfn and release.
 
 Follows virt/kvm/guest_memfd.c: the inode owns the memory (a page store),
 the file owns the bindings (file page index -> memslot), binding takes no
 file reference, and release clears every binding's file pointer instead of
 deleting the memslot.
+
+kvm_gmem_get_pfn is offered as the model-only get_pfn and put_pfn (the names
+the 2022 restricted memfd gave them), so that a pKVM case can donate a
+guest_memfd page to a guest whatever the design.  The reference it takes is
+one beyond the page cache: the in-place designs count it when they decide
+whether a page may become private.
+
+In the in-place designs the inode keeps each page's shared/private state
+(Inode.attributes, set up here at creation); a host fault on a page the file
+holds private raises SIGBUS.  Converting pages is inplace.py's.
 """
 
 from __future__ import annotations
@@ -16,20 +26,48 @@ from .. import uapi
 from ..errors import kernel_error
 from ..rangemap import RangeMap
 from . import pages
-from .base import ModelBase
-from .state import GFN_LIMIT, Inode, Mapping, Memslot, OpenFile, Vm
+from .core import Component
+from .fileops import Backing, FileOps, beyond_size
+from .pages import PAGE_INDEX_LIMIT
+from .policies import PrivateFile
+from .ptes import HostPtes
+from .state import GFN_LIMIT, Memslot, OpenFile, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 LOFF_MAX = (1 << 63) - 1
+# The in-place designs' shared/private state of a file page (Inode.attributes).
+SHARED = 0
+PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+# Model-only: an unshare waiting for the host's last reference (NONE_SHARED).
+NONE_SHARED = PRIVATE | 1 << 32
+ATTR_NAMES = {SHARED: "shared", PRIVATE: "private", NONE_SHARED: "none_shared"}
+
+# What punching a hole tells KVM about file pages [first, last), before and after.
+Invalidate = Callable[[OpenFile, int, int], Any]
 
 
-class GmemOps(ModelBase):
+class GuestMemfd(Component):
+    """The guest_memfd file and what KVM asks of it."""
+
+    ptes: HostPtes
+
+    def connect(self, ptes: HostPtes) -> None:
+        self.ptes = ptes
+
+    def file_ops(self) -> FileOps:
+        """kvm_gmem_fops and kvm_gmem_vm_ops, and KVM's kvm_gmem_* calls."""
+        return FileOps(regular=True, noexec=True, mmap=self.mmap, fallocate=self.fallocate,
+                       release=self.release, fault=self.fault, refuses_page=self.refuses_page,
+                       why_sigbus=self.why_sigbus, bind=self.bind, unbind=self.unbind,
+                       private_backing=self.private_backing, get_pfn=self.get_pfn,
+                       put_pfn=self.put_pfn)
+
     def create_guest_memfd(self, vm: int, size: int, flags: int = 0,
                            reserved: Sequence[int] = ()) -> int:
         # kvm_gmem_create; reserved[] is not checked by the kernel.
-        kvm = self._vm_of(vm)
-        if self.design.kvm.private_file.value != "gmem":
+        kvm = self.core.vm_of(vm)
+        if self.design.kvm.private_file is not PrivateFile.GUEST_MEMFD:
             raise kernel_error(errno.ENOTTY, f"KVM_CREATE_GUEST_MEMFD does not exist in design "
                                f"{self.design.name}")
         if flags & ~self.design.gmem_flags(kvm.type):
@@ -37,22 +75,23 @@ class GmemOps(ModelBase):
                                f"{self.design.gmem_flags(kvm.type):#x}")
         if size > LOFF_MAX or size == 0 or size & (P - 1):
             raise kernel_error(errno.EINVAL, "size must be positive and page-aligned")
-        inode = self._new_inode("gmem", uapi.S_IFREG | 0o600, size=size)
+        inode = self.core.new_inode("gmem", uapi.S_IFREG | 0o600, size=size)
         inode.flags = flags
         inode.vm = kvm.id
-        self._gmem_inode_created(inode)
-        f = self._new_file("gmem", inode, vm=kvm)
+        if self.design.conversion.in_place:
+            start = SHARED if inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
+            inode.attributes = RangeMap(start, PAGE_INDEX_LIMIT)
+        f = self.core.new_file("gmem", inode, vm=kvm)
         f.bindings = RangeMap(None, GFN_LIMIT)
-        return self._install(f)
+        return self.core.install(f)
 
     # --- fallocate ----------------------------------------------------------------
 
-    def _fallocate_gmem(self, f: OpenFile, mode: int, offset: int, length: int) -> None:
-        self._private_fallocate(f, mode, offset, length, self._gmem_invalidate)
+    def fallocate(self, f: OpenFile, mode: int, offset: int, length: int) -> None:
+        self.fallocate_range(f, mode, offset, length, self.invalidate)
 
-    def _private_fallocate(self, f: OpenFile, mode: int, offset: int, length: int,
-                           invalidate: Callable[[OpenFile, int, int], Any],
-                           invalidated: Callable[[OpenFile, int, int], Any] | None = None) -> None:
+    def fallocate_range(self, f: OpenFile, mode: int, offset: int, length: int,
+                        invalidate: Invalidate, invalidated: Invalidate | None = None) -> None:
         """kvm_gmem_fallocate, which the 2022 restricted memfd shares: KEEP_SIZE
         only, page-aligned, allocation within the size, punching anywhere.
         A punch calls invalidate before the pages go and invalidated after."""
@@ -68,9 +107,9 @@ class GmemOps(ModelBase):
             # No size check: punching at or beyond EOF succeeds.
             invalidate(f, first, last)
             self.state.counters["host_pte_zaps"] += 1
-            self._zap_file_ptes(inode.ino, first, last)
+            self.ptes.zap_file(inode.ino, first, last)
             self.state.counters["pages_freed"] += pages.punch(inode.pages, first, last)
-            self._free_pfns(inode, first, last)
+            self.core.free_pfns(inode, first, last)
             if invalidated is not None:
                 invalidated(f, first, last)
             return
@@ -78,10 +117,7 @@ class GmemOps(ModelBase):
             raise kernel_error(errno.EINVAL, "allocation beyond the file size")
         self.state.counters["pages_allocated"] += pages.allocate(inode.pages, first, last)
 
-    def _gmem_inode_created(self, inode: Inode) -> None:
-        """A design's per-inode state for a new guest_memfd (in-place attributes)."""
-
-    def _gmem_invalidate(self, f: OpenFile, first: int, last: int) -> None:
+    def invalidate(self, f: OpenFile, first: int, last: int) -> None:
         """kvm_gmem_invalidate_begin/end: zap KVM mappings of bound slots."""
         assert f.bindings is not None
         if any(key is not None for _, _, key in f.bindings.runs(first, last)):
@@ -90,7 +126,7 @@ class GmemOps(ModelBase):
 
     # --- mmap and faults ----------------------------------------------------------------
 
-    def _mmap_gmem(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+    def mmap(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
         if not self.design.kvm.gmem_mmap:
             raise kernel_error(errno.ENODEV, "this guest_memfd has no mmap operation")
         inode = self.state.inodes[f.inode]
@@ -99,49 +135,35 @@ class GmemOps(ModelBase):
         if not shared:
             raise kernel_error(errno.EINVAL, "guest_memfd mappings must be MAP_SHARED")
 
-    def _fault_gmem(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+    def fault(self, f: OpenFile, first: int, last: int, write: bool) -> int:
         # kvm_gmem_fault_user_mapping
         inode = self.state.inodes[f.inode]
+        if inode.attributes is not None:
+            # In place: every page may be mapped, a page the file holds private
+            # raises SIGBUS.
+            last = max(first, min(last, inode.size >> SHIFT))
+            hit = inode.attributes.find(first, last, lambda a: a != SHARED)
+            return last if hit is None else hit
         if not inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED:
             return first
         return max(first, min(last, inode.size >> SHIFT))
 
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if f is None:
-            return "the file cannot serve this page"
+    def refuses_page(self, f: OpenFile, index: int) -> str | None:
         inode = self.state.inodes[f.inode]
-        pgoff = (addr >> SHIFT) + m.delta
-        if pgoff << SHIFT >= inode.size:
-            return f"file offset {pgoff << SHIFT:#x} is at or beyond i_size {inode.size:#x}"
-        if f.kind == "gmem":
-            return "guest_memfd without GUEST_MEMFD_FLAG_INIT_SHARED refuses host faults"
-        return "the file cannot serve this page"
+        if inode.attributes is not None and index < inode.size >> SHIFT \
+                and inode.attributes[index] != SHARED:
+            return (f"guest_memfd page {index} is {ATTR_NAMES[inode.attributes[index]]}: "
+                    "host faults on it raise SIGBUS")
+        return None
 
-    # --- binding -------------------------------------------------------------------------
+    def why_sigbus(self, f: OpenFile, index: int) -> str:
+        return beyond_size(self.state.inodes[f.inode], index) or \
+            "guest_memfd without GUEST_MEMFD_FLAG_INIT_SHARED refuses host faults"
 
-    def _bind_private(self, kvm: Vm, slot: Memslot, fd: int, offset: int) -> None:
-        """kvm_gmem_bind (2022: the restricted memfd binding), errno in order."""
-        fid = self.state.fds.get(fd if fd < 1 << 31 else fd - (1 << 32))
-        if fid is None:
-            raise kernel_error(errno.EBADF, f"fd {fd} is not open")
-        f = self.state.files[fid]
-        kind = self.design.kvm.private_file.value
-        if f.kind != kind:
-            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a {kind} file")
-        getattr(self, f"_bind_{kind}")(kvm, slot, f, offset)
-        slot.private_bound = True
+    # --- KVM's side: binding, private accesses, get_pfn ---------------------------------------
 
-    def _unbind_private(self, kvm: Vm, slot: Memslot) -> None:
-        if slot.private_file is None:
-            return
-        f = self.state.files.get(slot.private_file)
-        if f is None:
-            slot.private_file = None
-            return
-        getattr(self, f"_unbind_{f.kind}")(kvm, slot)
-
-    def _bind_gmem(self, kvm: Vm, slot: Memslot, f: OpenFile, offset: int) -> None:
+    def bind(self, kvm: Vm, slot: Memslot, f: OpenFile, offset: int) -> None:
+        """kvm_gmem_bind, errno in order."""
         if f.vm != kvm.id:
             raise kernel_error(errno.EINVAL, "the guest_memfd belongs to another VM")
         inode = self.state.inodes[f.inode]
@@ -158,25 +180,40 @@ class GmemOps(ModelBase):
             inode.flags & uapi.GUEST_MEMFD_FLAG_MMAP)
         f.bindings.set(first, last, slot.key)
 
-    def _unbind_gmem(self, kvm: Vm, slot: Memslot) -> None:
+    def unbind(self, kvm: Vm, slot: Memslot) -> None:
         assert slot.private_file is not None
         f = self.state.files[slot.private_file]
         if f.bindings is not None:
             f.bindings.set(slot.private_pgoff, slot.private_pgoff + slot.npages, None)
         slot.private_file = None
 
-    def _private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> tuple[pages.PageStore, int] | int:
-        """The page behind a private (or gmem-only) guest access, or the errno
-        kvm_gmem_get_pfn fails with."""
-        if slot.private_file is None:
-            return errno.EFAULT  # no file, or released: kvm_gmem_get_file() is NULL
+    def private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> Backing:
+        """kvm_gmem_get_pfn for a guest access: the page, allocated if need be."""
+        assert slot.private_file is not None
         f = self.state.files[slot.private_file]
         index = slot.private_pgoff + gfn - slot.base_gfn
         store = self.state.inodes[f.inode].pages
         self.state.counters["pages_zeroed"] += pages.allocate(store, index, index + 1)
         return store, index
 
-    def _release_gmem(self, f: OpenFile) -> None:
+    def get_pfn(self, f: OpenFile, index: int) -> int:
+        inode = self.state.inodes[f.inode]
+        if index >= inode.size >> SHIFT:
+            raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
+        self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
+        pfn = self.core.assign_pfn(inode, index)
+        inode.refs.set(index, index + 1, inode.refs[index] + 1)
+        return pfn
+
+    def put_pfn(self, f: OpenFile, index: int) -> int:
+        inode = self.state.inodes[f.inode]
+        if index >= inode.refs.limit or inode.refs[index] == 0:
+            raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
+        inode.refs.set(index, index + 1, inode.refs[index] - 1)
+        self.core.refs_dropped(inode, index, index + 1)
+        return 0
+
+    def release(self, f: OpenFile) -> None:
         """kvm_gmem_release: bindings lose their file; slots stay."""
         assert f.vm is not None and f.bindings is not None
         kvm = self.state.vms[f.vm]
@@ -187,8 +224,3 @@ class GmemOps(ModelBase):
             self.state.counters["kvm_zaps"] += 1
             self.state.counters["tlb_flushes"] += 1
         f.bindings = None
-
-    def _release_file(self, f: OpenFile) -> None:
-        handler = getattr(self, f"_release_{f.kind}", None)
-        if handler is not None:
-            handler(f)

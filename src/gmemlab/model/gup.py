@@ -20,27 +20,37 @@ import errno
 
 from .. import uapi
 from ..errors import kernel_error
-from .pkvm import PkvmOps
+from .core import Component
+from .mm import AddressSpace
+from .ptes import HostPtes
 from .state import TASK_SIZE, GupPin
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 
 
-class GupOps(PkvmOps):
+class Gup(Component):
+    """pin_user_pages(FOLL_LONGTERM) and unpin_user_pages."""
+
+    mm: AddressSpace
+    ptes: HostPtes
+
+    def connect(self, mm: AddressSpace, ptes: HostPtes) -> None:
+        self.mm, self.ptes = mm, ptes
+
     def gup_pin(self, addr: int, length: int) -> int:
         if length == 0:
             return 0
         if addr >= TASK_SIZE or length > TASK_SIZE - addr:
             raise kernel_error(errno.EFAULT, "the range is not in user space")
         first, last = addr >> SHIFT, (addr + length + P - 1) >> SHIFT
-        segments, fault = self._resolve(first << SHIFT, (last - first) << SHIFT, write=False)
+        segments, fault = self.mm.resolve(first << SHIFT, (last - first) << SHIFT, write=False)
         if fault is not None:
             # GUP turns VM_FAULT_SIGBUS and a missing VMA alike into -EFAULT;
             # a long-term pin is all or nothing.
             raise kernel_error(errno.EFAULT, f"page at {fault.addr:#x} cannot be pinned: {fault.why}")
         for _store, offset, _n, m in segments:
-            inode = self._mapping_inode(m)
+            inode = self.ptes.mapping_inode(m)
             if inode is not None and m.file is not None \
                     and inode.flags & uapi.GUEST_MEMFD_FLAG_NO_DIRECT_MAP \
                     and self.state.files[m.file].kind == "gmem":
@@ -50,7 +60,7 @@ class GupOps(PkvmOps):
                                    "created with NO_DIRECT_MAP cannot be pinned")
         runs: list[tuple[int, int, int]] = []
         for _store, offset, n, m in segments:
-            inode = self._mapping_inode(m)
+            inode = self.ptes.mapping_inode(m)
             if inode is None:
                 continue  # anonymous or private memory: no file page to hold
             lo, hi = offset >> SHIFT, ((offset + n - 1) >> SHIFT) + 1
@@ -71,6 +81,6 @@ class GupOps(PkvmOps):
             if inode is None:
                 continue
             inode.pins.update(lo, hi, lambda c: c - 1)
-            self._host_refs_dropped(inode, lo, hi)
+            self.core.refs_dropped(inode, lo, hi)
         return 0
 

@@ -33,6 +33,7 @@ its PTE, gup_unpin, put_pfn) the page becomes private, as the final
 folio_put callback does.  Converting back to shared cancels a pending
 unshare.
 
+The file itself (its attributes, the faults they refuse) is gmem.py's.
 Stepwise (model/steps.py), set_memory_attributes2 is three steps under the
 file's invalidate lock: validate and zap, check references, store; host
 faults, GUP and get_pfn on the file wait while another actor holds the lock.
@@ -41,75 +42,34 @@ faults, GUP and get_pfn on the file wait while another actor holds the lock.
 from __future__ import annotations
 
 import errno
-from dataclasses import replace
-from typing import Any
 
 from .. import uapi
 from ..errors import ConversionError, kernel_error
-from ..rangemap import RangeMap
-from .pagemap import PageMapOps
-from .pages import PAGE_INDEX_LIMIT
-from .state import Inode, Mapping, OpenFile, Vm
-from .steps import Outcome, Pending
+from .core import Component
+from .gmem import ATTR_NAMES, NONE_SHARED, PRIVATE, SHARED, GuestMemfd
+from .ptes import HostPtes, first_referenced, unreferenced
+from .state import Inode, OpenFile
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 U64 = (1 << 64) - 1
-SHARED = 0
-PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
-# Model-only: an unshare waiting for the host's last reference (NONE_SHARED).
-NONE_SHARED = PRIVATE | 1 << 32
-ATTR_NAMES = {SHARED: "shared", PRIVATE: "private", NONE_SHARED: "none_shared"}
-# Operations that take a guest_memfd's invalidate lock (shared) for a moment;
-# dropping a reference (put_pfn, gup_unpin, munmap) takes none.
-FILE_OPS = frozenset({"get_pfn", "fallocate", "set_memory_attributes2", "page_attr"})
-RANGE_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 
 
-class InplaceOps(PageMapOps):
-    def _gmem_inode_created(self, inode: Inode) -> None:
-        if self.design.conversion.in_place:
-            start = SHARED if inode.flags & uapi.GUEST_MEMFD_FLAG_INIT_SHARED else PRIVATE
-            inode.attributes = RangeMap(start, PAGE_INDEX_LIMIT)
-        super()._gmem_inode_created(inode)
+class InPlace(Component):
+    """KVM_SET_MEMORY_ATTRIBUTES2 on a guest_memfd, and unshares that wait."""
 
-    # --- host and guest faults ---------------------------------------------------------
+    gmem: GuestMemfd
+    ptes: HostPtes
 
-    def _fault_gmem(self, f: OpenFile, first: int, last: int, write: bool) -> int:
-        inode = self.state.inodes[f.inode]
-        if inode.attributes is None:
-            return super()._fault_gmem(f, first, last, write)
-        last = max(first, min(last, inode.size >> SHIFT))
-        hit = inode.attributes.find(first, last, lambda a: a != SHARED)
-        return last if hit is None else hit
-
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if f is not None and f.kind == "gmem":
-            inode = self.state.inodes[f.inode]
-            index = (addr >> SHIFT) + m.delta
-            if inode.attributes is not None and index < inode.size >> SHIFT \
-                    and inode.attributes[index] != SHARED:
-                return (f"guest_memfd page {index} is {ATTR_NAMES[inode.attributes[index]]}: "
-                        "host faults on it raise SIGBUS")
-        return super()._why_sigbus(m, addr)
-
-    def _gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
-        key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
-        slot = kvm.memslots.get(key) if key is not None else None
-        f = self.state.files.get(slot.private_file) \
-            if slot is not None and slot.private_file is not None else None
-        inode = self.state.inodes[f.inode] if f is not None else None
-        if slot is None or inode is None or inode.attributes is None:
-            return super()._gfn_private(kvm, gfn)
-        attr = inode.attributes[slot.private_pgoff + gfn - slot.base_gfn]
-        return None if attr == NONE_SHARED else attr == PRIVATE
+    def connect(self, gmem: GuestMemfd, ptes: HostPtes) -> None:
+        self.gmem, self.ptes = gmem, ptes
 
     # --- KVM_SET_MEMORY_ATTRIBUTES2 -----------------------------------------------------
 
-    def _attributes2_checks(self, fd: int, offset: int, size: int, attributes: int,
-                            flags: int) -> tuple[OpenFile, Inode, int, int]:
-        f = self._file(fd)
+    def checks(self, fd: int, offset: int, size: int, attributes: int,
+               flags: int) -> tuple[OpenFile, Inode, int, int]:
+        """The ioctl's validation (step 1); the file, its inode and the page range."""
+        f = self.core.file(fd)
         inode = self.state.inodes[f.inode]
         if f.kind != "gmem" or inode.attributes is None:
             # Not a guest_memfd ioctl here: /dev/kvm and vCPU fds answer EINVAL,
@@ -134,42 +94,45 @@ class InplaceOps(PageMapOps):
 
     def set_memory_attributes2(self, fd: int, offset: int, size: int, attributes: int,
                                flags: int = 0) -> int:
-        f, inode, first, last = self._attributes2_checks(fd, offset, size, attributes, flags)
-        if self._attributes2_noop(inode, first, last, attributes):
+        f, inode, first, last = self.checks(fd, offset, size, attributes, flags)
+        if self.noop(inode, first, last, attributes):
             return 0
-        if self._attributes2_zaps(attributes):
-            self._attributes2_zap(inode, first, last)
-            self._attributes2_refcheck(inode, first, last)
-        self._attributes2_store(f, inode, first, last, attributes)
+        if self.zaps(attributes):
+            self.zap(inode, first, last)
+            self.refcheck(inode, first, last)
+        self.store(f, inode, first, last, attributes)
         return 0
 
-    def _attributes2_noop(self, inode: Inode, first: int, last: int, attributes: int) -> bool:
+    def noop(self, inode: Inode, first: int, last: int, attributes: int) -> bool:
+        """Nothing to do: the range already has the value (step 2)."""
         assert inode.attributes is not None
         if attributes & PRIVATE:
             return inode.attributes.find(first, last, lambda a: a == SHARED) is None
         return inode.attributes.all_equal(first, last, SHARED)
 
-    def _attributes2_zaps(self, attributes: int) -> bool:
+    def zaps(self, attributes: int) -> bool:
+        """Whether the conversion zaps and checks references (to private, unless deferred)."""
         return bool(attributes & PRIVATE) and not self.design.conversion.defers
 
-    def _attributes2_zap(self, inode: Inode, first: int, last: int) -> None:
+    def zap(self, inode: Inode, first: int, last: int) -> None:
         """unmap_mapping_pages: no host PTE of the range survives."""
         self.state.counters["host_pte_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
-        self._zap_file_ptes(inode.ino, first, last)
+        self.ptes.zap_file(inode.ino, first, last)
 
-    def _attributes2_refcheck(self, inode: Inode, first: int, last: int) -> None:
-        held = self._first_referenced(inode, first, last, with_ptes=False)
+    def refcheck(self, inode: Inode, first: int, last: int) -> None:
+        """EAGAIN, with error_offset, if a page is referenced beyond the page cache."""
+        held = first_referenced(inode, first, last, with_ptes=False)
         if held is not None:
             self.state.counters["refused"] += 1
             offset = max(held, first) << SHIFT
             raise ConversionError(errno.EAGAIN, f"page {held} is referenced beyond the page cache "
                                   f"(error_offset {offset:#x})", offset)
 
-    def _attributes2_store(self, f: OpenFile, inode: Inode, first: int, last: int,
-                           attributes: int) -> None:
+    def store(self, f: OpenFile, inode: Inode, first: int, last: int, attributes: int) -> None:
+        """KVM's mappings are zapped and the new value stored (step 4)."""
         assert inode.attributes is not None
-        self._gmem_invalidate(f, first, last)
+        self.gmem.invalidate(f, first, last)
         if not attributes & PRIVATE:
             inode.attributes.set(first, last, SHARED)
             return
@@ -180,7 +143,7 @@ class InplaceOps(PageMapOps):
             changing = [(s, e) for s, e, a in inode.attributes.runs(first, last) if a == SHARED]
             for s, e in changing:
                 inode.attributes.set(s, e, NONE_SHARED)
-                for lo, hi in self._unreferenced(inode, s, e, with_ptes=True):
+                for lo, hi in unreferenced(inode, s, e, with_ptes=True):
                     inode.attributes.set(lo, hi, PRIVATE)
             if inode.attributes.find(first, last, lambda a: a == NONE_SHARED) is not None:
                 self.state.counters["deferred"] += 1
@@ -188,17 +151,17 @@ class InplaceOps(PageMapOps):
         if mapped is not None and inode.attributes[mapped] == PRIVATE:
             self.state.audit.append(("private_while_mapped", inode.ino, mapped))
 
-    def _host_refs_dropped(self, inode: Inode, first: int, last: int) -> None:
-        """The final folio_put of pkvm-inplace: a pending unshare completes."""
+    def refs_dropped(self, inode: Inode, first: int, last: int) -> None:
+        """References on [first, last) went away (Core.refs_dropped): the final
+        folio_put of pkvm-inplace, where a pending unshare completes."""
         if inode.attributes is not None and self.design.conversion.defers:
             pending = [(s, e) for s, e, a in inode.attributes.runs(first, last) if a == NONE_SHARED]
             for s, e in pending:
-                for lo, hi in self._unreferenced(inode, s, e, with_ptes=True):
+                for lo, hi in unreferenced(inode, s, e, with_ptes=True):
                     inode.attributes.set(lo, hi, PRIVATE)
-        super()._host_refs_dropped(inode, first, last)
 
     def page_attr(self, fd: int, index: int) -> str:
-        f = self._file(fd)
+        f = self.core.file(fd)
         inode = self.state.inodes[f.inode]
         if f.kind != "gmem" or inode.attributes is None:
             raise kernel_error(errno.EINVAL, f"fd {fd} has no per-page attributes in design "
@@ -207,60 +170,3 @@ class InplaceOps(PageMapOps):
             raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
         return ATTR_NAMES[inode.attributes[index]]
 
-    # --- stepwise: validate and zap, check, store, under the invalidate lock --------------------
-
-    def _step_set_memory_attributes2(self, actor: str, p: Pending) -> Outcome | Pending:
-        if p.phase == "begin":
-            args = p.kwargs
-            f, inode, first, last = self._attributes2_checks(**args)
-            attributes = args["attributes"]
-            if self._attributes2_noop(inode, first, last, attributes):
-                return Outcome("ret", 0)
-            self.state.file_locks[inode.ino] = actor  # released when the operation ends
-            plan = (f.id, inode.ino, first, last, attributes)
-            if self._attributes2_zaps(attributes):
-                self._attributes2_zap(inode, first, last)
-                return replace(p, phase="check", plan=plan)
-            return replace(p, phase="store", plan=plan)
-        fid, ino, first, last, attributes = p.plan
-        inode = self.state.inodes[ino]
-        if p.phase == "check":
-            self._attributes2_refcheck(inode, first, last)
-            return replace(p, phase="store")
-        self._attributes2_store(self.state.files[fid], inode, first, last, attributes)
-        return Outcome("ret", 0)
-
-    def _design_blocker(self, actor: str, pending: Any) -> str | None:
-        locked = {ino: a for ino, a in self.state.file_locks.items() if a != actor
-                  and ino in self.state.inodes and self.state.inodes[ino].attributes is not None}
-        if locked:
-            for ino in self._gmem_inodes_touched(pending):
-                if ino in locked:
-                    return f"the guest_memfd's invalidate lock is held by {locked[ino]}"
-        return super()._design_blocker(actor, pending)
-
-    def _gmem_inodes_touched(self, pending: Any) -> set[int]:
-        args = pending.kwargs
-        if pending.op in FILE_OPS:
-            fid = self.state.fds.get(args["fd"])
-            return {self.state.files[fid].inode} if fid is not None else set()
-        if pending.op in RANGE_OPS:
-            length = args.get("length")
-            if length is None:
-                length = len(args.get("data", b""))
-            first = args["addr"] >> SHIFT
-            last = min(first + ((length + P - 1) >> SHIFT) + 1, self.state.vmas.limit)
-            return {self.state.files[m.file].inode for _, _, m in self._mapping_runs(first, last)
-                    if m.file is not None}
-        if pending.op == "guest_access":
-            fid = self.state.fds.get(args["vcpu"])
-            vm_id = self.state.files[fid].vm if fid is not None else None
-            kvm = self.state.vms.get(vm_id) if vm_id is not None else None
-            if kvm is None:
-                return set()
-            gfn = args["gpa"] >> SHIFT
-            key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
-            slot = kvm.memslots.get(key) if key is not None else None
-            if slot is not None and slot.private_file in self.state.files:
-                return {self.state.files[slot.private_file].inode}
-        return set()

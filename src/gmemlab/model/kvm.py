@@ -1,11 +1,11 @@
-"""KVM: VMs, capabilities, memslots, memory attributes, vCPUs, guest accesses.
+"""KVM: /dev/kvm, VMs, capabilities, memslots, memory attributes, private memory.
 
 Memslot updates follow kvm_vm_ioctl_set_memory_region / kvm_set_memory_region
 check by check (first failure wins), so that a call that breaks several rules
-fails with the errno the kernel reports.  A guest access is resolved the way
-the x86 MMU resolves a fault: memslot lookup, private/shared check against the
-VM's attributes, then guest_memfd (private, or any access to a gmem-only
-slot) or the host mapping at userspace_addr.
+fails with the errno the kernel reports.  A memslot's private memory is a
+file of the kind the design makes private memory with (guest_memfd, or the
+2022 restricted memfd): KVM binds, unbinds and gets pages through that kind's
+operations (fileops.py).  vCPUs and guest accesses are vcpus.py's.
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ from collections.abc import Sequence
 
 from .. import uapi
 from ..errors import UsageError, kernel_error
-from ..guestaccess import check_call, check_private, step_width
-from ..interface import GuestAccess, GuestHypercall
 from . import pages
-from .gmem import GmemOps
-from .mm import MmOps
+from .core import Component
+from .fileops import Backing, FileOps, noop_llseek
+from .gmem import NONE_SHARED, PRIVATE
+from .notifiers import NO_NONZERO_AFTER_LAUNCH
+from .pkvm import Pkvm
+from .restricted_kvm import RestrictedKvm
 from .state import TASK_SIZE, Memslot, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
 
-KVM_ENOSYS = 1000
-KVM_EINVAL = 22
-KVM_MAX_VCPU_IDS = 4096
-KVM_MAX_VCPUS = 4096
 NR_ADDRESS_SPACES = 1  # KVM_CAP_MULTI_ADDRESS_SPACE reports 0: no SMM
 V1_FLAGS = uapi.KVM_MEM_LOG_DIRTY_PAGES | uapi.KVM_MEM_READONLY
 
@@ -46,16 +44,36 @@ FIXED_CAPS = {
 }
 
 
-class KvmOps(GmemOps, MmOps):
-    # Who executes a guest access: "mmu" or "emulator" (guestaccess.py).
-    guest_path = "mmu"
+KVM_DEV_MODE = 0o020600  # /dev/kvm, a character device
+
+
+class Kvm(Component):
+    """/dev/kvm and VMs: capabilities, memslots, attributes, private memory."""
+
+    pkvm: Pkvm
+    restricted_kvm: RestrictedKvm
+
+    def connect(self, pkvm: Pkvm, restricted_kvm: RestrictedKvm) -> None:
+        self.pkvm, self.restricted_kvm = pkvm, restricted_kvm
+
+    def dev_file_ops(self) -> FileOps:
+        """kvm_chardev_ops (/dev/kvm)."""
+        return FileOps(seekable=True, llseek=noop_llseek)
+
+    def vm_file_ops(self) -> FileOps:
+        """kvm_vm_fops: a VM fd has no mmap."""
+        return FileOps(noexec=True, llseek=noop_llseek)
 
     # --- VMs and capabilities ----------------------------------------------------------
 
-    def _anon_inode(self) -> int:
+    def open_kvm(self) -> int:
+        inode = self.core.new_inode("chardev", KVM_DEV_MODE)
+        return self.core.install(self.core.new_file("kvm", inode))
+
+    def anon_inode(self) -> int:
         """The one anon inode every VM and vCPU file shares, as in the kernel."""
         if self.state.anon_ino is None:
-            inode = self._new_inode("anon", 0o600)
+            inode = self.core.new_inode("anon", 0o600)
             inode.files += 1  # never freed
             self.state.anon_ino = inode.ino
         return self.state.anon_ino
@@ -65,13 +83,13 @@ class KvmOps(GmemOps, MmOps):
             raise kernel_error(errno.EINVAL, f"VM type {type} is not supported")
         kvm = Vm(id=self.state.new_id(), type=type)
         self.state.vms[kvm.id] = kvm
-        f = self._new_file("vm", self.state.inodes[self._anon_inode()], vm=kvm)
-        return self._install(f)
+        f = self.core.new_file("vm", self.state.inodes[self.anon_inode()], vm=kvm)
+        return self.core.install(f)
 
     def check_extension(self, cap: int, vm: int | None = None) -> int:
         kvm = None
         if vm is not None:
-            f = self._file(vm)
+            f = self.core.file(vm)
             if f.kind == "vm":
                 assert f.vm is not None
                 kvm = self.state.vms[f.vm]
@@ -95,7 +113,7 @@ class KvmOps(GmemOps, MmOps):
         return 0
 
     def enable_cap(self, vm: int, cap: int, args: Sequence[int] = (), flags: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if len(args) > 4:
             raise UsageError("enable_cap: at most 4 args")
         if flags:
@@ -108,24 +126,11 @@ class KvmOps(GmemOps, MmOps):
             return 0
         raise kernel_error(errno.EINVAL, f"capability {cap} cannot be enabled")
 
-    def create_vcpu(self, vm: int, id: int = 0) -> int:
-        kvm = self._vm_of(vm)
-        if id >= KVM_MAX_VCPU_IDS:
-            raise kernel_error(errno.EINVAL, f"vCPU id {id} >= {KVM_MAX_VCPU_IDS}")
-        if len(kvm.vcpus) >= KVM_MAX_VCPUS:
-            raise kernel_error(errno.EINVAL, "too many vCPUs")
-        if id in kvm.vcpus:
-            raise kernel_error(errno.EEXIST, f"vCPU {id} exists")
-        kvm.vcpus.add(id)
-        f = self._new_file("vcpu", self.state.inodes[self._anon_inode()], vm=kvm)
-        f.vcpu = id
-        return self._install(f)
-
     # --- memslots -----------------------------------------------------------------------
 
     def set_user_memory_region(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
                                memory_size: int, userspace_addr: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         if flags & ~V1_FLAGS:
             raise kernel_error(errno.EINVAL, "the v1 ioctl takes only LOG_DIRTY_PAGES|READONLY")
         return self._set_memory_region(kvm, slot, flags, guest_phys_addr, memory_size,
@@ -134,7 +139,7 @@ class KvmOps(GmemOps, MmOps):
     def set_user_memory_region2(self, vm: int, slot: int, flags: int, guest_phys_addr: int,
                                 memory_size: int, userspace_addr: int = 0,
                                 guest_memfd: int = -1, guest_memfd_offset: int = 0) -> int:
-        kvm = self._vm_of(vm)
+        kvm = self.core.vm_of(vm)
         return self._set_memory_region(kvm, slot, flags, guest_phys_addr, memory_size,
                                        userspace_addr, guest_memfd, guest_memfd_offset)
 
@@ -192,9 +197,9 @@ class KvmOps(GmemOps, MmOps):
         new = Memslot(as_id=as_id, id=sid, base_gfn=base_gfn, npages=npages, flags=flags,
                       userspace_addr=uaddr)
         if gmem:
-            self._bind_private(kvm, new, gmem_fd, gmem_offset)
+            self.bind_private(kvm, new, gmem_fd, gmem_offset)
         if base_gfn + npages - 1 > uapi.KVM_MAX_GFN:
-            self._unbind_private(kvm, new)
+            self.unbind_private(kvm, new)
             raise kernel_error(errno.EINVAL, "memslot beyond the largest guest physical address")
         if old is not None:
             self._delete_memslot(kvm, old)  # a move: the old GPA range is invalidated
@@ -202,35 +207,90 @@ class KvmOps(GmemOps, MmOps):
         kvm.gfn_slots.set(base_gfn, base_gfn + npages, key)
         return 0
 
-    def _destroy_vm(self, vm: Vm) -> None:
-        """kvm_destroy_vm frees the memslots, unbinding their private files
-        (a restricted memfd loses KVM's notifier and the binding's reference)."""
+    def destroy_vm(self, vm: Vm) -> None:
+        """kvm_destroy_vm: the hypervisor reclaims the guest's pages, then the
+        memslots go, unbinding their private files (a restricted memfd loses
+        KVM's notifier and the binding's reference)."""
+        self.pkvm.vm_destroyed(vm)
         for slot in list(vm.memslots.values()):
-            self._unbind_private(vm, slot)
-        super()._destroy_vm(vm)
+            self.unbind_private(vm, slot)
+        vm.memslots.clear()
 
     def _gpa_overlaps(self, kvm: Vm, key: int, base_gfn: int, npages: int) -> bool:
         return any(k is not None and k != key
                    for _, _, k in kvm.gfn_slots.runs(base_gfn, base_gfn + npages))
 
     def _delete_memslot(self, kvm: Vm, slot: Memslot) -> None:
-        self._unbind_private(kvm, slot)
+        self.unbind_private(kvm, slot)
         kvm.gfn_slots.set(slot.base_gfn, slot.base_gfn + slot.npages, None)
         del kvm.memslots[slot.key]
         self.state.counters["kvm_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
 
+    # --- private memory: the file kind's operations -------------------------------------------
+
+    def bind_private(self, kvm: Vm, slot: Memslot, fd: int, offset: int) -> None:
+        """kvm_gmem_bind (2022: the restricted memfd binding), errno in order."""
+        fid = self.state.fds.get(fd if fd < 1 << 31 else fd - (1 << 32))
+        if fid is None:
+            raise kernel_error(errno.EBADF, f"fd {fd} is not open")
+        f = self.state.files[fid]
+        kind = self.design.kvm.private_file.value
+        if f.kind != kind:
+            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a {kind} file")
+        bind = self.core.ops[kind].bind
+        assert bind is not None  # every kind that backs private memory binds
+        bind(kvm, slot, f, offset)
+        slot.private_bound = True
+
+    def unbind_private(self, kvm: Vm, slot: Memslot) -> None:
+        if slot.private_file is None:
+            return
+        f = self.state.files.get(slot.private_file)
+        if f is None:
+            slot.private_file = None
+            return
+        unbind = self.core.ops[f.kind].unbind
+        assert unbind is not None
+        unbind(kvm, slot)
+
+    def private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> Backing:
+        """The page behind a private (or gmem-only) guest access, or the errno
+        kvm_gmem_get_pfn fails with."""
+        f = self.state.files.get(slot.private_file) if slot.private_file is not None else None
+        if f is None:
+            return errno.EFAULT  # no file, or released: kvm_gmem_get_file() is NULL
+        backing = self.core.ops[f.kind].private_backing
+        assert backing is not None
+        return backing(kvm, slot, gfn)
+
+    def get_pfn(self, fd: int, index: int) -> int:
+        f = self.core.file(fd)
+        get_pfn = self.core.ops[f.kind].get_pfn
+        if get_pfn is None:
+            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a restricted memfd "
+                               "or a guest_memfd")
+        return get_pfn(f, index)
+
+    def put_pfn(self, fd: int, index: int) -> int:
+        f = self.core.file(fd)
+        put_pfn = self.core.ops[f.kind].put_pfn
+        if put_pfn is None:
+            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a restricted memfd "
+                               "or a guest_memfd")
+        return put_pfn(f, index)
+
     # --- memory attributes -------------------------------------------------------------------
 
     def set_memory_attributes(self, vm: int, address: int, size: int, attributes: int,
                               flags: int = 0) -> int:
-        kvm = self._vm_of(vm)
-        first, last, attributes = self._attributes_checks(kvm, address, size, attributes, flags)
+        kvm = self.core.vm_of(vm)
+        first, last, attributes = self.attributes_checks(kvm, address, size, attributes, flags)
         self._set_attributes(kvm, first, last, attributes)
         return 0
 
-    def _attributes_checks(self, kvm: Vm, address: int, size: int, attributes: int,
-                           flags: int) -> tuple[int, int, int]:
+    def attributes_checks(self, kvm: Vm, address: int, size: int, attributes: int,
+                          flags: int) -> tuple[int, int, int]:
         """kvm_vm_ioctl_set_mem_attributes' checks, then the design's veto."""
         if not self.design.vm_attributes(kvm.type):
             raise kernel_error(errno.ENOTTY, "KVM_SET_MEMORY_ATTRIBUTES is not available "
@@ -245,11 +305,9 @@ class KvmOps(GmemOps, MmOps):
         if address & (P - 1) or size & (P - 1):
             raise kernel_error(errno.EINVAL, "address and size must be page-aligned")
         first, last = address >> SHIFT, (address + size) >> SHIFT
-        self._conversion_check(kvm, first, last, attributes)
+        # A restricted memfd bound in the range may refuse (restricted_kvm.py).
+        self.restricted_kvm.conversion_check(kvm, first, last, attributes)
         return first, last, attributes
-
-    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
-        """A design's veto on converting [first, last) to attributes; guest_memfd has none."""
 
     def _set_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         if kvm.attributes.all_equal(first, last, attributes):
@@ -260,153 +318,62 @@ class KvmOps(GmemOps, MmOps):
         kvm.converting = True
         self.state.counters["kvm_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
-        self._store_attributes(kvm, first, last, attributes)
+        self.store_attributes(kvm, first, last, attributes)
         kvm.converting = False
 
-    def _store_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+    def store_attributes(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
         kvm.attributes.set(first, last, attributes)
         if attributes & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
-            self._audit_private(kvm, first, last)
+            self.restricted_kvm.audit_private(kvm, first, last)
 
-    def _audit_private(self, kvm: Vm, first: int, last: int) -> None:
-        """Record pages that became private under a host mapping (design hook)."""
-
-    # --- guest accesses -------------------------------------------------------------------------
-
-    def _gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
-        """Whether the guest may access gfn as private (True) or shared
-        (False), or neither (None: an in-place unshare still pending)."""
-        return bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
-
-    def guest_access(self, vcpu: int, gpa: int, length: int, write: bool = False,
-                     private: bool | None = None, data: bytes = b"") -> GuestAccess:
-        f = self._ioctl_file(vcpu, "vcpu")
-        assert f.vm is not None
-        kvm = self.state.vms[f.vm]
-        check_call(self.design.kvm.has_private_mem(kvm.type), kvm.type, gpa, length, write, private,
-                   data)
-        check_private(kvm.type, private, gpa, length, lambda gfn: self._kvm_private(kvm, gfn))
-        if self.guest_path == "emulator" and self.design.kvm.has_private_mem(kvm.type):
-            raise UsageError("guest_access: the emulator guest path is modelled for VMs without "
-                             "private memory only")
-        self.state.counters["exits"] += 1
-        out = bytearray()
-        pos = gpa
-        end = gpa + length
-        while pos < end:
-            stop = min(end, (pos | (P - 1)) + 1)
-            chunk = data[pos - gpa:stop - gpa] if write else None
-            result = self._guest_page(kvm, pos, stop - pos, write, private, chunk)
-            if isinstance(result, GuestAccess):
-                if result.exit == "mmio":
-                    # A real guest's MMIO exit names one step of the access
-                    # protocol (guestaccess.py), not the rest of the page.
-                    result = GuestAccess(exit="mmio", gpa=pos, size=step_width(pos, end - pos),
-                                         write=write)
-                return result
-            out += result
-            pos = stop
-        return GuestAccess(exit="none", data_hex="" if write else out.hex())
-
-    def _kvm_private(self, kvm: Vm, gfn: int) -> bool:
-        """kvm_mem_is_private: whether KVM holds gfn private (an unshare still
-        pending counts: the guest asked for it)."""
-        return self.design.kvm.has_private_mem(kvm.type) and self._gfn_private(kvm, gfn) is not False
-
-    def _guest_page(self, kvm: Vm, gpa: int, n: int, write: bool, private: bool | None,
-                    data: bytes | None) -> bytes | GuestAccess:
-        """One access within a page: its bytes, or the exit it causes."""
-        emulated = self.guest_path == "emulator"
-        gfn = gpa >> SHIFT
-        if self.design.kvm.has_private_mem(kvm.type):
-            attr = self._gfn_private(kvm, gfn)
-            if self.design.kvm.guest_chooses_private(kvm.type):
-                # The guest's C-bit or shared bit says; KVM checks it against
-                # its own view (kvm_mmu_faultin_pfn) and exits on a mismatch.
-                private = bool(private)
-                mismatch = attr is None or attr != private
-            else:
-                # kvm_mmu_page_fault: private exactly when KVM holds the gfn private.
-                private = attr is not False
-                mismatch = attr is None  # an unshare waiting for the host (pkvm-inplace)
-        else:
-            private, mismatch = False, False
-
-        def fault(err: int = errno.EFAULT) -> GuestAccess:
-            return GuestAccess(exit="memory_fault", gpa=gfn << SHIFT, size=P,
-                               flags=uapi.KVM_MEMORY_EXIT_FLAG_PRIVATE if private else 0,
-                               errno=uapi.errno_name(err))
-
-        if mismatch:
-            return fault()
-        if emulated and gfn == uapi.APIC_DEFAULT_PHYS_BASE >> SHIFT:
-            # vcpu_is_mmio_gpa: "For APIC access vmexit", memslot or not.
-            return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
+    def gfn_private(self, kvm: Vm, gfn: int) -> bool | None:
+        """Whether the guest may access gfn as private (True) or shared (False),
+        or neither (None: an in-place unshare still pending).  The file's own
+        attribute where its inode keeps one (in-place designs), else the VM's."""
         key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
         slot = kvm.memslots.get(key) if key is not None else None
-        if slot is None:
-            if private:
-                return fault()
-            return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
-        # The emulator reaches guest memory through userspace_addr only
-        # (kvm_vcpu_read_guest), guest_memfd-only slot or not.
-        if private or (slot.gmem_only and not emulated):
-            if not slot.private_bound:
-                return fault()
-            backing = self._private_backing(kvm, slot, gfn)
+        f = self.state.files.get(slot.private_file) \
+            if slot is not None and slot.private_file is not None else None
+        inode = self.state.inodes[f.inode] if f is not None else None
+        if slot is None or inode is None or inode.attributes is None:
+            return bool(kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        attr = inode.attributes[slot.private_pgoff + gfn - slot.base_gfn]
+        return None if attr == NONE_SHARED else attr == PRIVATE
+
+    def kvm_private(self, kvm: Vm, gfn: int) -> bool:
+        """kvm_mem_is_private: whether KVM holds gfn private (an unshare still
+        pending counts: the guest asked for it)."""
+        return self.design.kvm.has_private_mem(kvm.type) and self.gfn_private(kvm, gfn) is not False
+
+    # --- SNP and TDX: the pre-boot (measured) phase -------------------------------------------
+
+    def populate(self, vm: int, gpa: int, data: bytes) -> int:
+        kvm = self.core.vm_of(vm)
+        if not self.design.kvm.has_private_mem(kvm.type):
+            raise kernel_error(errno.EINVAL, "the VM has no private memory")
+        if kvm.launched and kvm.type in NO_NONZERO_AFTER_LAUNCH and any(data):
+            raise kernel_error(errno.EPERM, "non-zero data after launch_finish")
+        pos, end = gpa, gpa + len(data)
+        while pos < end:
+            gfn = pos >> SHIFT
+            stop = min(end, (gfn + 1) << SHIFT)
+            key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
+            slot = kvm.memslots.get(key) if key is not None else None
+            if slot is None or not slot.private_bound:
+                raise kernel_error(errno.EINVAL, f"gfn {gfn:#x} is not in a private memslot")
+            if not kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
+                raise kernel_error(errno.EINVAL, f"gfn {gfn:#x} is not private")
+            backing = self.private_backing(kvm, slot, gfn)
             if isinstance(backing, int):
-                return fault(backing)
+                raise kernel_error(backing, f"gfn {gfn:#x}: its page cannot be taken")
             store, index = backing
-            offset = (index << SHIFT) | (gpa & (P - 1))
-            if write:
-                assert data is not None
-                pages.write(store, offset, data)
-                return b""
-            return pages.read(store, offset, n)
-        if write and slot.flags & uapi.KVM_MEM_READONLY:
-            return GuestAccess(exit="mmio", gpa=gpa, size=n, write=True)
-        hva = slot.userspace_addr + (gpa - (slot.base_gfn << SHIFT))
-        segments, host_fault = self._resolve(hva, n, write)
-        if host_fault is not None:
-            if emulated:  # the emulator's copy failed: emulated MMIO
-                return GuestAccess(exit="mmio", gpa=gpa, size=n, write=write)
-            return fault()  # hva_to_pfn failed: KVM_PFN_ERR_FAULT
-        out = bytearray()
-        for store, offset, count, m in segments:
-            if write:
-                assert data is not None
-                self._store(store, offset, count, m, data[len(out):len(out) + count], None)
-                out += bytes(count)
-            else:
-                out += self._load(store, offset, count, m)
-        return b"" if write else bytes(out)
+            pages.write(store, (index << SHIFT) | (pos & (P - 1)), data[pos - gpa:stop - gpa])
+            pos = stop
+        return 0
 
-
-    # --- guest hypercalls (model only: on a PVM host a guest's vmcall gives no exit) ------
-
-    def guest_hypercall(self, vcpu: int, nr: int, args: Sequence[int] = ()) -> GuestHypercall:
-        """A 64-bit guest at CPL 0 executes vmcall with RAX = nr and the args
-        in RBX, RCX, RDX, RSI: __kvm_emulate_hypercall's answer."""
-        f = self._ioctl_file(vcpu, "vcpu")
-        assert f.vm is not None
-        kvm = self.state.vms[f.vm]
-        a = [_u64(v, "args") for v in args] + [0] * (4 - len(args))
-        if len(a) > 4:
-            raise UsageError("guest_hypercall: at most 4 arguments")
-        self.state.counters["exits"] += 1
-        if _u64(nr, "nr") != uapi.KVM_HC_MAP_GPA_RANGE:
-            return GuestHypercall(exit="none", ret=-KVM_ENOSYS)
-        if not kvm.exit_hypercall & (1 << uapi.KVM_HC_MAP_GPA_RANGE):
-            return GuestHypercall(exit="none", ret=-KVM_ENOSYS)
-        gpa, npages = a[0], a[1]
-        gfn = gpa >> SHIFT
-        if gpa & (P - 1) or npages == 0 or (gfn + npages) & ((1 << 64) - 1) <= gfn:
-            return GuestHypercall(exit="none", ret=-KVM_EINVAL)
-        return GuestHypercall(exit="hypercall", nr=uapi.KVM_HC_MAP_GPA_RANGE,
-                              args=(gpa, npages, a[2], 0, 0, 0), flags=1)
-
-
-def _u64(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not -(1 << 63) <= value < 1 << 64:
-        raise UsageError(f"guest_hypercall: {name} must be 64-bit integers, got {value!r}")
-    return value & ((1 << 64) - 1)
+    def launch_finish(self, vm: int) -> int:
+        kvm = self.core.vm_of(vm)
+        if not self.design.kvm.has_private_mem(kvm.type) or kvm.launched:
+            raise kernel_error(errno.EINVAL, "no pre-boot phase to finish")
+        kvm.launched = True
+        return 0

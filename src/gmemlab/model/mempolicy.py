@@ -15,7 +15,7 @@ A policy lives where the kernel keeps it:
 * on a file's pages (``Inode.policy``, a shared policy over page indexes) when
   the mapping's vm_ops have set_policy/get_policy: shmem (memfd, shared
   anonymous memory) on every kernel, guest_memfd from Linux 6.19
-  (``Design.gmem_shared_policy``).  mbind then also stores the policy for the
+  (``KvmPolicy.mempolicy``).  mbind then also stores the policy for the
   file pages of the VMA it changed, after any merge (vma_replace_policy
   calls set_policy on the resulting VMA), and get_mempolicy(MPOL_F_ADDR)
   reads the file's policy at that page and never the VMA's.  mbind_range
@@ -37,7 +37,8 @@ from .. import uapi
 from ..errors import kernel_error
 from ..interface import Mempolicy
 from ..rangemap import RangeMap
-from .mm import MmOps, page_align
+from .core import Component
+from .mm import AddressSpace, page_align
 from .pages import PAGE_INDEX_LIMIT
 from .policies import PolicyHome
 from .state import TASK_SIZE, Inode, Mapping, Policy
@@ -75,7 +76,14 @@ def relative_nodes(orig: int, rel: int) -> int:
     return sum(1 << targets[i] for i in folded)
 
 
-class MempolicyOps(MmOps):
+class MemoryPolicy(Component):
+    """mbind, get_mempolicy and set_mempolicy over the host address space."""
+
+    mm: AddressSpace
+
+    def connect(self, mm: AddressSpace) -> None:
+        self.mm = mm
+
     # --- building a policy ------------------------------------------------------------
 
     def _mpol_sanitize(self, mode: int) -> tuple[int, int]:
@@ -156,7 +164,7 @@ class MempolicyOps(MmOps):
         new = self._mpol_new(mode, mode_flags, nodes)
         first = addr >> SHIFT
         last = min(end >> SHIFT, self.state.vmas.limit)
-        if addr >= TASK_SIZE or not self._mapping_runs(first, last):
+        if addr >= TASK_SIZE or not self.mm.mapping_runs(first, last):
             raise kernel_error(errno.EFAULT, "no mapping in the range")
         hole = (end >> SHIFT) > last or \
             self.state.vmas.find(first, last, lambda m: m is None) is not None
@@ -165,7 +173,7 @@ class MempolicyOps(MmOps):
             raise kernel_error(errno.EFAULT, "the range has unmapped pages")
         pos = first
         while pos < last:
-            vma = self._vma_of(pos)
+            vma = self.mm.vma_of(pos)
             if vma is None:
                 nxt = self.state.vmas.find(pos, last, lambda m: m is not None)
                 if nxt is None:
@@ -175,7 +183,7 @@ class MempolicyOps(MmOps):
             s, e, m = vma
             stop = min(e, last)
             if m.policy != new:  # mpol_equal(vma->vm_policy, new): nothing to do
-                self._modify(s, e, pos, stop, replace(m, policy=new, tag=0))
+                self.mm.modify(s, e, pos, stop, replace(m, policy=new, tag=0))
                 ms, me, merged = self.state.vmas.run_at(pos)
                 assert merged is not None
                 self._set_shared_policy(merged, ms, me, new)
@@ -203,7 +211,7 @@ class MempolicyOps(MmOps):
                 raise kernel_error(errno.EINVAL, "MPOL_F_MEMS_ALLOWED stands alone")
             return Mempolicy(0, self._nodes_to_user(MEMORY_NODES, maxnode))
         if flags & uapi.MPOL_F_ADDR:
-            vma = self._vma_of(addr >> SHIFT) if addr < TASK_SIZE else None
+            vma = self.mm.vma_of(addr >> SHIFT) if addr < TASK_SIZE else None
             if vma is None:
                 raise kernel_error(errno.EFAULT, f"no mapping at {addr:#x}")
             policy = self._policy_at(addr >> SHIFT, vma[2])

@@ -12,21 +12,26 @@ the first split of munmap), which reproduces the limits Linux shows: two
 VMAs per isolated page, ENOMEM for the split past vm.max_map_count, merges
 that still succeed there.
 
-Faults are decided per kind of file (``_fault_<kind>``): guest_memfd raises
-SIGBUS beyond i_size or without INIT_SHARED, shmem beyond i_size.
+What a mapping of a file does is the file's (fileops.py): its mmap may
+refuse, its fault handler serves pages or raises SIGBUS (guest_memfd beyond
+i_size or without INIT_SHARED, shmem beyond i_size), its vm_operations may
+forbid a split or a move and hear a VMA close.
 """
 
 from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, replace
-from typing import Any
 
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
 from . import pages
-from .ptes import PteOps
-from .state import TASK_SIZE, Inode, Mapping, OpenFile
+from .core import Component
+from .fileops import FileOps, beyond_size
+from .observe import Observer
+from .pkvm import Pkvm
+from .ptes import HostPtes
+from .state import TASK_SIZE, Mapping, OpenFile
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -36,9 +41,6 @@ MMAP_MIN_ADDR = 0x10000
 LEGACY_MAP_MASK = (0x01 | 0x02 | 0x10 | 0x20 | 0x0800 | 0x1000 | 0x4000000 | 0x0100 | 0x2000
                    | 0x4000 | 0x8000 | 0x10000 | 0x20000 | 0x40000)
 MAP_TYPE_SHARED_VALIDATE = uapi.MAP_SHARED_VALIDATE
-
-# Kinds whose files live on a noexec mount (the anon-inode fs).
-NOEXEC = frozenset({"gmem", "vm", "vcpu", "restricted"})
 
 # madvise advice that only changes VMA flags, as (bits set, bits cleared).
 VM_RAND_READ, VM_SEQ_READ, VM_DONTCOPY = 1, 2, 4
@@ -92,13 +94,30 @@ class MmapPlan:
 Segment = tuple[pages.PageStore, int, int, Mapping]
 
 
-class MmOps(PteOps):
+class AddressSpace(Component):
+    """The process's VMAs and PTEs: mmap and friends, faults, host loads and stores."""
+
+    ptes: HostPtes
+    pkvm: Pkvm
+    observer: Observer
+
+    def connect(self, ptes: HostPtes, pkvm: Pkvm, observer: Observer) -> None:
+        self.ptes, self.pkvm, self.observer = ptes, pkvm, observer
+
+    def use_file_ops(self, ops: dict[str, FileOps]) -> None:
+        """The kinds' tables, and which vm_operations any kind has at all: a
+        design none of whose files refuse splits never looks at a file to split."""
+        self.ops = ops
+        self.checks_split = any(o.may_split is not None for o in ops.values())
+        self.checks_mremap = any(o.mremap is not None for o in ops.values())
+        self.tells_close = any(o.close is not None for o in ops.values())
+
     # --- VMA bookkeeping ----------------------------------------------------------
 
     def _count_vmas(self, first: int, last: int) -> int:
         return sum(1 for _, _, m in self.state.vmas.runs(max(first, 0), last) if m is not None)
 
-    def _assign(self, first: int, last: int, value: Mapping | None) -> None:
+    def assign(self, first: int, last: int, value: Mapping | None) -> None:
         """Set vpages [first, last) to value, keeping map_count, per-file
         mapped-page counts and the split/merge counters exact."""
         vmas = self.state.vmas
@@ -135,10 +154,10 @@ class MmOps(PteOps):
         inode = self.state.inodes[self.state.files[m.file].inode]
         inode.vma_cover.update(first + m.delta, last + m.delta, lambda n: n + change)
 
-    def _mapping_runs(self, first: int, last: int) -> list[tuple[int, int, Mapping]]:
+    def mapping_runs(self, first: int, last: int) -> list[tuple[int, int, Mapping]]:
         return [(s, e, m) for s, e, m in self.state.vmas.runs(first, last) if m is not None]
 
-    def _vma_of(self, vpage: int) -> tuple[int, int, Mapping] | None:
+    def vma_of(self, vpage: int) -> tuple[int, int, Mapping] | None:
         s, e, m = self.state.vmas.run_at(vpage)
         return (s, e, m) if m is not None else None
 
@@ -147,10 +166,14 @@ class MmOps(PteOps):
         for fid in {m.file for m in mappings if m.file is not None}:
             f = self.state.files.get(fid)
             if f is not None:
-                self._maybe_release(f)
+                self.core.maybe_release(f)
 
-    def _may_split(self, m: Mapping, vpage: int) -> None:
-        """vm_ops->may_split; ordinary mappings always may."""
+    def may_split(self, m: Mapping, vpage: int) -> None:
+        """vm_ops->may_split of the mapping's file; ordinary mappings always may."""
+        if self.checks_split and m.file is not None:
+            may_split = self.ops[self.state.files[m.file].kind].may_split
+            if may_split is not None:
+                may_split(m, vpage)
 
     def _split_check(self) -> None:
         if self.state.map_count >= self.state.max_map_count:
@@ -161,7 +184,7 @@ class MmOps(PteOps):
     def _free(self, first: int, last: int) -> bool:
         return last <= self.state.vmas.limit and self.state.vmas.all_equal(first, last, None)
 
-    def _unmapped_area(self, npages: int, hint: int) -> tuple[int, tuple[int, int] | None]:
+    def unmapped_area(self, npages: int, hint: int) -> tuple[int, tuple[int, int] | None]:
         """get_unmapped_area, top-down below MMAP_BASE as x86-64 does: the
         highest free range that fits.  Returns the first page and the
         free-area cache to keep once the mapping is in place."""
@@ -195,31 +218,33 @@ class MmOps(PteOps):
 
     def mmap(self, fd: int, length: int, prot: int, flags: int, offset: int = 0,
              addr: int = 0) -> int:
-        plan = self._mmap_plan(fd, length, prot, flags, offset, addr)
+        plan = self.mmap_plan(fd, length, prot, flags, offset, addr)
         if plan.file is not None:
             try:
-                self._mmap_hook(self.state.files[plan.file], plan.shared, plan.prot, plan.pgoff,
-                                plan.npages)
+                f = self.state.files[plan.file]
+                mmap = self.ops[f.kind].mmap
+                assert mmap is not None  # its absence was refused by mmap_plan
+                mmap(f, plan.shared, plan.prot, plan.pgoff, plan.npages)
             except OSError:
-                self._mmap_refused(plan)
+                self.mmap_refused(plan)
                 raise
-        return self._mmap_install(plan)
+        return self.mmap_install(plan)
 
-    def _mmap_refused(self, plan: MmapPlan) -> None:
+    def mmap_refused(self, plan: MmapPlan) -> None:
         """__mmap_region has already unmapped (and zapped) what MAP_FIXED
         replaces when the file's mmap fails: vms_abort_munmap_vmas cannot
         reattach it and leaves a gap (mm/vma.c)."""
         if plan.fixed:
             self._unmap_range(plan.first, plan.first + plan.npages)
 
-    def _mmap_plan(self, fd: int, length: int, prot: int, flags: int, offset: int,
-                   addr: int) -> MmapPlan:
+    def mmap_plan(self, fd: int, length: int, prot: int, flags: int, offset: int,
+                  addr: int) -> MmapPlan:
         """Everything do_mmap checks before it calls the file's mmap; changes nothing."""
         if offset & (P - 1):
             raise kernel_error(errno.EINVAL, "offset not page-aligned")
         pgoff = (offset & ((1 << 64) - 1)) >> SHIFT
         anonymous = bool(flags & uapi.MAP_ANONYMOUS)
-        f = None if anonymous else self._file(fd)
+        f = None if anonymous else self.core.file(fd)
         if length == 0:
             raise kernel_error(errno.EINVAL, "length 0")
         size = page_align(length)
@@ -231,8 +256,11 @@ class MmOps(PteOps):
         if self.state.map_count > self.state.max_map_count:
             raise kernel_error(errno.ENOMEM, "vm.max_map_count exceeded")
         fixed = bool(flags & (uapi.MAP_FIXED | uapi.MAP_FIXED_NOREPLACE))
+        ops = None
         if f is not None:
-            addr = self._mmap_hint(f, pgoff, npages, addr, fixed)
+            ops = self.ops[f.kind]
+            if ops.get_unmapped_area is not None:  # the file places its mappings itself
+                addr = ops.get_unmapped_area(f, pgoff, npages, addr, fixed)
         cache = None
         if fixed:
             if addr & (P - 1):
@@ -241,14 +269,14 @@ class MmOps(PteOps):
                 raise kernel_error(errno.ENOMEM, "MAP_FIXED range beyond user space")
             first = addr >> SHIFT
         else:
-            first, cache = self._unmapped_area(npages, addr)
+            first, cache = self.unmapped_area(npages, addr)
         if flags & uapi.MAP_FIXED_NOREPLACE and not flags & uapi.MAP_FIXED \
                 and not self._free(first, first + npages):
             raise kernel_error(errno.EEXIST, "MAP_FIXED_NOREPLACE range is in use")
         maptype = flags & uapi.MAP_TYPE
         # Unlike mprotect, mmap does not validate prot: unknown bits are dropped.
         prot &= uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
-        if fixed and self._mapping_runs(first, first + npages):
+        if fixed and self.mapping_runs(first, first + npages):
             self._unmap_checks(first, first + npages)
         mayexec = True
         if f is None:
@@ -264,21 +292,18 @@ class MmOps(PteOps):
             if maptype not in (uapi.MAP_SHARED, uapi.MAP_SHARED_VALIDATE, uapi.MAP_PRIVATE):
                 raise kernel_error(errno.EINVAL, "map type must be SHARED or PRIVATE")
             shared = maptype != uapi.MAP_PRIVATE
-            if f.kind in NOEXEC:
+            assert ops is not None
+            if ops.noexec:
                 if prot & uapi.PROT_EXEC:
                     raise kernel_error(errno.EPERM, "PROT_EXEC on a noexec mount")
                 mayexec = False
-            if self._handler_mm("mmap", f) is None:  # do_mmap: no f_op->mmap at all
+            if ops.mmap is None:  # do_mmap: no f_op->mmap at all
                 raise kernel_error(errno.ENODEV, f"a {f.kind} file cannot be mapped")
         return MmapPlan(file=f.id if f is not None else None, first=first, npages=npages,
                         fixed=fixed, shared=shared, prot=prot, pgoff=pgoff, mayexec=mayexec,
                         cache=cache)
 
-    def _mmap_hint(self, f: OpenFile, pgoff: int, npages: int, addr: int, fixed: bool) -> int:
-        """Where a design wants a mapping of f placed (a hint unless fixed)."""
-        return addr
-
-    def _mmap_install(self, plan: MmapPlan) -> int:
+    def mmap_install(self, plan: MmapPlan) -> int:
         """The part of mmap_region after the file's mmap said yes: the new VMA."""
         first, npages = plan.first, plan.npages
         overlay = None
@@ -290,8 +315,8 @@ class MmOps(PteOps):
                               shared=plan.shared, maywrite=True, mayexec=plan.mayexec,
                               overlay=overlay)
         elif plan.shared:
-            inode = self._new_inode("shmem", uapi.S_IFREG | 0o777, size=npages * P)
-            f = self._new_file("shmem", inode)
+            inode = self.core.new_inode("shmem", uapi.S_IFREG | 0o777, size=npages * P)
+            f = self.core.new_file("shmem", inode)
             mapping = Mapping(file=f.id, delta=-first, prot=plan.prot, shared=True,
                               maywrite=True, mayexec=True)
         else:
@@ -299,23 +324,10 @@ class MmOps(PteOps):
                               mayexec=True, overlay=overlay)
         if plan.fixed:
             self._unmap_range(first, first + npages)
-        self._assign(first, first + npages, mapping)
+        self.assign(first, first + npages, mapping)
         if plan.cache is not None:
             self.state.free_area, self.state.cached_hole = plan.cache
         return first << SHIFT
-
-    def _mmap_hook(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
-        """f_op->mmap (its absence was refused by _mmap_plan)."""
-        self._handler_mm("mmap", f)(f, shared, prot, pgoff, npages)
-
-    def _handler_mm(self, call: str, f: OpenFile) -> Any:
-        return getattr(self, f"_{call}_{f.kind}", None)
-
-    def _mmap_memfd(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
-        return None
-
-    def _mmap_vcpu(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
-        return None
 
     # --- munmap -------------------------------------------------------------------------
 
@@ -326,36 +338,43 @@ class MmOps(PteOps):
         if size == 0:
             raise kernel_error(errno.EINVAL, "length 0")
         first, last = addr >> SHIFT, (addr + size) >> SHIFT
-        if self._mapping_runs(first, last):
+        if self.mapping_runs(first, last):
             self._unmap_checks(first, last)
             self._unmap_range(first, last)
         return 0
 
     def _unmap_checks(self, first: int, last: int) -> None:
         """What vms_gather_munmap_vmas checks before it splits anything."""
-        vma = self._vma_of(first)
+        vma = self.vma_of(first)
         if vma is not None and vma[0] < first:
             if last < vma[1] and self.state.map_count >= self.state.max_map_count:
                 raise kernel_error(errno.ENOMEM, "splitting would exceed vm.max_map_count")
-            self._may_split(vma[2], first)
-        tail = self._vma_of(last - 1)
+            self.may_split(vma[2], first)
+        tail = self.vma_of(last - 1)
         if tail is not None and tail[1] > last:
-            self._may_split(tail[2], last)
+            self.may_split(tail[2], last)
 
     def _unmap_range(self, first: int, last: int) -> None:
-        runs = self._mapping_runs(first, last)
+        runs = self.mapping_runs(first, last)
         if not runs:
             return
-        self._ptes_clear(first, last)
-        self._assign(first, last, None)
+        self.ptes.clear(first, last)
+        self.assign(first, last, None)
         self.state.counters["host_pte_zaps"] += 1
         self.state.counters["tlb_flushes"] += 1
-        self._vmas_closed(runs)
+        self._close(runs)
         self._unmapped_files([m for _, _, m in runs])
         self._drop_unused_overlays({m.overlay for _, _, m in runs if m.overlay is not None})
 
-    def _vmas_closed(self, runs: list[tuple[int, int, Mapping]]) -> None:
-        """vm_ops->close for removed mappings; nothing for ordinary files."""
+    def _close(self, runs: list[tuple[int, int, Mapping]]) -> None:
+        """vm_ops->close of each removed mapping's file; nothing for ordinary files."""
+        if not self.tells_close:
+            return
+        for _, _, m in runs:
+            if m.file is not None:
+                close = self.ops[self.state.files[m.file].kind].close
+                if close is not None:
+                    close(m)
 
     def _drop_unused_overlays(self, overlays: set[int]) -> None:
         for overlay in overlays:
@@ -378,12 +397,12 @@ class MmOps(PteOps):
             raise kernel_error(errno.EINVAL, "unknown PROT_ bits")
         prot &= uapi.PROT_READ | uapi.PROT_WRITE | uapi.PROT_EXEC
         first, last = addr >> SHIFT, min(end >> SHIFT, self.state.vmas.limit)
-        vma = self._vma_of(first) if first < self.state.vmas.limit else None
+        vma = self.vma_of(first) if first < self.state.vmas.limit else None
         if vma is None:
             raise kernel_error(errno.ENOMEM, "start of range is not mapped")
         pos = first
         while pos < last:
-            vma = self._vma_of(pos)
+            vma = self.vma_of(pos)
             if vma is None:
                 raise kernel_error(errno.ENOMEM, "range has a hole")
             s, e, m = vma
@@ -391,32 +410,32 @@ class MmOps(PteOps):
             if (prot & uapi.PROT_WRITE and not m.maywrite) or (prot & uapi.PROT_EXEC and not m.mayexec):
                 raise kernel_error(errno.EACCES, "protection beyond what the mapping may have")
             if m.prot != prot:
-                self._modify(s, e, pos, stop, replace(m, prot=prot, tag=0))
+                self.modify(s, e, pos, stop, replace(m, prot=prot, tag=0))
             pos = stop
         if (end >> SHIFT) > last:
             raise kernel_error(errno.ENOMEM, "range beyond user space")
         self.state.counters["tlb_flushes"] += 1
         return 0
 
-    def _modify(self, s: int, e: int, first: int, last: int, new: Mapping) -> None:
+    def modify(self, s: int, e: int, first: int, last: int, new: Mapping) -> None:
         """vma_modify: split [s, e) at first and last (each split checked
         against max_map_count, as split_vma does), then change [first, last)."""
         old = self.state.vmas[first]
         assert old is not None
         if first > s:
-            self._may_split(old, first)
+            self.may_split(old, first)
             self._split_check()
         if last < e:
-            self._may_split(old, last)
+            self.may_split(old, last)
             if first > s:
                 # Both splits needed: the first one happens before the second
                 # is checked, and stays if the second fails.
                 if self.state.map_count + 1 >= self.state.max_map_count:
-                    self._assign(first, e, replace(old, tag=self.state.new_id()))
+                    self.assign(first, e, replace(old, tag=self.state.new_id()))
                     raise kernel_error(errno.ENOMEM, "vm.max_map_count reached")
             else:
                 self._split_check()
-        self._assign(first, last, new)
+        self.assign(first, last, new)
 
     # --- madvise -----------------------------------------------------------------------------
 
@@ -440,7 +459,7 @@ class MmOps(PteOps):
         unmapped = (end >> SHIFT) > last
         pos = first
         while pos < last:
-            vma = self._vma_of(pos)
+            vma = self.vma_of(pos)
             if vma is None:
                 unmapped = True
                 nxt = self.state.vmas.find(pos, last, lambda m: m is not None)
@@ -464,9 +483,9 @@ class MmOps(PteOps):
             set_bits, clear_bits = FLAG_ADVICE[advice]
             new_advice = (m.advice | set_bits) & ~clear_bits
             if new_advice != m.advice:
-                self._modify(s, e, first, last, replace(m, advice=new_advice, tag=0))
+                self.modify(s, e, first, last, replace(m, advice=new_advice, tag=0))
         elif advice == uapi.MADV_DONTNEED:
-            self._ptes_clear(first, last)
+            self.ptes.clear(first, last)
             self._drop_private(m, first, last)
             self.state.counters["host_pte_zaps"] += 1
         elif advice == uapi.MADV_FREE:
@@ -485,15 +504,14 @@ class MmOps(PteOps):
                 raise kernel_error(errno.EINVAL, f"a {f.kind} mapping cannot be collapsed")
         elif advice in (uapi.MADV_POPULATE_READ, uapi.MADV_POPULATE_WRITE):
             write = advice == uapi.MADV_POPULATE_WRITE
-            _, fault = self._resolve(first << SHIFT, (last - first) << SHIFT, write)
+            _, fault = self.resolve(first << SHIFT, (last - first) << SHIFT, write)
             if fault is not None:
                 raise kernel_error(errno.EFAULT if fault.signo == uapi.SIGBUS else errno.ENOMEM,
                                    fault.why)
 
     def _remove_range(self, f: OpenFile, offset: int, length: int) -> None:
         mode = uapi.FALLOC_FL_PUNCH_HOLE | uapi.FALLOC_FL_KEEP_SIZE
-        kind = "memfd" if f.kind == "shmem" else f.kind  # shared anonymous memory is shmem
-        handler = self._handler_mm("fallocate", replace(f, kind=kind))
+        handler = self.ops[f.kind].fallocate
         if handler is None:
             raise kernel_error(errno.EOPNOTSUPP, "the file cannot punch holes")
         handler(f, mode, offset, length)
@@ -526,7 +544,7 @@ class MmOps(PteOps):
             if addr < new_address + new_size and new_address < addr + old_size:
                 raise kernel_error(errno.EINVAL, "old and new ranges overlap")
         first = addr >> SHIFT
-        vma = self._vma_of(first) if addr < TASK_SIZE else None
+        vma = self.vma_of(first) if addr < TASK_SIZE else None
         if vma is None:
             raise kernel_error(errno.EFAULT, "old address is not mapped")
         s, e, m = vma
@@ -535,7 +553,7 @@ class MmOps(PteOps):
         old_last = first + (old_size >> SHIFT)
         if old_last > e:
             raise kernel_error(errno.EFAULT, "old range is not within one mapping")
-        self._mremap_check(m)
+        self._mremap(m)
         new_npages = new_size >> SHIFT
         if flags & uapi.MREMAP_FIXED:
             self._unmap_range(new_address >> SHIFT, (new_address >> SHIFT) + new_npages)
@@ -546,37 +564,41 @@ class MmOps(PteOps):
             return addr
         grow_first, grow_last = old_last, first + new_npages
         if old_last == e and self._free(grow_first, grow_last) and grow_last << SHIFT <= TASK_SIZE:
-            self._assign(grow_first, grow_last, m)
+            self.assign(grow_first, grow_last, m)
             return addr
         if not flags & uapi.MREMAP_MAYMOVE:
             raise kernel_error(errno.ENOMEM, "cannot grow in place")
-        target, cache = self._unmapped_area(new_npages, 0)
+        target, cache = self.unmapped_area(new_npages, 0)
         moved = self._move(s, e, first, old_last, m, target, new_npages)
         if cache is not None:
             self.state.free_area, self.state.cached_hole = cache
         return moved
 
-    def _mremap_check(self, m: Mapping) -> None:
-        """vm_ops->mremap; ordinary mappings may move."""
+    def _mremap(self, m: Mapping) -> None:
+        """vm_ops->mremap of the mapping's file; ordinary mappings may move."""
+        if self.checks_mremap and m.file is not None:
+            mremap = self.ops[self.state.files[m.file].kind].mremap
+            if mremap is not None:
+                mremap(m)
 
     def _move(self, s: int, e: int, first: int, last: int, m: Mapping, target: int,
               npages: int) -> int:
         if self.state.map_count >= self.state.max_map_count - 3:
             raise kernel_error(errno.ENOMEM, "vm.max_map_count reached")
         if first > s:
-            self._may_split(m, first)
+            self.may_split(m, first)
         if last < e:
-            self._may_split(m, last)
+            self.may_split(m, last)
         moved = replace(m, delta=m.delta + first - target, tag=0)
-        self._ptes_move(first, last, target)
-        self._assign(first, last, None)
-        self._assign(target, target + npages, moved)
+        self.ptes.move(first, last, target)
+        self.assign(first, last, None)
+        self.assign(target, target + npages, moved)
         self.state.counters["host_pte_zaps"] += 1
         return target << SHIFT
 
     # --- host loads and stores ----------------------------------------------------------------
 
-    def _resolve(self, addr: int, length: int, write: bool) -> tuple[list[Segment], Fault | None]:
+    def resolve(self, addr: int, length: int, write: bool) -> tuple[list[Segment], Fault | None]:
         """Fault in [addr, addr+length) page by page, in order.
 
         Returns the segments (store, byte offset in the store, length, mapping)
@@ -601,11 +623,11 @@ class MmOps(PteOps):
             store, served = self._fault_range(m, first_pg, last_pg, write)
             ok_end = min(stop, (served - m.delta) << SHIFT)
             if ok_end > pos:
-                self._ptes_install(vpage, ((ok_end - 1) >> SHIFT) + 1, m)
+                self.ptes.install(vpage, ((ok_end - 1) >> SHIFT) + 1, m)
                 segments.append((store, ((vpage + m.delta) << SHIFT) + (pos & (P - 1)),
                                  ok_end - pos, m))
             if ok_end < stop:
-                return segments, Fault(uapi.SIGBUS, ok_end, self._why_sigbus(m, ok_end))
+                return segments, Fault(uapi.SIGBUS, ok_end, self.why_sigbus(m, ok_end))
             pos = stop
         return segments, None
 
@@ -617,55 +639,54 @@ class MmOps(PteOps):
             assert m.overlay is not None
             return self.state.overlays[m.overlay], last
         f = self.state.files[m.file]
-        handler = self._handler_mm("fault", f)
+        handler = self.ops[f.kind].fault
         if handler is None:
             return self.state.inodes[f.inode].pages, first
         served: int = handler(f, first, last, write)
         inode = self.state.inodes[f.inode]
-        served = self._host_stage2_limit(inode, first, served)
+        served = self.pkvm.stage2_limit(inode, first, served)
         if served > first:
             self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, first, served)
         return inode.pages, served
 
-    def _host_stage2_limit(self, inode: Inode, first: int, served: int) -> int:
-        """The first page of [first, served) a hypervisor would not let the
-        host touch (pKVM, model/pkvm.py); served when there is none."""
-        return served
-
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        return "the file cannot serve this page"
-
-    def _fault_memfd(self, f: OpenFile, first: int, last: int, write: bool) -> int:
-        inode = self.state.inodes[f.inode]
-        return max(first, min(last, (inode.size + P - 1) >> SHIFT))
-
-    _fault_shmem = _fault_memfd
-
-    def _fault_vcpu(self, f: OpenFile, first: int, last: int, write: bool) -> int:
-        return max(first, min(last, 3))  # kvm_run, pio page, coalesced MMIO ring
+    def why_sigbus(self, m: Mapping, addr: int) -> str:
+        """Why a host fault at addr on m could not be served.  Asked in this
+        order: the file holding the page back (private), the hypervisor's
+        stage-2 (the page belongs to a guest), the file's own reason (its size,
+        its state)."""
+        f = self.state.files.get(m.file) if m.file is not None else None
+        if f is None:
+            return "the file cannot serve this page"
+        index = (addr >> SHIFT) + m.delta
+        ops = self.ops[f.kind]
+        reason = ops.refuses_page(f, index) if ops.refuses_page is not None else None
+        if reason is None and self.state.pkvm is not None:
+            reason = self.pkvm.why_sigbus(self.state.inodes[f.inode], index)
+        if reason is not None:
+            return reason
+        if ops.why_sigbus is not None:
+            return ops.why_sigbus(f, index)
+        return beyond_size(self.state.inodes[f.inode], index) or "the file cannot serve this page"
 
     def _host_access(self, addr: int, length: int, write: bool, data: bytes | None = None,
                      fill: int | None = None) -> bytes:
         """A load (data and fill None) or a store, through the host mappings."""
-        segments, fault = self._resolve(addr, length, write)
-        self._audit_host_access(segments, write)
+        segments, fault = self.resolve(addr, length, write)
+        self.observer.audit_host_access(segments, write)
         out = bytearray()
         pos = 0
         for store, offset, n, m in segments:
             if write:
                 chunk = None if data is None else data[pos:pos + n]
-                self._store(store, offset, n, m, chunk, fill)
+                self.store(store, offset, n, m, chunk, fill)
             else:
-                out += self._load(store, offset, n, m)
+                out += self.load(store, offset, n, m)
             pos += n
         if fault is not None:
             raise MemorySignal(fault.signo, fault.addr, fault.why)
         return bytes(out)
 
-    def _audit_host_access(self, segments: list[Segment], write: bool) -> None:
-        """Record host accesses to private memory (design hook)."""
-
-    def _load(self, store: pages.PageStore, offset: int, n: int, m: Mapping) -> bytes:
+    def load(self, store: pages.PageStore, offset: int, n: int, m: Mapping) -> bytes:
         if m.shared or m.file is None:
             return pages.read(store, offset, n)
         assert m.overlay is not None
@@ -678,8 +699,8 @@ class MmOps(PteOps):
             out[lo - offset:hi - offset] = pages.read(overlay, lo, hi - lo)
         return bytes(out)
 
-    def _store(self, store: pages.PageStore, offset: int, n: int, m: Mapping,
-               data: bytes | None, fill: int | None) -> None:
+    def store(self, store: pages.PageStore, offset: int, n: int, m: Mapping,
+              data: bytes | None, fill: int | None) -> None:
         target = store
         if not m.shared and m.file is not None:
             assert m.overlay is not None
@@ -693,6 +714,15 @@ class MmOps(PteOps):
         else:
             assert fill is not None
             pages.fill(target, offset, n, fill)
+
+    def vma_count(self) -> int:
+        return self.state.map_count
+
+    def set_max_map_count(self, value: int) -> int:
+        if value < 0:
+            raise kernel_error(errno.EINVAL, "vm.max_map_count cannot be negative")
+        self.state.max_map_count = value
+        return 0
 
     def read_mem(self, addr: int, length: int) -> bytes:
         if length == 0:

@@ -1,17 +1,16 @@
-"""What the checker sees of the model: promise hooks, events, and interleavings as case steps.
+"""What the checker sees of the model: promise hooks and events.
 
 The checker (gmemlab.checker) judges its promises on a few facts the model
 states here, once, for every design: which file pages are private, which have
 host references, which references are outstanding, how many mappings each
-file has, and whether KVM still waits for an mmap to end.  Designs that keep
-such facts elsewhere (in-place conversion keeps attributes on the file, pKVM
-an ownership state per page) override the hook that reads them, so that the
-checker stays design-agnostic.
+file has, and whether KVM still waits for an mmap to end.  Where a design
+keeps such a fact (the VM's attributes or, in place, the file's; a VMA or a
+PTE as the host's reference, as its PromisePolicy says), the hook reads it
+from there, so that the checker stays design-agnostic.
 
-It also offers the interleavings the checker finds as model-only case
-operations: `actor_begin` / `actor_step` drive the stepwise API (steps.py)
-from a case file, `observe` and `audit_log` assert the state a
-counterexample ends in.
+`observe` and `audit_log` are also model-only case operations: a case file
+replaying a counterexample (steps.py's actor_begin / actor_step) asserts the
+state it ends in with them.
 """
 
 from __future__ import annotations
@@ -20,12 +19,10 @@ from collections import defaultdict
 from typing import Any
 
 from .. import uapi
-from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import Observation
-from ..spelling import call_arguments
+from .core import Component
 from .invariants import ownership_violations, private_page_runs
 from .policies import HostMappingPromise
-from .steps import StepOps
 
 SHIFT = uapi.PAGE_SHIFT
 Runs = tuple[tuple[int, int, int], ...]
@@ -64,7 +61,9 @@ def _count(pieces: dict[int, list[tuple[int, int, int]]]) -> CountedRuns:
     return tuple(out)
 
 
-class ObserveOps(StepOps):
+class Observer(Component):
+    """The facts and events the checker's promises are judged on."""
+
     # --- events ----------------------------------------------------------------------
 
     def drain_events(self) -> list[tuple[Any, ...]]:
@@ -81,7 +80,7 @@ class ObserveOps(StepOps):
                 inode.restricted.log = []
         return events
 
-    def _audit_host_access(self, segments: list[Any], write: bool) -> None:
+    def audit_host_access(self, segments: list[Any], write: bool) -> None:
         """Record host loads and stores that reach the bytes of a private page
         (promise P1), for every design: whatever a design calls private, as its
         private_pages() says."""
@@ -98,7 +97,7 @@ class ObserveOps(StepOps):
                 for index in range(max(s, first), min(e, last)):
                     self.state.audit.append(("host_access_private", "write" if write else "read", ino, index))
 
-    # --- promise hooks (designs with other state override these) ------------------------
+    # --- promise hooks --------------------------------------------------------------------
 
     def private_pages(self) -> Runs:
         """File pages the design considers private: the VM's attribute for the
@@ -197,26 +196,3 @@ class ObserveOps(StepOps):
         if not kind:
             return [list(e) for e in self.state.audit]
         return [list(e[1:]) for e in self.state.audit if e[0] == kind]
-
-    def actor_begin(self, actor: str, call: str, args: dict[str, Any] | None = None) -> int:
-        if call in ("actor_begin", "actor_step"):
-            raise UsageError("actor_begin: an actor runs kernel operations, not actor_begin/actor_step")
-        self.begin(actor, call, **call_arguments(call, args or {}))
-        return 0
-
-    def actor_step(self, actor: str) -> Any:
-        if actor not in self.state.pending:
-            raise UsageError(f"actor_step: actor {actor!r} has no operation in progress")
-        if not self.enabled(actor):
-            raise UsageError(f"actor_step: actor {actor!r} cannot run now: "
-                             f"{self._blocker(actor, self.state.pending[actor])}")
-        out = self.step(actor)
-        if out is None:
-            return "running"
-        if out.kind == "errno":
-            raise kernel_error(out.value, f"actor {actor}'s operation failed")
-        if out.kind == "signal":
-            raise MemorySignal(out.value, 0, f"actor {actor}'s access")
-        if out.kind == "usage":
-            raise UsageError(out.value)
-        return out.value

@@ -46,8 +46,8 @@ from ..errors import UsageError, kernel_error
 from ..interface import PkvmPage
 from ..rangemap import RangeMap
 from . import pages
-from .pfns import PfnOps
-from .state import GFN_LIMIT, PFN_LIMIT, GuestPte, HypPage, Inode, Mapping, PkvmState, Vm
+from .core import Component
+from .state import GFN_LIMIT, PFN_LIMIT, GuestPte, HypPage, Inode, PkvmState, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -66,7 +66,9 @@ PROT_RWX = 7  # KVM_PGTABLE_PROT_R | _W | _X
 IPA_BITS = 40  # a guest stage-2's input address size (KVM's default IPA size)
 
 
-class PkvmOps(PfnOps):
+class Pkvm(Component):
+    """The hypervisor: its hypercalls, and where it shows in the host."""
+
     # --- plumbing ----------------------------------------------------------------------
 
     def _pkvm(self) -> PkvmState:
@@ -386,7 +388,7 @@ class PkvmOps(PfnOps):
                 if page is not None:
                     inode.pages.set(ps, pe, pages.ZERO_PAGE)
 
-    def _destroy_vm(self, vm: Vm) -> None:
+    def vm_destroyed(self, vm: Vm) -> None:
         """VM teardown: the host reclaims every page the guest holds."""
         pkvm = self.state.pkvm
         if pkvm is not None and vm.id in pkvm.guests:
@@ -394,7 +396,6 @@ class PkvmOps(PfnOps):
                 if leaf is not None:
                     self._return_to_host(vm, s, e, leaf)
             del pkvm.guests[vm.id]
-        super()._destroy_vm(vm)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -426,7 +427,9 @@ class PkvmOps(PfnOps):
 
     # --- the host stage-2 under host accesses --------------------------------------------------
 
-    def _host_stage2_limit(self, inode: Inode, first: int, served: int) -> int:
+    def stage2_limit(self, inode: Inode, first: int, served: int) -> int:
+        """The first page of [first, served) the host stage-2 keeps the host
+        from touching (its pfn is not the host's); served when there is none."""
         pkvm = self.state.pkvm
         if pkvm is None or served <= first:
             return served
@@ -439,14 +442,13 @@ class PkvmOps(PfnOps):
                 return hit - delta
         return served
 
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
+    def why_sigbus(self, inode: Inode, index: int) -> str | None:
+        """Why a host access to file page index stops at the host stage-2, if it does."""
         pkvm = self.state.pkvm
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if pkvm is not None and f is not None:
-            inode = self.state.inodes[f.inode]
-            index = (addr >> SHIFT) + m.delta
-            delta = inode.pfns[index] if index < inode.pfns.limit else None
-            if delta is not None and pkvm.pages[index + delta].host == NOPAGE:
-                return (f"pKVM: the host does not own pfn {index + delta:#x} (it belongs to "
-                        "the hypervisor or a guest); the host stage-2 fault is injected back")
-        return super()._why_sigbus(m, addr)
+        if pkvm is None:
+            return None
+        delta = inode.pfns[index] if index < inode.pfns.limit else None
+        if delta is not None and pkvm.pages[index + delta].host == NOPAGE:
+            return (f"pKVM: the host does not own pfn {index + delta:#x} (it belongs to "
+                    "the hypervisor or a guest); the host stage-2 fault is injected back")
+        return None

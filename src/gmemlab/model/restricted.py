@@ -21,16 +21,41 @@ pre-boot phase), unless every gfn of its memslot is shared (EPERM), and while
 a conversion is running (EBUSY); conversely a conversion of a range bound to a
 mapped file, or to one whose mapping is being set up, is refused (EBUSY).
 
-The design object decides the two places where the sketch as written differs
-from the text: whether has_mapping is set, and whether mmap_end reaches every
-notifier.  Nothing else branches on the design.
+The design's policies decide the two places where the sketch as written
+differs from the text (whether has_mapping is set: MappingPolicy; whether
+mmap_end reaches every notifier: NotifyPolicy), and the page-granular
+designs (page-mmap, kvm-map: MappingPolicy.scope) change what the seed
+restricts:
+
+page-mmap (the fragmentation objection, pKVM's DMA pool shared page by
+page): host userspace maps any page range of the file, MAP_SHARED, and may
+split, merge and move the mappings.  Offset o of a file always goes to the
+file's canonical address (the place its first mapping chose for offset 0,
+plus o), so a page mapped again after an unmap lands in its hole and merges
+with its neighbours.  KVM's notifier refuses a mapping that covers a private
+gfn (EPERM).  The VMM munmaps a page before it converts it and mmaps it
+after, and the address space fragments as the pool's pages come and go;
+vm.max_map_count stops it (ENOMEM) exactly where the kernel would.
+
+kvm-map (Fuad's suggestion): host userspace cannot mmap the file (ENODEV);
+KVM maps shared guest ranges for it (kvm_map_shared, restricted_kvm.py) at
+the same canonical address, and the mappings' faults are KVM's: a private
+page raises SIGBUS.
+
+In both, get_pfn is not refused because the file is mapped, and unmapping
+with references out destroys nothing: the seed's two restrictions existed
+only to keep whole-file mappings and KVM's references apart
+(ReferencePolicy).  A guest's shared access to a gfn bound to the file
+reaches the file's own page, as pKVM shares in place.
+
+The notifier protocol is notifiers.py's; KVM's rules for conversions of
+memslots bound to the file, restricted_kvm.py's.
 """
 
 from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import uapi
@@ -38,73 +63,95 @@ from ..errors import UsageError, kernel_error
 from ..interface import FileState
 from ..rangemap import RangeMap
 from . import pages
-from .kvm import KvmOps
-from .policies import MmapEndTo
+from .core import Component
+from .fileops import Backing, FileOps, beyond_size
+from .gmem import GuestMemfd
+from .invariants import bound_private_runs
+from .mm import AddressSpace
+from .notifiers import EVENTS, FALLIBLE, MmapProgress, Notifiers
+from .policies import MapScope, PrivateFile
 from .state import GFN_LIMIT, Inode, Mapping, Memslot, Notifier, OpenFile, RestrictedState, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
-EVENTS = ("mmap_start", "mmap_end", "mmap_abort", "invalidate_start", "invalidate_end")
-# Only mmap_start returns an int in the sketch; the others are void.
-FALLIBLE = ("mmap_start",)
-NO_NONZERO_AFTER_LAUNCH = frozenset({uapi.KVM_X86_SNP_VM, uapi.KVM_X86_TDX_VM})
+PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 
 
-@dataclass(frozen=True)
-class MmapProgress:
-    """Where a restricted mmap's notifier protocol stands (held by the caller
-    between steps, so that the checker can interleave other work)."""
-
-    phase: str = "start"  # start -> end, or start -> abort
-    cursor: int = 0  # the next notifier to call
-    error: int = 0
-    refused_by: str = ""
-    done: bool = False
+def alive(r: RestrictedState) -> None:
+    if r.destroyed:
+        raise kernel_error(errno.EIO, "the restricted memfd was destroyed at unmap")
 
 
-class RestrictedOps(KvmOps):
+def total_refs(inode: Inode) -> int:
+    return sum((e - s) * n for s, e, n in inode.refs.runs() if n)
+
+
+class RestrictedMemfd(Component):
+    """The restricted memfd: the file, its mappings, and the pages KVM takes."""
+
+    gmem: GuestMemfd
+    notifiers: Notifiers
+    mm: AddressSpace
+
+    def connect(self, gmem: GuestMemfd, notifiers: Notifiers, mm: AddressSpace) -> None:
+        self.gmem, self.notifiers, self.mm = gmem, notifiers, mm
+
+    def file_ops(self) -> FileOps:
+        """The restricted memfd's operations, as this design builds them: the
+        page-granular designs' mappings may split and move, only page-mmap
+        places them at the canonical address, only a design that destroys the
+        file at unmap listens to a VMA's close, and only kvm-map's faults ask
+        KVM whether a page is private."""
+        m = self.design.mapping
+        whole_file = m.scope is MapScope.WHOLE_FILE
+        return FileOps(
+            regular=True, noexec=True, mmap=self.mmap,
+            get_unmapped_area=self.get_unmapped_area if m.scope is MapScope.PAGES else None,
+            fallocate=self.fallocate, setsize=self.setsize, fault=self.fault,
+            may_split=self.may_split if whole_file else None,
+            mremap=self.mremap if whole_file else None,
+            close=self.close if self.design.references.destroy_at_unmap else None,
+            refuses_page=self.refuses_page if m.faults_check_private else None,
+            why_sigbus=self.why_sigbus, bind=self.bind, unbind=self.unbind,
+            private_backing=self.private_backing, get_pfn=self.get_pfn, put_pfn=self.put_pfn)
+
     # --- creation, size, allocation -----------------------------------------------------
 
     def memfd_restricted(self, flags: int = 0) -> int:
-        if self.design.kvm.private_file.value != "restricted":
+        if self.design.kvm.private_file is not PrivateFile.RESTRICTED:
             raise kernel_error(errno.ENOSYS, f"memfd_restricted does not exist in design "
                                f"{self.design.name}")
         if flags:
             raise kernel_error(errno.EINVAL, "memfd_restricted takes no flags")
-        inode = self._new_inode("restricted", uapi.S_IFREG | 0o600)
+        inode = self.core.new_inode("restricted", uapi.S_IFREG | 0o600)
         inode.restricted = RestrictedState()
-        f = self._new_file("restricted", inode)
+        f = self.core.new_file("restricted", inode)
         f.bindings = RangeMap(None, GFN_LIMIT)
-        return self._install(f)
+        return self.core.install(f)
 
-    def _restricted(self, fd: int) -> tuple[OpenFile, Inode, RestrictedState]:
+    def restricted(self, fd: int) -> tuple[OpenFile, Inode, RestrictedState]:
         """The restricted memfd behind fd; EBADF or EINVAL for any other fd."""
-        f = self._file(fd)
+        f = self.core.file(fd)
         inode = self.state.inodes[f.inode]
         if inode.restricted is None:
             raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a restricted memfd")
         return f, inode, inode.restricted
 
-    @staticmethod
-    def _alive(r: RestrictedState) -> None:
-        if r.destroyed:
-            raise kernel_error(errno.EIO, "the restricted memfd was destroyed at unmap")
-
-    def _ftruncate_restricted(self, f: OpenFile, length: int) -> None:
+    def setsize(self, f: OpenFile, length: int) -> None:
         inode = self.state.inodes[f.inode]
         assert inode.restricted is not None
-        self._alive(inode.restricted)
+        alive(inode.restricted)
         if inode.size:
             raise kernel_error(errno.EPERM, "the size of a restricted memfd is set once")
         if length & (P - 1):
             raise kernel_error(errno.EINVAL, "the size must be page-aligned")
         inode.size = length
 
-    def _fallocate_restricted(self, f: OpenFile, mode: int, offset: int, length: int) -> None:
+    def fallocate(self, f: OpenFile, mode: int, offset: int, length: int) -> None:
         inode = self.state.inodes[f.inode]
         r = inode.restricted
         assert r is not None
-        self._alive(r)
+        alive(r)
 
         # invalidate_start, zap and free, invalidate_end (v9/v10 order: no
         # window in which KVM could still map a freed page); allocation
@@ -112,16 +159,16 @@ class RestrictedOps(KvmOps):
         def tell(event: str) -> Callable[[OpenFile, int, int], None]:
             def call(_: OpenFile, first: int, last: int) -> None:
                 for n in list(r.notifiers):
-                    self._notify(inode, n, event, first, last)
+                    self.notifiers.notify(inode, n, event, first, last)
             return call
 
-        self._private_fallocate(f, mode, offset, length, tell("invalidate_start"),
-                                tell("invalidate_end"))
+        self.gmem.fallocate_range(f, mode, offset, length, tell("invalidate_start"),
+                                  tell("invalidate_end"))
 
     # --- notifiers -------------------------------------------------------------------------
 
     def add_notifier(self, fd: int, name: str, fail: dict[str, Any] | None = None) -> int:
-        r = self._restricted(fd)[2]
+        r = self.restricted(fd)[2]
         if not name or ":" in name:
             raise UsageError("add_notifier: name must be non-empty and contain no ':'")
         if any(n.name == name for n in r.notifiers):
@@ -143,214 +190,185 @@ class RestrictedOps(KvmOps):
         return 0
 
     def notifier_log(self, fd: int) -> list[str]:
-        return list(self._restricted(fd)[2].log)
+        return list(self.restricted(fd)[2].log)
 
-    def _notify(self, inode: Inode, n: Notifier, event: str, first: int = 0, last: int = 0) -> int:
-        """Deliver one event to one notifier; the errno it returns (0: fine)."""
-        r = inode.restricted
-        assert r is not None
-        if n.vm is None:
-            r.log.append(f"{n.name}:{event}")
-            err = dict(n.fail).get(event, 0)
-        else:
-            err = self._kvm_notifier(self.state.vms[n.vm], n, event, first, last)
-        # Every notifier's view of the protocol, KVM's included (whose calls the
-        # log does not show): the checker's promise P5 is judged on these.
-        self.state.audit.append(("notify", inode.ino, n.name, event, err))
-        return err
+    # --- mmap: with the notifiers' consent ----------------------------------------------------
 
-    def _kvm_notifier(self, kvm: Vm, n: Notifier, event: str, first: int, last: int) -> int:
-        """KVM's side of the protocol, for the memslot n.slot."""
-        assert n.slot is not None
-        slot = kvm.memslots[n.slot]
-        if event == "mmap_start":
-            if kvm.type in NO_NONZERO_AFTER_LAUNCH:
-                return errno.EOPNOTSUPP  # no non-zero memory may enter an SNP/TDX guest
-            if kvm.converting:
-                return errno.EBUSY
-            if not self._slot_all_shared(kvm, slot):
-                return errno.EPERM
-            kvm.mmap_pending.add(n.slot)
-        elif event in ("mmap_end", "mmap_abort"):
-            kvm.mmap_pending.discard(n.slot)
-        elif event == "invalidate_start" and last > slot.private_pgoff and \
-                first < slot.private_pgoff + slot.npages:
-            self.state.counters["kvm_zaps"] += 1
-            self.state.counters["tlb_flushes"] += 1
-        return 0
-
-    @staticmethod
-    def _slot_all_shared(kvm: Vm, slot: Memslot) -> bool:
-        return not any(a & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE for _, _, a in
-                       kvm.attributes.runs(slot.base_gfn, slot.base_gfn + slot.npages))
-
-    # --- mmap: the whole file, once, with the notifiers' consent ------------------------------
-
-    def _mmap_restricted(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
+    def mmap(self, f: OpenFile, shared: bool, prot: int, pgoff: int, npages: int) -> None:
         """memfd_restricted_mmap, all of it at once: the checks, then the
         notifier protocol step by step until it is done."""
-        inode = self._restricted_mmap_checks(f, shared, pgoff, npages)
+        inode = self.mmap_checks(f, shared, pgoff, npages)
         progress = MmapProgress()
         while not progress.done:
-            progress = self._mmap_protocol_step(inode, progress)
+            progress = self.notifiers.mmap_protocol_step(inode, progress)
         if progress.error:
             raise kernel_error(progress.error, f"notifier {progress.refused_by} refused the mapping")
 
-    def _restricted_mmap_checks(self, f: OpenFile, shared: bool, pgoff: int, npages: int) -> Inode:
+    def mmap_checks(self, f: OpenFile, shared: bool, pgoff: int, npages: int) -> Inode:
+        """What the file's mmap checks before it tells the notifiers."""
+        scope = self.design.mapping.scope
         inode = self.state.inodes[f.inode]
         r = inode.restricted
         assert r is not None
-        self._alive(r)
+        if scope is MapScope.WHOLE_FILE:
+            alive(r)
+            if not shared:
+                raise kernel_error(errno.EINVAL, "a restricted memfd can only be mapped MAP_SHARED")
+            if pgoff:
+                raise kernel_error(errno.EINVAL, "a restricted memfd is mapped from offset 0")
+            if npages << SHIFT != inode.size:
+                raise kernel_error(errno.EINVAL,
+                                   f"the whole file ({inode.size:#x} bytes) must be mapped")
+            # Under the file's lock from here on.
+            if r.has_mapping:
+                raise kernel_error(errno.EINVAL, "the restricted memfd is already mapped")
+            return inode
+        if scope is MapScope.KVM_ONLY:
+            raise kernel_error(errno.ENODEV, "only KVM maps this file (kvm_map_shared)")
+        alive(r)
         if not shared:
             raise kernel_error(errno.EINVAL, "a restricted memfd can only be mapped MAP_SHARED")
-        if pgoff:
-            raise kernel_error(errno.EINVAL, "a restricted memfd is mapped from offset 0")
-        if npages << SHIFT != inode.size:
-            raise kernel_error(errno.EINVAL, f"the whole file ({inode.size:#x} bytes) must be mapped")
-        # Under the file's lock from here on.
-        if r.has_mapping:
-            raise kernel_error(errno.EINVAL, "the restricted memfd is already mapped")
+        if pgoff + npages > inode.size >> SHIFT:
+            raise kernel_error(errno.EINVAL, "the mapping reaches beyond the file size")
+        r.mmap_range = (pgoff, pgoff + npages)
         return inode
 
-    def _mmap_protocol_step(self, inode: Inode, p: MmapProgress) -> MmapProgress:
-        """One notifier call of the mmap protocol (the file lock is held)."""
+    def get_unmapped_area(self, f: OpenFile, pgoff: int, npages: int, addr: int,
+                          fixed: bool) -> int:
+        """page-mmap: offset o goes to the file's canonical address plus o."""
+        inode = self.state.inodes[f.inode]
         r = inode.restricted
-        assert r is not None
-        notifiers = r.notifiers
-        if p.phase == "start":
-            if p.cursor < len(notifiers):
-                n = notifiers[p.cursor]
-                err = self._notify(inode, n, "mmap_start")
-                if err:
-                    return replace(p, phase="abort", cursor=p.cursor - 1, error=err,
-                                   refused_by=n.name)
-                return replace(p, cursor=p.cursor + 1)
-            to_all = self.design.notify.mmap_end is MmapEndTo.EVERY_NOTIFIER
-            first = 0 if to_all else max(len(notifiers) - 1, 0)
-            if self.design.mapping.sets_has_mapping:
-                # Every notifier accepted: the mapping is committed before any of
-                # them hears mmap_end.  Set after the mmap_end calls, it would leave
-                # a window in which KVM no longer sees the mapping as starting and
-                # the file not yet as mapped, and a conversion slips through (the
-                # checker's counterexample to P2 and P4, docs/CHECKER.md).
-                r.has_mapping = True
-            return replace(p, phase="end", cursor=first)
-        if p.phase == "abort":
-            if p.cursor >= 0:
-                self._notify(inode, notifiers[p.cursor], "mmap_abort")
-                return replace(p, cursor=p.cursor - 1)
-            return self._mmap_protocol_done(inode, p)
-        if p.cursor < len(notifiers):  # phase "end"
-            self._notify(inode, notifiers[p.cursor], "mmap_end")
-            return replace(p, cursor=p.cursor + 1)
-        return self._mmap_protocol_done(inode, p)
+        if r is None or r.destroyed or pgoff + npages > inode.size >> SHIFT:
+            return addr
+        if r.canonical is None:
+            if fixed:
+                base = (addr >> SHIFT) - pgoff
+                r.canonical = base if base >= 0 else None
+                return addr
+            r.canonical = self.mm.unmapped_area(inode.size >> SHIFT, 0)[0]
+        return addr if fixed else (r.canonical + pgoff) << SHIFT
 
-    def _mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
-        # The protocol is over (the file lock is about to go): by now every
-        # notifier must have heard how its mmap_start ended (promise P5).
-        self.state.audit.append(("mmap_done", inode.ino, p.error))
-        return replace(p, done=True)
+    # --- its mappings: faults, splits, moves, closes ------------------------------------------
 
-    def _fault_restricted(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+    def private_pages(self, f: OpenFile, first: int, last: int) -> Iterator[tuple[int, int]]:
+        """Runs of file pages in [first, last) bound to a private gfn."""
+        return bound_private_runs(self.state, self.state.inodes[f.inode], f, first, last)
+
+    def fault(self, f: OpenFile, first: int, last: int, write: bool) -> int:
         inode = self.state.inodes[f.inode]
         assert inode.restricted is not None
         if inode.restricted.destroyed:
             return first
-        return max(first, min(last, inode.size >> SHIFT))
+        served = max(first, min(last, inode.size >> SHIFT))
+        if not self.design.mapping.faults_check_private:
+            return served
+        # kvm-map: KVM answers the fault, and refuses a private page.
+        stop = next((s for s, _ in self.private_pages(f, first, served)), None)
+        return served if stop is None else max(first, stop)
 
-    def _why_sigbus(self, m: Mapping, addr: int) -> str:
-        f = self.state.files.get(m.file) if m.file is not None else None
-        if f is not None and f.kind == "restricted":
-            inode = self.state.inodes[f.inode]
-            if inode.restricted is not None and inode.restricted.destroyed:
-                return "the restricted memfd was destroyed"
-        return super()._why_sigbus(m, addr)
+    def refuses_page(self, f: OpenFile, index: int) -> str | None:
+        if any(True for _ in self.private_pages(f, index, index + 1)):
+            return f"page {index} is private: KVM refuses the host's fault"
+        return None
 
-    def _is_restricted(self, m: Mapping) -> bool:
-        return m.file is not None and self.state.files[m.file].kind == "restricted"
+    def why_sigbus(self, f: OpenFile, index: int) -> str:
+        inode = self.state.inodes[f.inode]
+        if inode.restricted is not None and inode.restricted.destroyed:
+            return "the restricted memfd was destroyed"
+        return beyond_size(inode, index) or "the file cannot serve this page"
 
-    def _may_split(self, m: Mapping, vpage: int) -> None:
-        if self._is_restricted(m):
-            raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be split")
+    def may_split(self, m: Mapping, vpage: int) -> None:
+        raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be split")
 
-    def _mremap_check(self, m: Mapping) -> None:
-        if self._is_restricted(m):
-            raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be mremap'd")
+    def mremap(self, m: Mapping) -> None:
+        raise kernel_error(errno.EINVAL, "a restricted memfd mapping cannot be mremap'd")
 
-    def _vmas_closed(self, runs: list[tuple[int, int, Mapping]]) -> None:
+    def close(self, m: Mapping) -> None:
         """memfd_restricted_close: destroy the file if references are out."""
-        for _, _, m in runs:
-            if not self._is_restricted(m):
-                continue
-            assert m.file is not None
-            inode = self.state.inodes[self.state.files[m.file].inode]
-            r = inode.restricted
-            assert r is not None
-            if total_refs(inode):
-                r.destroyed = True
-                self.state.counters["files_destroyed"] += 1
-            else:
-                r.has_mapping = False
+        assert m.file is not None
+        inode = self.state.inodes[self.state.files[m.file].inode]
+        r = inode.restricted
+        assert r is not None
+        if total_refs(inode):
+            r.destroyed = True
+            self.state.counters["files_destroyed"] += 1
+        else:
+            r.has_mapping = False
 
     # --- references ----------------------------------------------------------------------------
 
-    def get_pfn(self, fd: int, index: int) -> int:
-        _, inode, r = self._restricted(fd)
-        self._alive(r)
+    def get_pfn(self, f: OpenFile, index: int) -> int:
+        inode = self.state.inodes[f.inode]
+        r = inode.restricted
+        assert r is not None
+        alive(r)
         if index >= inode.size >> SHIFT:
             raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
         if r.has_mapping:
             raise kernel_error(errno.EBUSY, "get_pfn is refused while the file is mapped")
-        f = self._file(fd)
         if f.mapped_pages:
             self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
-        return self._take_page(inode, index)
+        return self.take_page(inode, index)
 
-    def _take_page(self, inode: Inode, index: int) -> int:
+    def take_page(self, inode: Inode, index: int) -> int:
         """One reference on page index, allocating it (zeroed) if needed; its pfn."""
         self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
-        pfn = self._assign_pfn(inode, index)
+        pfn = self.core.assign_pfn(inode, index)
         inode.refs.set(index, index + 1, inode.refs[index] + 1)
         return pfn
 
-    def put_pfn(self, fd: int, index: int) -> int:
-        _, inode, _ = self._restricted(fd)
+    def put_pfn(self, f: OpenFile, index: int) -> int:
+        inode = self.state.inodes[f.inode]
+        assert inode.restricted is not None
         if index >= inode.refs.limit or inode.refs[index] == 0:
             raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
         inode.refs.set(index, index + 1, inode.refs[index] - 1)
-        self._host_refs_dropped(inode, index, index + 1)
+        self.core.refs_dropped(inode, index, index + 1)
         return 0
 
     def wait_unreferenced(self, fd: int, timeout: int = 0) -> int:
         """0 once no reference is outstanding.  The model runs one actor at a
         time, so references cannot go while the caller waits: ETIMEDOUT.  (In
         the checker, this is a step that can only happen when they are gone.)"""
-        _, inode, r = self._restricted(fd)
-        self._alive(r)
+        _, inode, r = self.restricted(fd)
+        alive(r)
         if total_refs(inode):
             raise kernel_error(errno.ETIMEDOUT, f"{total_refs(inode)} references outstanding")
         return 0
 
     def file_state(self, fd: int) -> FileState:
-        _, inode, r = self._restricted(fd)
-        mapped = sum(1 for _, _, m in self._mapping_runs(0, self.state.vmas.limit)
+        _, inode, r = self.restricted(fd)
+        mapped = sum(1 for _, _, m in self.mm.mapping_runs(0, self.state.vmas.limit)
                      if m.file is not None and self.state.files[m.file].inode == inode.ino)
         return FileState(size=inode.size, mapped=mapped, destroyed=r.destroyed,
                          refs=total_refs(inode), has_mapping=r.has_mapping)
 
-    # --- KVM: binding, conversion, pre-boot population ----------------------------------------
+    # --- KVM's side: binding and private accesses ----------------------------------------------
 
-    def _bind_restricted(self, kvm: Vm, slot: Memslot, f: OpenFile, offset: int) -> None:
+    def bind(self, kvm: Vm, slot: Memslot, f: OpenFile, offset: int) -> None:
         inode = self.state.inodes[f.inode]
+        if self.design.mapping.scope is not MapScope.WHOLE_FILE:
+            # Page-granular: a page some VMA covers may not back a private gfn.
+            first = offset >> SHIFT
+            last = first + slot.npages
+            valid = (inode.restricted is not None and not inode.restricted.destroyed
+                     and not offset & (P - 1) and offset + (slot.npages << SHIFT) <= inode.size
+                     and f.bindings is not None and f.bindings.all_equal(first, last, None))
+            if valid:
+                shift = slot.base_gfn - first
+                for s, e, a in kvm.attributes.runs(first + shift, last + shift):
+                    if a & PRIVATE and not inode.vma_cover.all_equal(s - shift, e - shift, 0):
+                        raise kernel_error(errno.EPERM, "a mapped page of the file would back a "
+                                           "private gfn")
         r = inode.restricted
         assert r is not None and f.bindings is not None
-        self._alive(r)
+        alive(r)
         if offset > (1 << 63) - 1 or offset & (P - 1) or offset + (slot.npages << SHIFT) > inode.size:
             raise kernel_error(errno.EINVAL, "offset unaligned or range beyond the file size")
         first, last = offset >> SHIFT, (offset >> SHIFT) + slot.npages
         if not f.bindings.all_equal(first, last, None):
             raise kernel_error(errno.EINVAL, "the file range is already bound to a memslot")
-        if r.has_mapping and not self._slot_all_shared(kvm, slot):
+        if r.has_mapping and not self.notifiers.slot_all_shared(kvm, slot):
             # The text leaves binding after mmap open; allowing it would let a
             # mapped file back private memory, which mmap_start exists to forbid.
             raise kernel_error(errno.EPERM, "the file is mapped and the memslot has private gfns")
@@ -359,8 +377,9 @@ class RestrictedOps(KvmOps):
         f.bindings.set(first, last, kvm.id << 32 | slot.key)
         f.holders += 1
         r.notifiers.append(Notifier(name=f"kvm:slot{slot.id}", vm=kvm.id, slot=slot.key))
+        slot.gmem_only = self.design.mapping.shared_access_in_place
 
-    def _unbind_restricted(self, kvm: Vm, slot: Memslot) -> None:
+    def unbind(self, kvm: Vm, slot: Memslot) -> None:
         assert slot.private_file is not None
         f = self.state.files[slot.private_file]
         inode = self.state.inodes[f.inode]
@@ -371,42 +390,19 @@ class RestrictedOps(KvmOps):
         kvm.mmap_pending.discard(slot.key)
         slot.private_file = None
         f.holders -= 1
-        self._maybe_release(f)
+        self.core.maybe_release(f)
 
-    def _conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
-        """Conversions and mapping are mutually exclusive (KVM's rule 2)."""
-        for slot in self._restricted_slots(kvm, first, last):
-            assert slot.private_file is not None
-            r = self.state.inodes[self.state.files[slot.private_file].inode].restricted
-            assert r is not None
-            # A destroyed file stays "mapped" (its close hook left has_mapping
-            # set) but can never be accessed or mapped again: nothing to protect.
-            if not r.destroyed and (r.has_mapping or slot.key in kvm.mmap_pending):
-                raise kernel_error(errno.EBUSY, f"memslot {slot.id} is bound to a mapped "
-                                   "restricted memfd")
-
-    def _restricted_slots(self, kvm: Vm, first: int, last: int) -> Iterator[Memslot]:
-        keys = {k for _, _, k in kvm.gfn_slots.runs(first, min(last, kvm.gfn_slots.limit))
-                if k is not None}
-        for key in sorted(keys):
-            slot = kvm.memslots[key]
-            if slot.private_file is not None and \
-                    self.state.files[slot.private_file].kind == "restricted":
-                yield slot
-
-    def _private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> tuple[pages.PageStore, int] | int:
-        f = self.state.files.get(slot.private_file) if slot.private_file is not None else None
-        if f is None or f.kind != "restricted":
-            return super()._private_backing(kvm, slot, gfn)
-        # KVM's fault takes the page through get_pfn and drops the reference
-        # once the access is done.
-        backing = self._private_backing_get(kvm, slot, gfn)
+    def private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> Backing:
+        """KVM's fault takes the page through get_pfn and drops the reference
+        once the access is done."""
+        backing = self.private_backing_get(kvm, slot, gfn)
         if not isinstance(backing, int):
-            inode = self.state.inodes[f.inode]
+            assert slot.private_file is not None
+            inode = self.state.inodes[self.state.files[slot.private_file].inode]
             inode.refs.set(backing[1], backing[1] + 1, inode.refs[backing[1]] - 1)
         return backing
 
-    def _private_backing_get(self, kvm: Vm, slot: Memslot, gfn: int) -> tuple[pages.PageStore, int] | int:
+    def private_backing_get(self, kvm: Vm, slot: Memslot, gfn: int) -> Backing:
         """KVM's get_pfn on the restricted memfd behind gfn: the page, with a
         reference held, or the errno get_pfn fails with."""
         assert slot.private_file is not None
@@ -421,62 +417,5 @@ class RestrictedOps(KvmOps):
             return errno.EBUSY  # get_pfn refused
         if f.mapped_pages:
             self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
-        self._take_page(inode, index)
+        self.take_page(inode, index)
         return inode.pages, index
-
-    # --- promises the checker watches ---------------------------------------------------------
-
-    def _audit_private(self, kvm: Vm, first: int, last: int) -> None:
-        for slot in self._restricted_slots(kvm, first, last):
-            assert slot.private_file is not None
-            f = self.state.files[slot.private_file]
-            if f.mapped_pages:
-                lo = max(first, slot.base_gfn)
-                self.state.audit.append(("private_while_mapped", f.inode,
-                                         slot.private_pgoff + lo - slot.base_gfn))
-
-    def populate(self, vm: int, gpa: int, data: bytes) -> int:
-        kvm = self._vm_of(vm)
-        if not self.design.kvm.has_private_mem(kvm.type):
-            raise kernel_error(errno.EINVAL, "the VM has no private memory")
-        if kvm.launched and kvm.type in NO_NONZERO_AFTER_LAUNCH and any(data):
-            raise kernel_error(errno.EPERM, "non-zero data after launch_finish")
-        pos, end = gpa, gpa + len(data)
-        while pos < end:
-            gfn = pos >> SHIFT
-            stop = min(end, (gfn + 1) << SHIFT)
-            key = kvm.gfn_slots[gfn] if gfn < kvm.gfn_slots.limit else None
-            slot = kvm.memslots.get(key) if key is not None else None
-            if slot is None or not slot.private_bound:
-                raise kernel_error(errno.EINVAL, f"gfn {gfn:#x} is not in a private memslot")
-            if not kvm.attributes[gfn] & uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE:
-                raise kernel_error(errno.EINVAL, f"gfn {gfn:#x} is not private")
-            backing = self._private_backing(kvm, slot, gfn)
-            if isinstance(backing, int):
-                raise kernel_error(backing, f"gfn {gfn:#x}: its page cannot be taken")
-            store, index = backing
-            pages.write(store, (index << SHIFT) | (pos & (P - 1)), data[pos - gpa:stop - gpa])
-            pos = stop
-        return 0
-
-    def launch_finish(self, vm: int) -> int:
-        kvm = self._vm_of(vm)
-        if not self.design.kvm.has_private_mem(kvm.type) or kvm.launched:
-            raise kernel_error(errno.EINVAL, "no pre-boot phase to finish")
-        kvm.launched = True
-        return 0
-
-    # --- the host address space -----------------------------------------------------------------
-
-    def vma_count(self) -> int:
-        return self.state.map_count
-
-    def set_max_map_count(self, value: int) -> int:
-        if value < 0:
-            raise kernel_error(errno.EINVAL, "vm.max_map_count cannot be negative")
-        self.state.max_map_count = value
-        return 0
-
-
-def total_refs(inode: Inode) -> int:
-    return sum((e - s) * n for s, e, n in inode.refs.runs() if n)

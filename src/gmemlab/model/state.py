@@ -7,8 +7,8 @@ Python reference, so a snapshot is a copy of dictionaries of small records
 plus copies of their RangeMaps (whose values are immutable and shared), and
 two states can be compared or hashed field by field.
 
-Behaviour lives elsewhere (the *_ops modules and the design policies); this
-module holds no functions that change state.
+Behaviour lives elsewhere (the model's components, core.py and parts.py, and
+the design policies); this module holds no functions that change state.
 """
 
 from __future__ import annotations

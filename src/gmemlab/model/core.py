@@ -1,4 +1,10 @@
-"""The model core's shared plumbing: fds, references, lifetimes.
+"""The model's core: the state, the design, and what every component shares.
+
+The core holds the fd table's plumbing, the lifetimes of files, inodes and
+VMs, and the physical frames handed out to file pages.  Every component
+(parts.py lists them) is a `Component`: it holds the same state and design
+and the core, and is given the few peers it talks to when the model is
+assembled.
 
 Lifetimes follow the kernel's reference counts, because several guest_memfd
 behaviours are lifetime behaviours:
@@ -11,15 +17,21 @@ behaviours are lifetime behaviours:
   VM, so closing the VM fd does not destroy a VM whose guest_memfd is open;
 * a memslot binding holds no file reference: releasing the file clears the
   binding's file pointer and leaves the slot in place.
+
+Two events go up to components above the core, which the assembly connects:
+a VM nobody references is destroyed (KVM's teardown, kvm.py), and references
+beyond the page cache went away (the final folio_put, which completes an
+in-place conversion waiting for it, inplace.py).
 """
 
 from __future__ import annotations
 
 import errno
-from typing import Any
+from collections.abc import Callable
 
 from ..errors import kernel_error
 from .designs import Design
+from .fileops import FileOps
 from .pages import present
 from .state import Inode, OpenFile, State, Vm
 
@@ -31,37 +43,61 @@ _WRONG_FD_ERRNO = {"kvm": errno.EINVAL, "vcpu": errno.EINVAL}
 FIRST_FD = 3  # 0, 1 and 2 belong to the process's stdio
 
 
-class ModelBase:
-    """State plus the helpers every group of operations uses."""
+def _forget_memslots(vm: Vm) -> None:
+    vm.memslots.clear()
 
-    name = "model"
 
-    def __init__(self, design: Design) -> None:
+def _no_waiter(inode: Inode, first: int, last: int) -> None:
+    return None
+
+
+class Core:
+    """State, design, fds, files, inodes, VMs' lifetimes and physical frames."""
+
+    def __init__(self, design: Design, guest_path: str = "mmu") -> None:
         self.design = design
+        # Who executes a guest access: "mmu" or "emulator" (guestaccess.py).
+        self.guest_path = guest_path
         self.state = State()
+        # The operations of each kind of file (fileops.py), by OpenFile.kind.
+        self.ops: dict[str, FileOps] = {}
+        # kvm_destroy_vm: what happens to a VM nobody references (kvm.py).
+        self.destroy_vm: Callable[[Vm], None] = _forget_memslots
+        # References on file pages [first, last) beyond the page cache went away
+        # (a host PTE, a GUP pin, a get_pfn reference): inplace.py listens.
+        self.refs_dropped: Callable[[Inode, int, int], None] = _no_waiter
 
     # --- fds -------------------------------------------------------------------
 
-    def _file(self, fd: int) -> OpenFile:
+    def file(self, fd: int) -> OpenFile:
         fid = self.state.fds.get(fd)
         if fid is None:
             raise kernel_error(errno.EBADF, f"fd {fd} is not open")
         return self.state.files[fid]
 
-    def _ioctl_file(self, fd: int, want: str) -> OpenFile:
+    def file_or_none(self, fd: int) -> OpenFile | None:
+        fid = self.state.fds.get(fd)
+        return self.state.files[fid] if fid is not None else None
+
+    def vm_or_none(self, fd: int) -> Vm | None:
+        f = self.file_or_none(fd)
+        return self.state.vms.get(f.vm) if f is not None and f.kind == "vm" and f.vm is not None \
+            else None
+
+    def ioctl_file(self, fd: int, want: str) -> OpenFile:
         """The file an ioctl of kind `want` ("kvm", "vm", "vcpu") is issued on."""
-        f = self._file(fd)
+        f = self.file(fd)
         if f.kind != want:
             raise kernel_error(_WRONG_FD_ERRNO.get(f.kind, errno.ENOTTY),
                                f"fd {fd} is a {f.kind} fd, not a {want} fd")
         return f
 
-    def _vm_of(self, fd: int) -> Vm:
-        f = self._ioctl_file(fd, "vm")
+    def vm_of(self, fd: int) -> Vm:
+        f = self.ioctl_file(fd, "vm")
         assert f.vm is not None
         return self.state.vms[f.vm]
 
-    def _install(self, file: OpenFile) -> int:
+    def install(self, file: OpenFile) -> int:
         fds = self.state.fds
         fd = FIRST_FD
         while fd in fds:
@@ -70,12 +106,12 @@ class ModelBase:
         file.fds += 1
         return fd
 
-    def _new_inode(self, kind: str, mode: int, size: int = 0, nlink: int = 1) -> Inode:
+    def new_inode(self, kind: str, mode: int, size: int = 0, nlink: int = 1) -> Inode:
         inode = Inode(ino=self.state.new_id(), kind=kind, mode=mode, size=size, nlink=nlink)
         self.state.inodes[inode.ino] = inode
         return inode
 
-    def _new_file(self, kind: str, inode: Inode, vm: Vm | None = None) -> OpenFile:
+    def new_file(self, kind: str, inode: Inode, vm: Vm | None = None) -> OpenFile:
         f = OpenFile(id=self.state.new_id(), kind=kind, inode=inode.ino,
                      vm=vm.id if vm is not None else None)
         inode.files += 1
@@ -86,18 +122,20 @@ class ModelBase:
 
     # --- release -----------------------------------------------------------------
 
-    def _drop_fd(self, fd: int) -> None:
-        f = self._file(fd)
+    def drop_fd(self, fd: int) -> None:
+        f = self.file(fd)
         del self.state.fds[fd]
         f.fds -= 1
-        self._maybe_release(f)
+        self.maybe_release(f)
 
-    def _maybe_release(self, f: OpenFile) -> None:
+    def maybe_release(self, f: OpenFile) -> None:
         """Release a struct file whose last fd and last mapping are gone."""
         if f.fds or f.mapped_pages or f.holders or f.released:
             return
         f.released = True
-        self._release_file(f)
+        release = self.ops[f.kind].release
+        if release is not None:
+            release(f)
         del self.state.files[f.id]
         inode = self.state.inodes[f.inode]
         inode.files -= 1
@@ -106,25 +144,18 @@ class ModelBase:
             self.state.counters["pages_freed"] += present(inode.pages)
             del self.state.inodes[inode.ino]
         if f.vm is not None:
-            self._put_vm(self.state.vms[f.vm])
+            self.put_vm(self.state.vms[f.vm])
 
-    def _release_file(self, f: OpenFile) -> None:
-        """Kind-specific release (guest_memfd clears its bindings)."""
-
-    def _put_vm(self, vm: Vm) -> None:
+    def put_vm(self, vm: Vm) -> None:
         vm.refs -= 1
         if vm.refs == 0:
             vm.alive = False
-            self._destroy_vm(vm)
+            self.destroy_vm(vm)
             del self.state.vms[vm.id]
-
-    def _destroy_vm(self, vm: Vm) -> None:
-        """Free memslots of a VM nobody references any more."""
-        vm.memslots.clear()
 
     # --- physical frames --------------------------------------------------------
 
-    def _assign_pfn(self, inode: Inode, index: int) -> int:
+    def assign_pfn(self, inode: Inode, index: int) -> int:
         """The pfn of page index, handing out a new frame if it has none.
         Frames are never reused, so a pfn names one page for the model's life."""
         delta = inode.pfns[index]
@@ -136,7 +167,7 @@ class ModelBase:
             self.state.frames.set(pfn, pfn + 1, (inode.ino, -delta))
         return index + delta
 
-    def _free_pfns(self, inode: Inode, first: int, last: int) -> None:
+    def free_pfns(self, inode: Inode, first: int, last: int) -> None:
         """Pages [first, last) left the file: their frames hold nothing any more."""
         last = min(last, inode.pfns.limit)
         for s, e, delta in list(inode.pfns.runs(first, last)):
@@ -144,31 +175,16 @@ class ModelBase:
                 self.state.frames.set(s + delta, e + delta, None)
         inode.pfns.set(first, last, None)
 
-    # --- hooks the designs fill in ----------------------------------------------
 
-    def _zap_file_ptes(self, ino: int, first: int, last: int) -> None:
-        """unmap_mapping_range: drop every host PTE of file pages [first, last)."""
+class Component:
+    """One subsystem of the model, composed by the core (not a mixin).
 
-    def _host_refs_dropped(self, inode: Inode, first: int, last: int) -> None:
-        """References on pages [first, last) went away (PTE, pin or get_pfn)."""
+    It holds the shared state and design and the core; the peers it talks to
+    are handed to its `connect` when the model is assembled (parts.py).
+    ModelKernel re-points `state` on every component when a state is restored.
+    """
 
-    def _design_blocker(self, actor: str, pending: Any) -> str | None:
-        """Why a design keeps actor's next step waiting (model/steps.py), or None."""
-        return None
-
-    # --- housekeeping -----------------------------------------------------------
-
-    def unsupported(self, op: str) -> str | None:
-        return None
-
-    def shutdown(self) -> None:
-        for fd in list(self.state.fds):
-            self._drop_fd(fd)
-
-    def snapshot(self) -> State:
-        """A copy of the whole model state; restore() brings it back."""
-        return self.state.snapshot()
-
-    def restore(self, state: State) -> None:
-        self.state = state.snapshot()
-
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.state = core.state
+        self.design = core.design
