@@ -50,6 +50,9 @@ MEMORY_NODES = 0b1  # node 0: the nodes with memory, and those the task may use
 NR_NODE_IDS = 1
 MAX_NUMNODES = 1024
 USER_NODEMASK = uapi.MPOL_F_STATIC_NODES | uapi.MPOL_F_RELATIVE_NODES
+# mpol_store_user_nodemask tests every mode flag, NUMA balancing included: such
+# a policy reports the nodes as the caller gave them, not those it can use.
+MODE_FLAGS = USER_NODEMASK | uapi.MPOL_F_NUMA_BALANCING
 # Modes whose policy keeps a node set (get_policy_nodemask reports it).
 NODE_MODES = frozenset({uapi.MPOL_BIND, uapi.MPOL_INTERLEAVE, uapi.MPOL_PREFERRED,
                         uapi.MPOL_PREFERRED_MANY, uapi.MPOL_WEIGHTED_INTERLEAVE})
@@ -125,7 +128,7 @@ class MemoryPolicy(Component):
             raise kernel_error(errno.EINVAL, "none of the nodes has memory")
         if mode == uapi.MPOL_PREFERRED:
             usable &= -usable  # the first node
-        return Policy(mode, flags, usable, nodes if flags & USER_NODEMASK else 0)
+        return Policy(mode, flags, usable, nodes if flags & MODE_FLAGS else 0)
 
     # --- where a mapping's policy lives ----------------------------------------------------
 
@@ -221,7 +224,7 @@ class MemoryPolicy(Component):
             policy = self.state.task_policy
         if policy is None:
             return Mempolicy(uapi.MPOL_DEFAULT, self._nodes_to_user(0, maxnode))
-        if policy.flags & USER_NODEMASK:
+        if policy.flags & MODE_FLAGS:
             nodes = policy.user_nodes
         else:
             nodes = policy.nodes if policy.mode in NODE_MODES else 0
