@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from gmemlab.cli import app
-from gmemlab.model.designs import DESIGNS
+from gmemlab.model.designs import DESIGNS, VARIANTS
 
 runner = CliRunner()
 
@@ -21,7 +21,8 @@ def test_list_designs_scenarios_ops_mutants() -> None:
     result = runner.invoke(app, ["list", "designs"])
     assert result.exit_code == 0
     names = [line.split()[0] for line in result.output.splitlines()]
-    assert names == list(DESIGNS)
+    assert names == list(DESIGNS) + list(VARIANTS)
+    assert "(variant)" in result.output.split("seed-late-has-mapping", 1)[1][:20]
     result = runner.invoke(app, ["list", "scenarios"])
     assert ["seed_default", "[seed]"] in [line.split()[:2] for line in result.output.splitlines()]
     ops = runner.invoke(app, ["list", "ops"]).output

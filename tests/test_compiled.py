@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(bool(available().why_not),
 
 SCENARIOS = [("seed_default", "seed"), ("seed_default", "seed-as-written"), ("seed_two_vcpus", "seed"),
              ("seed_unmap_wait", "seed-as-written"), ("gmem_shared", "gmem-6.18"),
-             ("page_mmap_share", "page-mmap"), ("inplace_pin", "inplace"), ("inplace_pin", "pkvm-inplace")]
+             ("page_mmap_share", "page-mmap"), ("inplace_pin", "inplace"), ("inplace_pin", "pkvm-inplace"),
+             ("seed_stale_reference", "seed"), ("seed_stale_reference", "seed-destroyed-blocks")]
 
 
 def _names(violations: object) -> tuple[str, ...]:

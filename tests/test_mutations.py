@@ -25,7 +25,7 @@ def test_there_are_enough_mutants() -> None:
 @pytest.mark.parametrize("name", list(MUTANTS))
 def test_every_mutant_is_caught(name: str) -> None:
     m = MUTANTS[name]
-    sc = load("seed_default").with_design("seed")
+    sc = load(m.scenario).with_design("seed")
     v = check(sc, options=Options(), factory=m.factory)
     cex = v.first
     assert cex is not None, f"mutant {name} survived: {v.states} states explored"

@@ -22,9 +22,10 @@ def listing(what: str) -> list[tuple[str, str]]:
 
 
 def _designs() -> list[tuple[str, str]]:
-    from .model.designs import DESIGNS
+    from .model.designs import DESIGNS, VARIANTS
 
-    return [(name, design.summary) for name, design in DESIGNS.items()]
+    return [(name, design.summary) for name, design in DESIGNS.items()] + \
+        [(name, "(variant) " + design.summary) for name, design in VARIANTS.items()]
 
 
 def _scenarios() -> list[tuple[str, str]]:
@@ -56,7 +57,7 @@ def _ops() -> list[tuple[str, str]]:
 def _mutants() -> list[tuple[str, str]]:
     from .checker.mutations import MUTANTS
 
-    return [(name, " ".join(m.about.split())) for name, m in MUTANTS.items()]
+    return [(name, f"[{m.scenario}] " + " ".join(m.about.split())) for name, m in MUTANTS.items()]
 
 
 def _workloads() -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..model.designs import DESIGNS
+from ..model.designs import DESIGNS, VARIANTS
 from . import check, promises
 from .explore import Options, Verdict
 from .scenario import ScenarioError, load, validate
@@ -53,7 +53,7 @@ def run_matrix(name: str, options: Options, *, strict: bool = False, json_file: 
     options = Options(**{**options.__dict__, "all_promises": True})
     verdicts: list[tuple[str, Verdict | str]] = []
     start = time.perf_counter()
-    for design in DESIGNS:
+    for design in [*DESIGNS, *VARIANTS]:
         sc = base.with_design(design)
         try:
             validate(sc)

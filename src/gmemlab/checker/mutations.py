@@ -19,34 +19,17 @@ from typing import Any
 from ..errors import UsageError, kernel_error
 from ..interface import GuestAccess
 from ..model import ModelKernel
-from ..model.designs import SEED, Design
+from ..model.designs import SEED, SEED_LATE_HAS_MAPPING, Design
 from ..model.notifiers import NO_NONZERO_AFTER_LAUNCH, MmapProgress, Notifiers
-from ..model.policies import MappingPolicy, MmapEndTo, NotifyPolicy
+from ..model.policies import HasMappingAt, MappingPolicy, MmapEndTo, NotifyPolicy
 from ..model.restricted import RestrictedMemfd, alive
 from ..model.restricted_kvm import RestrictedKvm
 from ..model.state import Inode, Mapping, Memslot, OpenFile, Vm
 from ..model.steps import Outcome, Pending, Steps
 
 # The seed with one of the sketch's two defects each (a design is a row of policies).
-_NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(sets_has_mapping=False))
+_NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(has_mapping=HasMappingAt.NEVER))
 _END_TO_LAST = replace(SEED, notify=NotifyPolicy(MmapEndTo.LAST_STARTED))
-
-
-class _HasMappingAfterEnd(Notifiers):
-    def mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
-        if p.phase == "end":
-            assert inode.restricted is not None
-            inode.restricted.has_mapping = True
-        return super().mmap_protocol_done(inode, p)
-
-
-class HasMappingAfterEnd(ModelKernel):
-    """has_mapping set after the mmap_end calls (the window the checker found)."""
-
-    PARTS = replace(ModelKernel.PARTS, notifiers=_HasMappingAfterEnd)
-
-    def __init__(self, design: Any = None) -> None:
-        super().__init__(_NO_HAS_MAPPING)
 
 
 class _AbortForward(Notifiers):
@@ -245,12 +228,27 @@ class UnmapKeepsHasMapping(ModelKernel):
     PARTS = replace(ModelKernel.PARTS, restricted=_UnmapKeepsHasMapping)
 
 
+class _UnmapNeverDestroys(RestrictedMemfd):
+    def close(self, m: Mapping) -> None:
+        assert m.file is not None
+        r = self.state.inodes[self.state.files[m.file].inode].restricted
+        assert r is not None
+        r.has_mapping = False
+
+
+class UnmapNeverDestroys(ModelKernel):
+    """munmap with references outstanding leaves the file alive (restriction 5 dropped)."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted=_UnmapNeverDestroys)
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
     about: str
     factory: Callable[[str], ModelKernel]
-    catches: frozenset[str]  # the promises it breaks on seed_default (any of them may come first)
+    catches: frozenset[str]  # the promises it breaks on its scenario (any of them may come first)
+    scenario: str = "seed_default"  # the bundled scenario that refutes it
 
 
 def _design(d: Design) -> Callable[[str], ModelKernel]:
@@ -266,7 +264,8 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            frozenset({"P2", "P3", "P4", "P1"})),
     Mutant("mmap-end-to-last", "mmap_end reaches the last notifier only (defect 2 alone)",
            _design(_END_TO_LAST), frozenset({"P5"})),
-    Mutant("has-mapping-after-mmap-end", HasMappingAfterEnd.__doc__ or "", _kernel(HasMappingAfterEnd),
+    Mutant("has-mapping-after-mmap-end", "has_mapping set after the mmap_end calls (the window the "
+           "checker found; the design variant seed-late-has-mapping)", _design(SEED_LATE_HAS_MAPPING),
            frozenset({"P2", "P4"})),
     Mutant("abort-forward", AbortForward.__doc__ or "", _kernel(AbortForward), frozenset({"P5"})),
     Mutant("abort-the-refuser", AbortTheRefuser.__doc__ or "", _kernel(AbortTheRefuser), frozenset({"P5"})),
@@ -289,6 +288,8 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            frozenset({"P3", "P5"})),
     Mutant("unmap-keeps-has-mapping", UnmapKeepsHasMapping.__doc__ or "", _kernel(UnmapKeepsHasMapping),
            frozenset({"P8"})),
+    Mutant("unmap-never-destroys", UnmapNeverDestroys.__doc__ or "", _kernel(UnmapNeverDestroys),
+           frozenset({"P9"}), "seed_stale_reference"),
 ]}
 
 

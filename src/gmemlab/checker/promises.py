@@ -6,7 +6,9 @@ state (private pages, host references, mappings, outstanding references,
 pKVM ownership).  Which promises apply is the design's answer
 (Design.promises()); a scenario may narrow them.
 
-* P1..P3, P7 are state or event invariants, checked after every step;
+* P1..P3, P7 are state or event invariants, checked after every step, and P9
+  an event invariant (the model records a use of a file it saw unmapped with
+  references outstanding, whatever the design then did to the file);
 * P4 compares a step's before and after;
 * P5 follows every notifier through the protocol (the monitor below), judged
   when an mmap's protocol ends, and in every state KVM may wait for an
@@ -34,6 +36,8 @@ PROMISES: dict[str, str] = {
     "P6": "no reference is leaked: none is outstanding once every actor has finished",
     "P7": "pKVM page ownership stays consistent",
     "P8": "no deadlock: from every reachable state, every actor can still finish",
+    "P9": "a file unmapped while references are outstanding is dead: no get_pfn, guest access "
+          "or new mapping reaches it again",
 }
 ORDER = tuple(PROMISES)
 
@@ -46,6 +50,7 @@ class Evidence(Enum):
     PRIVATE_WHILE_MAPPED = "private_while_mapped"  # events
     GET_PFN_WHILE_MAPPED = "get_pfn_while_mapped"  # events
     NOTIFY = "notify"  # events: the protocol's calls
+    STALE_USE = "stale_use"  # events
     KVM_PENDING = "mmap_pending stray_mmap_pending"  # facts: KVM waits for nobody
     MAPPINGS = "mappings"  # facts
     MAPPED_PRIVATE = "private_pages mappings"  # facts
@@ -64,7 +69,7 @@ class Evidence(Enum):
 
 
 EVENT_KINDS = frozenset({"host_access_private", "private_while_mapped", "get_pfn_while_mapped",
-                         "notify"})
+                         "notify", "stale_use"})
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,10 @@ def event_violations(events: tuple[tuple[Any, ...], ...], active: frozenset[str]
             out.append(Violation("P2", f"get_pfn took a new reference on page {ev[2]} of inode {ev[1]} "
                                        "while the file is mapped", Evidence.GET_PFN_WHILE_MAPPED,
                                  ev[1]))
+        elif kind == "stale_use" and "P9" in active:
+            what = "was mapped again" if ev[2] == "mmap" else f"gave page {ev[3]} to a {ev[2]}"
+            out.append(Violation("P9", f"inode {ev[1]}, unmapped while references were outstanding, "
+                                       f"{what}", Evidence.STALE_USE, ev[1]))
     return out
 
 

@@ -67,7 +67,8 @@ _PAGES = frozenset({"inodes.pages", "inodes.pfns", "inodes.refs", "next_pfn", "f
 # the PTEs and VMAs mapping it and the GUP pins on it.
 _PTES = frozenset({"ptes", "inodes.host_ptes", "inodes.vma_cover", "inodes.pins"})
 _RESTRICTED = frozenset({"inodes.restricted", "inodes.restricted.destroyed",
-                         "inodes.restricted.has_mapping", "inodes.size", "files.mapped_pages"})
+                         "inodes.restricted.has_mapping", "inodes.restricted.unmapped_referenced",
+                         "inodes.size", "files.mapped_pages"})
 _KVM = frozenset({"vms.attributes", "vms.gfn_slots", "vms.memslots", "vms.type", "vms.converting",
                   "vms.mmap_pending"})
 _HOST = frozenset({"vmas", "overlays", "overlays#keys", "overlay_pages", "files.bindings", "inodes.size",
@@ -105,8 +106,8 @@ _MAP_WRITES = _PTES | frozenset({
     "inodes.restricted.canonical", "inodes.restricted.mmap_range", "mm_lock", "file_locks",
     "file_locks#keys", "vmas", "map_count", "free_area", "cached_hole",
     "files.mapped_pages", "inodes.restricted.has_mapping", "inodes.restricted.destroyed",
-    "vms.mmap_pending", "monitor", "overlays", "overlays#keys", "overlay_pages", "overlay_pages#keys",
-    "next_id"})
+    "inodes.restricted.unmapped_referenced", "vms.mmap_pending", "monitor", "overlays", "overlays#keys",
+    "overlay_pages", "overlay_pages#keys", "next_id"})
 # Operations after which a munmap may release a file (the last reference to a
 # struct file going with its mapping): with them, mmap and munmap touch everything.
 RELEASING = frozenset({"close", "dup", "memfd_create", "memfd_restricted", "create_guest_memfd",
@@ -283,6 +284,7 @@ INVARIANT = frozenset({
     "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "inodes.mode", "inodes.size", "inodes.nlink",
     "inodes.flags", "inodes.vm", "inodes.files", "inodes.restricted", "inodes.restricted.has_mapping",
     "inodes.restricted.destroyed", "inodes.restricted.notifiers", "inodes.restricted.log",
+    "inodes.restricted.unmapped_referenced",
     "vms", "vms#keys", "vms.id", "vms.type", "vms.refs", "vms.alive", "vms.memslots", "vms.gfn_slots",
     "vms.vcpus", "vms.exit_hypercall", "vms.mmap_pending", "vms.launched", "vms.converting",
     "map_count", "max_map_count", "free_area", "cached_hole", "anon_ino", "next_id", "next_pfn",

@@ -20,6 +20,7 @@ from .policies import (
     CreationFlags,
     DirectMap,
     DirectMapPolicy,
+    HasMappingAt,
     HostMappingPromise,
     KvmPolicy,
     MappingPolicy,
@@ -91,9 +92,14 @@ class Design:
             "to private while referenced": c.referenced.value if c.in_place else "-",
             "mmap_end goes to": self.notify.mmap_end.value
             if k.private_file is PrivateFile.RESTRICTED else "-",
+            "has_mapping set": m.has_mapping.value
+            if k.private_file is PrivateFile.RESTRICTED and m.scope is MapScope.WHOLE_FILE else "-",
             "unmap with references out": "destroys the file"
             if self.references.destroy_at_unmap and k.private_file is PrivateFile.RESTRICTED
             else "-",
+            "a destroyed file blocks conversions": ("yes" if self.references.destroyed_blocks_conversions
+                                                    else "no")
+            if k.private_file is PrivateFile.RESTRICTED and m.scope is MapScope.WHOLE_FILE else "-",
             "direct map": self.direct_map.direct_map.value,
             "NUMA policy on": k.mempolicy.value,
             "promises": ", ".join(sorted(self.promise.promises)),
@@ -136,7 +142,7 @@ SEED_AS_WRITTEN = replace(
     SEED, name="seed-as-written",
     summary="the 2022 sketch literally: has_mapping is never set, mmap_end reaches only the "
             "last notifier",
-    mapping=MappingPolicy(sets_has_mapping=False),
+    mapping=MappingPolicy(has_mapping=HasMappingAt.NEVER),
     notify=NotifyPolicy(MmapEndTo.LAST_STARTED),
     # Held to the same text; defect 1 lets a page turn private under the mapping.
     promise=PromisePolicy(HostMappingPromise.NONE, WHOLE_FILE_PROMISES))
@@ -147,7 +153,7 @@ PAGE_MMAP = replace(
             "private only when no VMA covers it and nothing references it",
     # Any number of mappings, so nothing is "the" mapping; page-granular sharing
     # gives up the whole-file rules (P2, P3) on purpose.
-    mapping=MappingPolicy(MapScope.PAGES, sets_has_mapping=False, shared_access_in_place=True),
+    mapping=MappingPolicy(MapScope.PAGES, HasMappingAt.NEVER, shared_access_in_place=True),
     references=ReferencePolicy(destroy_at_unmap=False),
     promise=PromisePolicy(HostMappingPromise.NO_VMA))
 
@@ -155,7 +161,7 @@ KVM_MAP = replace(
     PAGE_MMAP, name="kvm-map",
     summary="only KVM maps the restricted memfd (kvm_map_shared), refusing private pages; a "
             "conversion to private zaps the host's page tables and keeps the VMA",
-    mapping=MappingPolicy(MapScope.KVM_ONLY, sets_has_mapping=False, faults_check_private=True,
+    mapping=MappingPolicy(MapScope.KVM_ONLY, HasMappingAt.NEVER, faults_check_private=True,
                           shared_access_in_place=True),
     promise=PromisePolicy(HostMappingPromise.NO_PTE))
 
@@ -177,12 +183,28 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
     GMEM_6_18, GMEM_6_8, GMEM_6_19, GMEM_NO_DIRECT_MAP, SEED, SEED_AS_WRITTEN, PAGE_MMAP,
     KVM_MAP, INPLACE, PKVM_INPLACE)}
 
+# The seed with the other answer to a question its text leaves open, for each
+# question a verdict depends on (docs/DESIGNS.md, "What the verdicts rest on").
+SEED_LATE_HAS_MAPPING = replace(
+    SEED, name="seed-late-has-mapping",
+    summary="the seed with has_mapping set after the mmap_end calls instead of before them",
+    mapping=MappingPolicy(has_mapping=HasMappingAt.AFTER_END))
+
+SEED_DESTROYED_BLOCKS = replace(
+    SEED, name="seed-destroyed-blocks",
+    summary="the seed with a destroyed file still refusing conversions of its memslots (it "
+            "keeps has_mapping set)",
+    references=ReferencePolicy(destroyed_blocks_conversions=True))
+
+VARIANTS: dict[str, Design] = {d.name: d for d in (SEED_LATE_HAS_MAPPING, SEED_DESTROYED_BLOCKS)}
+
 DEFAULT_DESIGN = GMEM_6_18.name
 
 
 def make_design(name: str) -> Design:
+    """A design or a variant by name."""
     try:
-        return DESIGNS[name]
+        return DESIGNS.get(name) or VARIANTS[name]
     except KeyError:
-        known = ", ".join(sorted(DESIGNS))
+        known = ", ".join(sorted(DESIGNS) + sorted(VARIANTS))
         raise UsageError(f"unknown design {name!r} (known: {known})") from None

@@ -372,7 +372,10 @@ class AddressSpace(Component):
             return
         for _, _, m in runs:
             if m.file is not None:
-                close = self.ops[self.state.files[m.file].kind].close
+                kind = self.state.files[m.file].kind
+                if kind == "restricted":
+                    self.observer.audit_unmap(m)
+                close = self.ops[kind].close
                 if close is not None:
                     close(m)
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 
 from .. import uapi
 from .core import Component
-from .policies import MapScope, MmapEndTo
+from .observe import audit_stale_use
+from .policies import HasMappingAt, MapScope, MmapEndTo
 from .state import Inode, Memslot, Notifier, Vm
 
 PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
@@ -130,12 +131,13 @@ class Notifiers(Component):
                 return replace(p, cursor=p.cursor + 1)
             to_all = self.design.notify.mmap_end is MmapEndTo.EVERY_NOTIFIER
             first = 0 if to_all else max(len(notifiers) - 1, 0)
-            if self.design.mapping.sets_has_mapping:
+            if self.design.mapping.has_mapping is HasMappingAt.ACCEPTED:
                 # Every notifier accepted: the mapping is committed before any of
-                # them hears mmap_end.  Set after the mmap_end calls, it would leave
-                # a window in which KVM no longer sees the mapping as starting and
-                # the file not yet as mapped, and a conversion slips through (the
-                # checker's counterexample to P2 and P4, docs/CHECKER.md).
+                # them hears mmap_end.  Set after the mmap_end calls (the variant
+                # seed-late-has-mapping), it leaves a window in which KVM no longer
+                # sees the mapping as starting and the file not yet as mapped, and
+                # a conversion slips through (the checker's counterexample to P2
+                # and P4, docs/DESIGNS.md).
                 r.has_mapping = True
             return replace(p, phase="end", cursor=first)
         if p.phase == "abort":
@@ -151,5 +153,11 @@ class Notifiers(Component):
     def mmap_protocol_done(self, inode: Inode, p: MmapProgress) -> MmapProgress:
         # The protocol is over (the file lock is about to go): by now every
         # notifier must have heard how its mmap_start ended (promise P5).
+        r = inode.restricted
+        assert r is not None
+        if p.phase == "end" and self.design.mapping.has_mapping is HasMappingAt.AFTER_END:
+            r.has_mapping = True
         self.state.audit.append(("mmap_done", inode.ino, p.error))
+        if not p.error:
+            audit_stale_use(self.state, inode, "mmap")
         return replace(p, done=True)

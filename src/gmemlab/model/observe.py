@@ -23,6 +23,7 @@ from ..interface import Observation
 from .core import Component
 from .invariants import ownership_violations, private_page_runs
 from .policies import HostMappingPromise
+from .state import Inode, Mapping, State, total_refs
 
 SHIFT = uapi.PAGE_SHIFT
 Runs = tuple[tuple[int, int, int], ...]
@@ -61,6 +62,14 @@ def _count(pieces: dict[int, list[tuple[int, int, int]]]) -> CountedRuns:
     return tuple(out)
 
 
+def audit_stale_use(state: State, inode: Inode, what: str, index: int = -1) -> None:
+    """Record a use of a restricted memfd that was unmapped with references
+    outstanding: a new mapping, or a page handed out by get_pfn (promise P9)."""
+    r = inode.restricted
+    if r is not None and r.unmapped_referenced:
+        state.audit.append(("stale_use", inode.ino, what, index))
+
+
 class Observer(Component):
     """The facts and events the checker's promises are judged on."""
 
@@ -96,6 +105,14 @@ class Observer(Component):
             for first, last in touched.get(ino, ()):
                 for index in range(max(s, first), min(e, last)):
                     self.state.audit.append(("host_access_private", "write" if write else "read", ino, index))
+
+    def audit_unmap(self, m: Mapping) -> None:
+        """A restricted memfd's mapping goes: remember if references are out
+        (what the design then does is its own; P9 judges the result)."""
+        assert m.file is not None
+        inode = self.state.inodes[self.state.files[m.file].inode]
+        if inode.restricted is not None and total_refs(inode):
+            inode.restricted.unmapped_referenced = True
 
     # --- promise hooks --------------------------------------------------------------------
 

@@ -120,12 +120,21 @@ class MapScope(Enum):
     KVM_ONLY = "kvm"  # kvm-map: only KVM maps it (kvm_map_shared)
 
 
+class HasMappingAt(Enum):
+    """When a successful mmap of a restricted memfd sets has_mapping (the text
+    only says that a mapping exists; when it counts is the model's choice)."""
+
+    ACCEPTED = "once every notifier accepted, before any mmap_end"
+    AFTER_END = "after the last mmap_end"
+    NEVER = "never"  # the sketch as written; the page-granular designs have no single mapping
+
+
 @dataclass(frozen=True)
 class MappingPolicy:
     """How host userspace may map the file that backs private memory."""
 
     scope: MapScope = MapScope.WHOLE_FILE
-    sets_has_mapping: bool = True  # a successful mmap sets has_mapping (the proposal's intent)
+    has_mapping: HasMappingAt = HasMappingAt.ACCEPTED
     faults_check_private: bool = False  # a host fault asks KVM whether the page is shared
     # A guest's shared access to a gfn bound to a restricted memfd reaches the
     # file's own page (pKVM shares in place), not the memory at userspace_addr.
@@ -203,6 +212,11 @@ class ReferencePolicy:
     # Unmapping with get_pfn references outstanding destroys the file (the
     # proposal's restriction 5); otherwise references simply block conversions.
     destroy_at_unmap: bool = True
+    # A destroyed file keeps has_mapping set (its close hook did not clear it).
+    # The text is silent on whether that still refuses conversions of the
+    # memslots bound to it; nothing can reach the file's pages any more, so the
+    # model lets them through.
+    destroyed_blocks_conversions: bool = False
 
 
 class DirectMap(Enum):
@@ -245,7 +259,7 @@ class HostMappingPromise(Enum):
 
 
 BASE_PROMISES = frozenset({"P1", "P4", "P5", "P6", "P7", "P8"})
-WHOLE_FILE_PROMISES = BASE_PROMISES | {"P2", "P3"}
+WHOLE_FILE_PROMISES = BASE_PROMISES | {"P2", "P3", "P9"}
 
 
 @dataclass(frozen=True)
@@ -254,7 +268,8 @@ class PromisePolicy:
 
     Every design promises P1 (host userspace never touches private bytes), P4,
     P5, P6, P7 and P8; P2 and P3 are the whole-file, single-mapping rules of the
-    2022 restricted memfd.
+    2022 restricted memfd, and P9 its restriction 5 (a file unmapped with
+    references outstanding is dead).
     """
 
     host_mapping: HostMappingPromise = HostMappingPromise.NO_PTE

@@ -69,8 +69,9 @@ from .gmem import GuestMemfd
 from .invariants import bound_private_runs
 from .mm import AddressSpace
 from .notifiers import EVENTS, FALLIBLE, MmapProgress, Notifiers
+from .observe import audit_stale_use
 from .policies import MapScope, PrivateFile
-from .state import GFN_LIMIT, Inode, Mapping, Memslot, Notifier, OpenFile, RestrictedState, Vm
+from .state import GFN_LIMIT, Inode, Mapping, Memslot, Notifier, OpenFile, RestrictedState, Vm, total_refs
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -80,10 +81,6 @@ PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
 def alive(r: RestrictedState) -> None:
     if r.destroyed:
         raise kernel_error(errno.EIO, "the restricted memfd was destroyed at unmap")
-
-
-def total_refs(inode: Inode) -> int:
-    return sum((e - s) * n for s, e, n in inode.refs.runs() if n)
 
 
 class RestrictedMemfd(Component):
@@ -308,6 +305,7 @@ class RestrictedMemfd(Component):
             raise kernel_error(errno.EBUSY, "get_pfn is refused while the file is mapped")
         if f.mapped_pages:
             self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
+        audit_stale_use(self.state, inode, "get_pfn", index)
         return self.take_page(inode, index)
 
     def take_page(self, inode: Inode, index: int) -> int:
@@ -417,5 +415,6 @@ class RestrictedMemfd(Component):
             return errno.EBUSY  # get_pfn refused
         if f.mapped_pages:
             self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
+        audit_stale_use(self.state, inode, "guest access", index)
         self.take_page(inode, index)
         return inode.pages, index

@@ -105,8 +105,10 @@ class RestrictedKvm(Component):
             r = self.state.inodes[self.state.files[slot.private_file].inode].restricted
             assert r is not None
             # A destroyed file stays "mapped" (its close hook left has_mapping
-            # set) but can never be accessed or mapped again: nothing to protect.
-            if not r.destroyed and (r.has_mapping or slot.key in kvm.mmap_pending):
+            # set) but can never be accessed or mapped again: nothing to protect
+            # (unless the design says otherwise: seed-destroyed-blocks).
+            live = not r.destroyed or self.design.references.destroyed_blocks_conversions
+            if live and (r.has_mapping or slot.key in kvm.mmap_pending):
                 raise kernel_error(errno.EBUSY, f"memslot {slot.id} is bound to a mapped "
                                    "restricted memfd")
 

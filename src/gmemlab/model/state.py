@@ -47,6 +47,9 @@ class RestrictedState:
 
     has_mapping: bool = False
     destroyed: bool = False
+    # Unmapped while get_pfn references were outstanding (restriction 5's case),
+    # whatever the design then did: what promise P9 is judged against.
+    unmapped_referenced: bool = False
     notifiers: list[Notifier] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     # Designs that map the file piecewise (page-mmap, kvm-map): the virtual
@@ -105,6 +108,11 @@ class Inode:
     # The file's shared NUMA policy per page index (shmem, and guest_memfd from
     # Linux 6.19), created by the first mbind that sets one; None: no policy anywhere.
     policy: RangeMap[Policy | None] | None = None
+
+
+def total_refs(inode: Inode) -> int:
+    """References taken on the file's pages beyond the page cache's own."""
+    return sum((e - s) * n for s, e, n in inode.refs.runs() if n)
 
 
 @dataclass

@@ -47,7 +47,8 @@ from .inplace import InPlace
 from .kvm import Kvm
 from .mm import AddressSpace, MmapPlan
 from .notifiers import MmapProgress, Notifiers
-from .restricted import RestrictedMemfd, total_refs
+from .restricted import RestrictedMemfd
+from .state import total_refs
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
