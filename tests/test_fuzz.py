@@ -73,7 +73,7 @@ def test_two_designs_every_difference_is_a_minimal_runnable_case() -> None:
     for n, diff in enumerate(report.differences):
         last = diff.steps[-1]
         seen.add(last.op)
-        assert last.outcomes["a"].key != last.outcomes["b"].key
+        assert last.compared("a") != last.compared("b")
         text = diff.case(f"d{n}")
         case = parse(tomllib.loads(text), "d.toml").cases[0]
         assert case.error is None and case.design == "gmem-6.18" and case.kernel == "model"

@@ -25,7 +25,8 @@ from ..model.policies import HasMappingAt, MappingPolicy, MmapEndTo, NotifyPolic
 from ..model.restricted import RestrictedMemfd, alive
 from ..model.restricted_kvm import RestrictedKvm
 from ..model.state import Inode, Mapping, Memslot, OpenFile, Vm
-from ..model.steps import Outcome, Pending, Steps
+from ..model.steps import Pending, Steps
+from ..outcome import Outcome
 
 # The seed with one of the sketch's two defects each (a design is a row of policies).
 _NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(has_mapping=HasMappingAt.NEVER))

@@ -20,7 +20,7 @@ from .. import uapi
 from ..conform import cases
 from ..interface import GuestAccess
 from ..model import ModelKernel
-from ..model.steps import Outcome
+from ..outcome import Outcome
 from ..spelling import REF
 from . import promises as pr
 from .explore import Counterexample, Verdict

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import MemorySignal, UsageError
 from ..model import ModelKernel
-from ..model.steps import Outcome
+from ..outcome import Outcome
 from ..spelling import Unbound, call_arguments, resolve
 from .scenario import Action, Scenario, ScenarioError, fixed_names
 

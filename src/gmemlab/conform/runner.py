@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import spelling, uapi
-from ..errors import MemorySignal, UsageError
+from ..errors import UsageError
 from ..interface import INTERFACE_OPS, GuestAccess, Kernel
+from ..outcome import ERRNO, SIGNAL, USAGE, Outcome
 from .cases import Case, CaseFile, Requirement, Step, parse_requirement
 from .needs import infer
 
@@ -210,20 +211,21 @@ def run_step(kernel: Kernel, step: Step, env: dict[str, Any]) -> None:
     method = getattr(kernel, step.op, None)
     if method is None:
         raise StepFailure(f"this kernel has no operation {step.op!r}")
-    try:
-        result = method(**args)
-    except UsageError as exc:
-        raise StepFailure(f"bad call: {exc}") from None
-    except MemorySignal as sig:
-        if step.signal == sig.signo:
+    out = Outcome.of(method, **args)
+    if out.kind == USAGE:
+        raise StepFailure(f"bad call: {out.value}")
+    if out.kind == SIGNAL:
+        if step.signal == out.value:
             return
-        raise StepFailure(f"expected {_expected(step)}, got {sig.signal_name} ({sig})") from None
-    except OSError as exc:
-        got = uapi.errno_name(exc.errno) if exc.errno is not None else str(exc)
-        if step.errno is not None and exc.errno == step.errno:
-            _check_error_offset(step, exc, env)
+        raise StepFailure(f"expected {_expected(step)}, got {out} ({out.error})")
+    if out.kind == ERRNO:
+        assert isinstance(out.error, OSError)
+        if step.errno is not None and out.value == step.errno:
+            _check_error_offset(step, out.error, env)
             return
-        raise StepFailure(f"expected {_expected(step)}, got {got} ({exc.strerror})") from None
+        got = str(out) if out.value is not None else str(out.error)
+        raise StepFailure(f"expected {_expected(step)}, got {got} ({out.error.strerror})")
+    result = out.value
     if not step.expects_success:
         raise StepFailure(f"expected {_expected(step)}, got success ({_show(result)})")
     if step.bind:

@@ -41,7 +41,8 @@ from hypothesis.stateful import (
 
 from .. import uapi
 from ..interface import Kernel
-from .steps import Handle, Outcome, Ref, Region, Step, render_case, run_side
+from ..outcome import USAGE, Outcome
+from .steps import Handle, Ref, Region, Step, render_case, run_side
 
 P = uapi.PAGE_SIZE
 SIDES = ("a", "b")  # the two kernels of the pair
@@ -62,17 +63,15 @@ class Divergence(AssertionError):
     @property
     def message(self) -> str:
         step = self.steps[-1]
-        a, b = step.outcomes["a"], step.outcomes["b"]
         return (f"divergence at step {len(self.steps)} ({step.op}): "
-                f"{self.labels['a']} {a.describe()}, {self.labels['b']} {b.describe()}")
+                f"{self.labels['a']} {step.describe('a')}, {self.labels['b']} {step.describe('b')}")
 
     def case(self, case_id: str = "fuzz-divergence") -> str:
         step = self.steps[-1]
-        a, b = step.outcomes["a"], step.outcomes["b"]
         uses_guest = any(s.op == "guest_access" for s in self.steps)
         return render_case(self.steps, case_id, REFERENCE, self.requires if uses_guest else [],
-                           f"{self.labels['a']}: {a.describe()}; {self.labels['b']}: "
-                           f"{b.describe()}", self.labels, self.header)
+                           f"{self.labels['a']}: {step.describe('a')}; {self.labels['b']}: "
+                           f"{step.describe('b')}", self.labels, self.header)
 
 
 KernelPair = tuple[Callable[[], Kernel], Callable[[], Kernel]]
@@ -180,25 +179,20 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     def call(self, op: str, bind: str | None = None, **args: Any) -> Outcome:
         if self.stopped:
-            return Outcome("usage", text="this example already diverged")
+            return Outcome(USAGE, "this example already diverged")
         if self.collected is not None and _pattern(op, args) in self.known:
-            return Outcome("usage", text="a known difference")
+            return Outcome(USAGE, "a known difference")
         step = Step(op, args, bind)
         self.steps.append(step)
         for side in SIDES:
-            resolved = step.resolve(side)
-            outcome = run_side(self.kernels[side], op, resolved, fresh=bind is not None)
-            if op == "mmap" and "addr" in args and outcome.kind == "ok":
-                # MAP_FIXED: what matters is that the mapping is where it was asked.
-                outcome = Outcome("ok", outcome.raw == resolved["addr"], outcome.raw)
-            step.outcomes[side] = outcome
+            step.outcomes[side] = run_side(self.kernels[side], op, step.resolve(side))
         stats = type(self).stats
         stats["steps"] += 1
         stats[f"op {op}"] += 1
         outcome = step.outcomes[REFERENCE]
-        stats[f"outcome {outcome.kind}"] += 1
-        if op == "guest_access" and outcome.kind == "ok":
-            stats[f"guest exit {outcome.value['exit']}"] += 1
+        stats[f"outcome {'ok' if outcome.ok else outcome.kind}"] += 1
+        if op == "guest_access" and outcome.ok:
+            stats[f"guest exit {outcome.value.exit}"] += 1
         if not step.agreed:
             self._diverged(step)
         return outcome
@@ -216,10 +210,10 @@ class DifferentialMachine(RuleBasedStateMachine):
                 **args: Any) -> Handle | None:
         name = self._name(prefix)
         outcome = self.call(op, bind=name, **args)
-        if outcome.kind != "ok":
+        if not outcome.ok:
             return None
         step = self.steps[-1]
-        handle = Handle(name, kind, step.outcomes["a"].raw, step.outcomes["b"].raw, owner)
+        handle = Handle(name, kind, step.outcomes["a"].value, step.outcomes["b"].value, owner)
         self.fds.append(handle)
         return handle
 
@@ -287,9 +281,9 @@ class DifferentialMachine(RuleBasedStateMachine):
         if map_it:
             name = self._name("r")
             if self.call("mmap", bind=name, fd=Ref(gmem), length=npages * P,
-                         prot=uapi.PROT_READ | uapi.PROT_WRITE, flags=uapi.MAP_SHARED).kind == "ok":
+                         prot=uapi.PROT_READ | uapi.PROT_WRITE, flags=uapi.MAP_SHARED).ok:
                 step = self.steps[-1]
-                region = Region(name, step.outcomes["a"].raw, step.outcomes["b"].raw, npages)
+                region = Region(name, step.outcomes["a"].value, step.outcomes["b"].value, npages)
                 self.regions.append(region)
                 self.pinned.add(name)
                 uaddr = Ref(region)
@@ -297,7 +291,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                             flags=uapi.KVM_MEM_GUEST_MEMFD, guest_phys_addr=base,
                             memory_size=npages * P, userspace_addr=uaddr, guest_memfd=Ref(gmem),
                             guest_memfd_offset=0)
-        if outcome.kind == "ok":
+        if outcome.ok:
             self.slots.append((vm, slot, base, npages * P))
 
     @precondition(lambda self: self._has("vm") and len(self.regions) < MAX_REGIONS)
@@ -323,17 +317,17 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.call("ftruncate", fd=Ref(memfd), length=npages * P)
             fd, flags = Ref(memfd), uapi.MAP_SHARED
         name = self._name("r")
-        if self.call("mmap", bind=name, fd=fd, length=npages * P,
-                     prot=uapi.PROT_READ | uapi.PROT_WRITE, flags=flags).kind != "ok":
+        if not self.call("mmap", bind=name, fd=fd, length=npages * P,
+                         prot=uapi.PROT_READ | uapi.PROT_WRITE, flags=flags).ok:
             return
         step = self.steps[-1]
-        region = Region(name, step.outcomes["a"].raw, step.outcomes["b"].raw, npages)
+        region = Region(name, step.outcomes["a"].value, step.outcomes["b"].value, npages)
         self.regions.append(region)
         self.pinned.add(name)
         outcome = self.call("set_user_memory_region2", vm=Ref(vm), slot=slot, flags=0,
                             guest_phys_addr=base, memory_size=npages * P,
                             userspace_addr=Ref(region))
-        if outcome.kind == "ok":
+        if outcome.ok:
             self.slots = [s for s in self.slots if (s[0], s[1]) != (vm, slot)]
             self.slots.append((vm, slot, base, npages * P))
 
@@ -482,10 +476,10 @@ class DifferentialMachine(RuleBasedStateMachine):
         name = self._name("r")
         outcome = self.call("mmap", bind=name, fd=fd, length=npages * P, prot=prot, flags=flags,
                             offset=offset * P if fd != -1 else 0)
-        if outcome.kind == "ok":
+        if outcome.ok:
             step = self.steps[-1]
-            self.regions.append(Region(name, step.outcomes["a"].raw,
-                                       step.outcomes["b"].raw, npages))
+            self.regions.append(Region(name, step.outcomes["a"].value,
+                                       step.outcomes["b"].value, npages))
 
     def _range(self, data: st.DataObject) -> tuple[Region, int, int]:
         region = data.draw(st.sampled_from(self.regions))
@@ -605,7 +599,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                 extra = {"guest_memfd": Ref(gmem), "guest_memfd_offset": gmem_page * P}
             self.call("set_user_memory_region2", vm=Ref(vm), slot=slot, flags=flags,
                       guest_phys_addr=base, memory_size=npages * P, userspace_addr=uaddr, **extra)
-        if self.steps[-1].outcomes[REFERENCE].kind == "ok":
+        if self.steps[-1].outcomes[REFERENCE].ok:
             self.slots = [s for s in self.slots if (s[0], s[1]) != (vm, slot)]
             self.slots.append((vm, slot, base, npages * P))
 
@@ -615,7 +609,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         vm = self._pick(data, ("vm",))
         assert vm is not None
         if self.call("set_user_memory_region2", vm=Ref(vm), slot=slot, flags=0, guest_phys_addr=0,
-                     memory_size=0).kind == "ok":
+                     memory_size=0).ok:
             self.slots = [s for s in self.slots if (s[0], s[1]) != (vm, slot)]
 
     @precondition(lambda self: self._has("vm"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .machine import REFERENCE, SIDES, KernelPair
-from .steps import Handle, Outcome, Ref, Region, Step, run_side
+from .steps import Handle, Ref, Region, Step, run_side
 
 
 def replay(steps: list[Step], factories: KernelPair) -> list[Step]:
@@ -26,17 +26,12 @@ def replay(steps: list[Step], factories: KernelPair) -> list[Step]:
             if not _refs_bound(old.args, bound):
                 continue
             step = Step(old.op, {k: _rebind(v, bound) for k, v in old.args.items()}, old.bind)
-            fresh = step.bind is not None
             for side in SIDES:
-                resolved = step.resolve(side)
-                outcome = run_side(kernels[side], step.op, resolved, fresh)
-                if step.op == "mmap" and "addr" in step.args and outcome.kind == "ok":
-                    outcome = Outcome("ok", outcome.raw == resolved["addr"], outcome.raw)
-                step.outcomes[side] = outcome
+                step.outcomes[side] = run_side(kernels[side], step.op, step.resolve(side))
             done.append(step)
             if not step.agreed:
                 break
-            if step.bind and step.outcomes[REFERENCE].kind == "ok":
+            if step.bind and step.outcomes[REFERENCE].ok:
                 bound[step.bind] = _new_target(old, step)
     finally:
         for kernel in kernels.values():
@@ -56,7 +51,7 @@ def _rebind(value: Any, bound: dict[str, Handle | Region]) -> Any:
 
 def _new_target(old: Step, step: Step) -> Handle | Region:
     assert step.bind is not None
-    a, b = step.outcomes["a"].raw, step.outcomes["b"].raw
+    a, b = step.outcomes["a"].value, step.outcomes["b"].value
     if old.op == "mmap":
         return Region(step.bind, a, b, max(1, step.args.get("length", 0) >> 12))
     return Handle(step.bind, "fd", a, b)
@@ -67,7 +62,7 @@ def signature(steps: list[Step]) -> tuple[str, str, str] | None:
     if not steps or steps[-1].agreed:
         return None
     last = steps[-1]
-    return (last.op, last.outcomes["a"].describe(), last.outcomes["b"].describe())
+    return (last.op, last.describe("a"), last.describe("b"))
 
 
 def minimize(steps: list[Step], factories: KernelPair, budget: int = 400) -> list[Step]:

@@ -15,7 +15,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from .. import uapi
 from ..errors import UsageError
-from ..interface import Kernel
+from ..interface import GuestAccess, Kernel
 from .machine import CAPS, DifferentialMachine, Divergence, KernelPair, Offer, make_machine
 
 if TYPE_CHECKING:
@@ -231,11 +231,11 @@ def kind_of(d: Divergence) -> tuple[str, str, str]:
 
     def answer(side: str) -> str:
         out = last.outcomes[side]
-        if out.kind == "ok" and isinstance(out.value, dict) and "exit" in out.value:
-            return f"exit {out.value['exit']}"
-        if out.kind == "ok":
+        if isinstance(out.value, GuestAccess):
+            return f"exit {out.value.exit}"
+        if out.ok:
             return "returned"
-        return out.describe()
+        return last.describe(side)
 
     return (last.op, answer("a"), answer("b"))
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from .. import uapi
 from ..conform import cases
-from ..errors import MemorySignal, UsageError
 from ..interface import GuestAccess, Stat
+from ..outcome import ERRNO, RET, SIGNAL, USAGE, Outcome
 
 Side = str  # "a" (the first kernel of the pair) or "b" (the second: the reference)
 
@@ -63,28 +63,6 @@ class Ref:
         return f"{name}+{self.offset:#x}" if self.offset else name
 
 
-@dataclass(frozen=True)
-class Outcome:
-    kind: str  # "ok", "errno", "signal", "usage"
-    value: Any = None  # what is compared
-    raw: Any = None  # the result itself (an fd or address to bind)
-    text: str = ""
-
-    @property
-    def key(self) -> tuple[str, Any]:
-        """What must be equal on both kernels (not the fd or address itself)."""
-        return (self.kind, self.value)
-
-    def describe(self) -> str:
-        if self.kind == "errno":
-            return f"errno {uapi.errno_name(self.value)}"
-        if self.kind == "signal":
-            return uapi.signal_name(self.value)
-        if self.kind == "usage":
-            return f"refused as a malformed call ({self.text})"
-        return f"returned {_show(self.value)}"
-
-
 def _show(value: Any) -> str:
     if isinstance(value, bytes):
         return value[:32].hex() + ("..." if len(value) > 32 else "")
@@ -93,26 +71,9 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def run_side(kernel: Any, op: str, args: dict[str, Any], fresh: bool) -> Outcome:
-    """Call op and normalise its outcome; `fresh`: the result is a new fd or address."""
-    try:
-        result = getattr(kernel, op)(**args)
-    except UsageError as exc:
-        return Outcome("usage", text=str(exc))
-    except MemorySignal as sig:
-        return Outcome("signal", sig.signo)
-    except OSError as exc:
-        return Outcome("errno", exc.errno)
-    if fresh:
-        return Outcome("ok", None, result)
-    if isinstance(result, Stat):
-        # A device node's permission bits are the distribution's (udev), not the kernel's.
-        mode = stat.S_IFMT(result.mode) if stat.S_ISCHR(result.mode) else result.mode
-        return Outcome("ok", (result.size, mode, result.blksize, result.blocks,
-                              result.nlink), result)
-    if isinstance(result, GuestAccess):
-        return Outcome("ok", result.as_table(), result)
-    return Outcome("ok", result, result)
+def run_side(kernel: Any, op: str, args: dict[str, Any]) -> Outcome:
+    """Call op on one kernel of the pair."""
+    return Outcome.of(getattr(kernel, op), **args)
 
 
 @dataclass
@@ -125,11 +86,43 @@ class Step:
     def resolve(self, side: Side) -> dict[str, Any]:
         return {k: (v.on(side) if isinstance(v, Ref) else v) for k, v in self.args.items()}
 
+    def compared(self, side: Side) -> tuple[str, Any]:
+        """What must be equal on both kernels: not an fd or address the call
+        made, nor inode and device numbers, nor why a call is malformed."""
+        out = self.outcomes[side]
+        if out.kind == USAGE:
+            return (USAGE, None)
+        if out.kind != RET:
+            return (out.kind, out.value)
+        value = out.value
+        if self.op == "mmap" and "addr" in self.args:
+            # MAP_FIXED: what matters is that the mapping is where it was asked.
+            return (RET, value == self.resolve(side)["addr"])
+        if self.bind is not None:
+            return (RET, None)
+        if isinstance(value, Stat):
+            # A device node's permission bits are the distribution's (udev), not the kernel's.
+            mode = stat.S_IFMT(value.mode) if stat.S_ISCHR(value.mode) else value.mode
+            return (RET, (value.size, mode, value.blksize, value.blocks, value.nlink))
+        if isinstance(value, GuestAccess):
+            return (RET, value.as_table())
+        return (RET, value)
+
+    def describe(self, side: Side) -> str:
+        out = self.outcomes[side]
+        if out.kind == ERRNO:
+            return f"errno {uapi.errno_name(out.value)}"
+        if out.kind == SIGNAL:
+            return uapi.signal_name(out.value)
+        if out.kind == USAGE:
+            return f"refused as a malformed call ({out.value})"
+        return f"returned {_show(self.compared(side)[1])}"
+
     @property
     def agreed(self) -> bool:
         if len(self.outcomes) < 2:
             return True
-        return self.outcomes["a"].key == self.outcomes["b"].key
+        return self.compared("a") == self.compared("b")
 
 
 def _argument(v: Any) -> Any:
@@ -137,14 +130,15 @@ def _argument(v: Any) -> Any:
     return v.text() if isinstance(v, Ref) else v
 
 
-def _expectation(outcome: Outcome, op: str, full: bool) -> dict[str, Any]:
-    if outcome.kind == "errno":
+def _expectation(step: Step, side: Side, full: bool) -> dict[str, Any]:
+    outcome, op = step.outcomes[side], step.op
+    if outcome.kind == ERRNO:
         return {"errno": uapi.errno_name(outcome.value)}
-    if outcome.kind == "signal":
+    if outcome.kind == SIGNAL:
         return {"signal": uapi.signal_name(outcome.value)}
-    if not full or outcome.kind != "ok" or outcome.value is None:
+    value = step.compared(side)[1]
+    if not full or outcome.kind != RET or value is None:
         return {}
-    value = outcome.value
     if isinstance(value, bytes):
         return {"bytes_hex": value.hex()}
     if op == "guest_access":
@@ -171,8 +165,8 @@ def case_step(step: Step, reference: Side, full: bool, comment: str = "") -> cas
     args = {("data_hex" if k == "data" else k): (v.hex() if k == "data" else _argument(v))
             for k, v in step.args.items()}
     outcome = step.outcomes[reference]
-    bind = step.bind if step.bind and outcome.kind == "ok" else None
-    return cases.step(step.op, bind=bind, expect=_expectation(outcome, step.op, full),
+    bind = step.bind if step.bind and outcome.ok else None
+    return cases.step(step.op, bind=bind, expect=_expectation(step, reference, full),
                       comment=comment, **args)
 
 
@@ -184,9 +178,9 @@ def render_case(steps: list[Step], case_id: str, reference: Side, requires: list
     out: list[cases.Step] = []
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
-        if step.outcomes[reference].kind == "usage" and not last:
+        if step.outcomes[reference].kind == USAGE and not last:
             continue  # refused by both: no kernel saw it
-        comment = "\n".join(f"{labels[side]}: {o.describe()}" for side, o in step.outcomes.items()) \
+        comment = "\n".join(f"{labels[side]}: {step.describe(side)}" for side in step.outcomes) \
             if last else ""
         out.append(case_step(step, reference, full=last, comment=comment))
     head = header or {}

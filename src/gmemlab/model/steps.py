@@ -40,6 +40,7 @@ from typing import Any
 from .. import uapi
 from ..errors import MemorySignal, UsageError, kernel_error
 from ..interface import GuestAccess, check_call
+from ..outcome import Outcome
 from ..spelling import call_arguments
 from . import pages
 from .core import Component
@@ -60,25 +61,6 @@ RANGE_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 FAULTING_OPS = frozenset({"read_mem", "write_mem", "gup_pin", "madvise"})
 # One step of an operation: its Outcome when it is finished, else what is left.
 Stepper = Callable[[str, "Pending"], "Outcome | Pending"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an operation ended: kind is "ret", "errno", "signal" or "usage"."""
-
-    kind: str
-    value: Any
-
-    def __str__(self) -> str:
-        if self.kind == "errno":
-            return uapi.errno_name(self.value)
-        if self.kind == "signal":
-            return uapi.signal_name(self.value)
-        if self.kind == "usage":
-            return f"bad call: {self.value}"
-        if hasattr(self.value, "as_table"):
-            return str(self.value.as_table())
-        return repr(self.value)
 
 
 @dataclass(frozen=True)
