@@ -39,7 +39,7 @@ def test_the_chart_has_a_lifeline_per_actor_and_marks_the_broken_promise() -> No
     broken = [r for r in root.iter(f"{SVG}rect") if "broken" in (r.get("class") or "")]
     assert len(broken) == 1  # only the last step breaks it
     # The notifier calls of the trace are arrows to the notifiers' lifeline.
-    calls = sum(1 for st in rp.steps for ev in st.events if ev[0] == "notify")
+    calls = sum(1 for st in rp.steps for ev in st.events if ev.kind == "notify")
     assert calls and sum(1 for t in texts if ".mmap_" in t and "->" in t) >= calls
 
 

@@ -115,5 +115,5 @@ def test_audit_sees_private_memory_under_a_mapping(design: str, audited: bool) -
     with contextlib.suppress(OSError):
         k.set_memory_attributes(vm, 0x100000, P, 8)
     k.read_mem(a, 8)
-    kinds = {e[0] for e in k.state.audit}
+    kinds = {e.kind for e in k.state.audit}
     assert ({"private_while_mapped", "host_access_private"} <= kinds) is audited

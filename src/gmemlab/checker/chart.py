@@ -15,6 +15,7 @@ import html
 import textwrap
 from dataclasses import dataclass
 
+from ..model.events import Notify
 from . import promises as pr
 from .explore import Counterexample, Verdict
 from .report import Replay, trace_rows
@@ -51,8 +52,8 @@ def _rows(rp: Replay, promise: str) -> list[_Row]:
     rows = []
     steps = [*rp.steps, *([rp.stuck_attempt] if rp.stuck_attempt else [])]
     for (number, actor, op, what, state), st in zip(trace_rows(rp), steps, strict=True):
-        calls = [f"{ev[2]}.{ev[3]}" + (f" -> {ev[4]}" if ev[4] else " -> 0")
-                 for ev in st.events if ev[0] == "notify"]
+        calls = [f"{ev.notifier}.{ev.event}" + (f" -> {ev.err}" if ev.err else " -> 0")
+                 for ev in st.events if isinstance(ev, Notify)]
         broken = sorted({v.promise for v in st.violations})
         rows.append(_Row(number, actor, op.strip(), what, state, calls, broken))
     if rows and promise == "P8" and rp.stuck_attempt is not None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..model.events import PROTOCOL
 from . import promises as pr
 from .coverage import StepCoverage
 from .engine import DISABLED, OBSERVERS, Engine, Result
@@ -42,7 +43,6 @@ VK_P4, VK_STATE = 1, 2
 NOTSYM = -1
 BUDGET = 2048  # states expanded between returns to Python (progress, --max-states)
 MAX_ACTORS = 30
-PROTOCOL_EVENTS = ("notify", "mmap_done")
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,8 @@ class NativeExplorer(Explorer):
         ev = self._vlist(pr.event_violations(r.events, e.active)) if r.events else 0
         mslots: list[int] = []
         for x in r.events:
-            if x[0] in PROTOCOL_EVENTS:
-                m = e.t.slot(("m", x[1]))
+            if isinstance(x, PROTOCOL):
+                m = e.t.slot(("m", x.ino))
                 if m not in mslots:
                     mslots.append(m)
         self.mslots.append(mslots)

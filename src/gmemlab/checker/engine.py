@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from ..model.events import PROTOCOL, Event
 from . import promises as pr
 from .codec import Key, Recorder, Tables, apply, decompose, decompose_touched, is_model_key, materialize
 from .scenario import Scenario
@@ -37,7 +38,7 @@ class Result:
 
     writes: tuple[tuple[int, int], ...]
     keys: tuple[tuple[int, tuple[Any, ...], tuple[Any, ...]], ...]  # key-set changes: slot, added, removed
-    events: tuple[tuple[Any, ...], ...]
+    events: tuple[Event, ...]
     info: StepInfo
     reads: tuple[int, ...]  # slots read (for the partial-order reduction)
     # every slot the step changes (writes and key sets): tested against what the
@@ -281,18 +282,18 @@ class Engine:
         return not slots.isdisjoint(r.touched)
 
     def _protocol(self, s: tuple[int, ...],
-                  events: tuple[tuple[Any, ...], ...]) -> tuple[tuple[int, ...], list[pr.Violation]]:
+                  events: tuple[Event, ...]) -> tuple[tuple[int, ...], list[pr.Violation]]:
         writes: dict[int, int] = {}
         bad: list[pr.Violation] = []
         for ev in events:
-            if ev[0] not in ("notify", "mmap_done"):
+            if not isinstance(ev, PROTOCOL):
                 continue
-            slot = self.t.slot(("m", ev[1]))
+            slot = self.t.slot(("m", ev.ino))
             cur = writes.get(slot, s[slot] if slot < len(s) else 0)
             p = self.t.values[cur] if cur else pr.EMPTY
             p, broken = pr.protocol_step(p, ev)
             if "P5" in self.active:
-                bad += pr.protocol_violations(ev[1], broken)
+                bad += pr.protocol_violations(ev.ino, broken)
             writes[slot] = 0 if p == pr.EMPTY else self.t.intern(p)
         return apply(s, writes.items()), bad
 

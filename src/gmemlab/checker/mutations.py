@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import UsageError, kernel_error
 from ..interface import GuestAccess
-from ..model import ModelKernel
+from ..model import ModelKernel, events
 from ..model.designs import SEED, SEED_LATE_HAS_MAPPING, Design
 from ..model.notifiers import NO_NONZERO_AFTER_LAUNCH, MmapProgress, Notifiers
 from ..model.policies import HasMappingAt, MappingPolicy, MmapEndTo, NotifyPolicy
@@ -117,7 +117,7 @@ class _GetPfnWhileMapped(RestrictedMemfd):
         if index >= inode.size >> 12:
             raise kernel_error(errno.EINVAL, "beyond the file")
         if f.mapped_pages:
-            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
+            self.state.audit.append(events.GetPfnWhileMapped(inode.ino, index))
         return self.take_page(inode, index)
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..model import events as ev
+
 PROMISES: dict[str, str] = {
     "P1": "host userspace never reads or writes the bytes of a private page",
     "P2": "while a restricted file is mapped, no page bound to it is private and no new "
@@ -96,26 +98,25 @@ def _pages(first: int, last: int) -> str:
 # --- events of one step --------------------------------------------------------------------------
 
 
-def event_violations(events: tuple[tuple[Any, ...], ...], active: frozenset[str]) -> list[Violation]:
+def event_violations(events: tuple[ev.Event, ...], active: frozenset[str]) -> list[Violation]:
     out = []
-    for ev in events:
-        kind = ev[0]
-        if kind == "host_access_private" and "P1" in active:
-            out.append(Violation("P1", f"host userspace {'wrote' if ev[1] == 'write' else 'read'} "
-                                       f"private page {ev[3]} of inode {ev[2]}",
-                                 Evidence.HOST_ACCESS, ev[2]))
-        elif kind == "private_while_mapped" and "P2" in active:
-            out.append(Violation("P2", f"a page of inode {ev[1]} (from page {ev[2]}) became private "
+    for e in events:
+        if isinstance(e, ev.HostAccessPrivate) and "P1" in active:
+            out.append(Violation("P1", f"host userspace {'wrote' if e.write else 'read'} "
+                                       f"private page {e.index} of inode {e.ino}",
+                                 Evidence.HOST_ACCESS, e.ino))
+        elif isinstance(e, ev.PrivateWhileMapped) and "P2" in active:
+            out.append(Violation("P2", f"a page of inode {e.ino} (from page {e.index}) became private "
                                        "while the file is mapped", Evidence.PRIVATE_WHILE_MAPPED,
-                                 ev[1]))
-        elif kind == "get_pfn_while_mapped" and "P2" in active:
-            out.append(Violation("P2", f"get_pfn took a new reference on page {ev[2]} of inode {ev[1]} "
-                                       "while the file is mapped", Evidence.GET_PFN_WHILE_MAPPED,
-                                 ev[1]))
-        elif kind == "stale_use" and "P9" in active:
-            what = "was mapped again" if ev[2] == "mmap" else f"gave page {ev[3]} to a {ev[2]}"
-            out.append(Violation("P9", f"inode {ev[1]}, unmapped while references were outstanding, "
-                                       f"{what}", Evidence.STALE_USE, ev[1]))
+                                 e.ino))
+        elif isinstance(e, ev.GetPfnWhileMapped) and "P2" in active:
+            out.append(Violation("P2", f"get_pfn took a new reference on page {e.index} of inode "
+                                       f"{e.ino} while the file is mapped",
+                                 Evidence.GET_PFN_WHILE_MAPPED, e.ino))
+        elif isinstance(e, ev.StaleUse) and "P9" in active:
+            what = "was mapped again" if e.what == "mmap" else f"gave page {e.index} to a {e.what}"
+            out.append(Violation("P9", f"inode {e.ino}, unmapped while references were outstanding, "
+                                       f"{what}", Evidence.STALE_USE, e.ino))
     return out
 
 
@@ -135,16 +136,16 @@ class Protocol:
 EMPTY = Protocol()
 
 
-def protocol_step(p: Protocol, ev: tuple[Any, ...]) -> tuple[Protocol, list[str]]:
+def protocol_step(p: Protocol, e: ev.Notify | ev.MmapDone) -> tuple[Protocol, list[str]]:
     """Follow one notify/mmap_done event; the protocol's new state and what it broke."""
     bad: list[str] = []
-    if ev[0] == "mmap_done":
+    if isinstance(e, ev.MmapDone):
         if p.started:
             names = ", ".join(p.started)
-            bad.append(f"the mmap {'failed' if ev[2] else 'succeeded'} and notifier(s) {names} saw "
+            bad.append(f"the mmap {'failed' if e.error else 'succeeded'} and notifier(s) {names} saw "
                        "mmap_start and neither mmap_end nor mmap_abort")
         return EMPTY, bad
-    _, _, name, event, err = ev
+    name, event, err = e.notifier, e.event, e.err
     started = p.started
     if event == "mmap_start":
         if name in started:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..model.events import PROTOCOL
 from ..model.steps import StepOps
 from .codec import Key, normal
 from .system import ActorState
@@ -187,7 +188,7 @@ class PartialOrder:
     def footprint(self, r: Any) -> tuple[set[str], set[str]]:
         reads = {self.cls(j) for j in r.reads}
         writes = {self.cls(j) for j, _ in r.writes} | {self.cls(j) for j, _, _ in r.keys}
-        if any(ev[0] in ("notify", "mmap_done") for ev in r.events):
+        if any(isinstance(ev, PROTOCOL) for ev in r.events):
             writes.add("monitor")
         return reads, writes
 

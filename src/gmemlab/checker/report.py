@@ -20,6 +20,16 @@ from .. import uapi
 from ..conform import cases
 from ..interface import GuestAccess
 from ..model import ModelKernel
+from ..model.events import (
+    PROTOCOL,
+    Event,
+    GetPfnWhileMapped,
+    HostAccessPrivate,
+    MmapDone,
+    Notify,
+    PrivateWhileMapped,
+    StaleUse,
+)
 from ..outcome import Outcome
 from ..spelling import REF
 from . import promises as pr
@@ -40,7 +50,7 @@ class TraceStep:
     action: Action
     info: StepInfo
     began: bool  # this step started the operation
-    events: list[tuple[Any, ...]]
+    events: list[Event]
     what: str  # what the step did
     state: str  # the relevant state after it
     violations: list[pr.Violation] = field(default_factory=list)
@@ -84,12 +94,12 @@ def _one(k: ModelKernel, prog: Program, astates: list[ActorState], name: str,
     astates[i], info = res
     events = list(k.state.audit[mark:])
     bad = pr.event_violations(tuple(events), active)
-    for ev in events:
-        if ev[0] in ("notify", "mmap_done"):
-            p, broken = pr.protocol_step(protocols.get(ev[1], pr.EMPTY), ev)
-            protocols[ev[1]] = p
+    for e in events:
+        if isinstance(e, PROTOCOL):
+            p, broken = pr.protocol_step(protocols.get(e.ino, pr.EMPTY), e)
+            protocols[e.ino] = p
             if "P5" in active:
-                bad += pr.protocol_violations(ev[1], broken)
+                bad += pr.protocol_violations(e.ino, broken)
     after = k.observe()
     obs = {"private_pages": after.private_pages, "host_references": after.host_references,
            "outstanding_references": after.outstanding_references, "mapping_counts": after.mappings,
@@ -124,22 +134,24 @@ def show_outcome(out: Outcome | None) -> str:
     return str(out)
 
 
-def describe_step(info: StepInfo, events: list[tuple[Any, ...]], action: Action) -> str:
+def describe_step(info: StepInfo, events: list[Event], action: Action) -> str:
     parts = []
     if info.kind == "skip":
         return f"skipped: ${info.skipped_for} is not bound (its operation failed)"
-    for ev in events:
-        if ev[0] == "notify":
-            result = "0" if not ev[4] else uapi.errno_name(ev[4])
-            parts.append(f"{ev[2]}.{ev[3]} -> {result}")
-        elif ev[0] == "mmap_done":
+    for e in events:
+        if isinstance(e, Notify):
+            result = "0" if not e.err else uapi.errno_name(e.err)
+            parts.append(f"{e.notifier}.{e.event} -> {result}")
+        elif isinstance(e, MmapDone):
             parts.append("notifier protocol over")
-        elif ev[0] == "host_access_private":
-            parts.append(f"host {ev[1]}s PRIVATE page {ev[3]}")
-        elif ev[0] == "private_while_mapped":
+        elif isinstance(e, HostAccessPrivate):
+            parts.append(f"host {'write' if e.write else 'read'}s PRIVATE page {e.index}")
+        elif isinstance(e, PrivateWhileMapped):
             parts.append("a page turned private under the mapping")
-        elif ev[0] == "get_pfn_while_mapped":
-            parts.append(f"get_pfn on page {ev[2]} of a MAPPED file")
+        elif isinstance(e, GetPfnWhileMapped):
+            parts.append(f"get_pfn on page {e.index} of a MAPPED file")
+        elif isinstance(e, StaleUse):
+            parts.append(f"a {e.what} of a file unmapped with references out")
     if info.kind == "begin" and not parts:
         parts.append({"mmap": "checks passed, mmap_lock and file lock taken",
                       "set_memory_attributes": "checked, KVM mappings zapped (converting)",

@@ -46,6 +46,7 @@ import errno
 from .. import uapi
 from ..errors import ConversionError, kernel_error
 from .core import Component
+from .events import PrivateWhileMapped
 from .gmem import ATTR_NAMES, NONE_SHARED, PRIVATE, SHARED, GuestMemfd
 from .ptes import HostPtes, first_referenced, unreferenced
 from .state import Inode, OpenFile
@@ -149,7 +150,7 @@ class InPlace(Component):
                 self.state.counters["deferred"] += 1
         mapped = inode.host_ptes.find(first, last, bool)
         if mapped is not None and inode.attributes[mapped] == PRIVATE:
-            self.state.audit.append(("private_while_mapped", inode.ino, mapped))
+            self.state.audit.append(PrivateWhileMapped(inode.ino, mapped))
 
     def refs_dropped(self, inode: Inode, first: int, last: int) -> None:
         """References on [first, last) went away (Core.refs_dropped): the final

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from .. import uapi
 from .core import Component
+from .events import MmapDone, Notify
 from .observe import audit_stale_use
 from .policies import HasMappingAt, MapScope, MmapEndTo
 from .state import Inode, Memslot, Notifier, Vm
@@ -66,7 +67,7 @@ class Notifiers(Component):
             err = self.kvm_notifier(self.state.vms[n.vm], n, event, first, last)
         # Every notifier's view of the protocol, KVM's included (whose calls the
         # log does not show): the checker's promise P5 is judged on these.
-        self.state.audit.append(("notify", inode.ino, n.name, event, err))
+        self.state.audit.append(Notify(inode.ino, n.name, event, err))
         return err
 
     def kvm_notifier(self, kvm: Vm, n: Notifier, event: str, first: int, last: int) -> int:
@@ -157,7 +158,7 @@ class Notifiers(Component):
         assert r is not None
         if p.phase == "end" and self.design.mapping.has_mapping is HasMappingAt.AFTER_END:
             r.has_mapping = True
-        self.state.audit.append(("mmap_done", inode.ino, p.error))
+        self.state.audit.append(MmapDone(inode.ino, p.error))
         if not p.error:
             audit_stale_use(self.state, inode, "mmap")
         return replace(p, done=True)

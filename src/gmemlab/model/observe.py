@@ -21,6 +21,7 @@ from typing import Any
 from .. import uapi
 from ..interface import Observation
 from .core import Component
+from .events import Event, HostAccessPrivate, StaleUse
 from .invariants import ownership_violations, private_page_runs
 from .policies import HostMappingPromise
 from .state import Inode, Mapping, State, total_refs
@@ -67,7 +68,7 @@ def audit_stale_use(state: State, inode: Inode, what: str, index: int = -1) -> N
     outstanding: a new mapping, or a page handed out by get_pfn (promise P9)."""
     r = inode.restricted
     if r is not None and r.unmapped_referenced:
-        state.audit.append(("stale_use", inode.ino, what, index))
+        state.audit.append(StaleUse(inode.ino, what, index))
 
 
 class Observer(Component):
@@ -75,7 +76,7 @@ class Observer(Component):
 
     # --- events ----------------------------------------------------------------------
 
-    def drain_events(self) -> list[tuple[Any, ...]]:
+    def drain_events(self) -> list[Event]:
         """The audit events since the last drain, and forget them.
 
         The restricted memfds' notifier logs are emptied too: they repeat the
@@ -104,7 +105,7 @@ class Observer(Component):
         for ino, s, e in self.private_pages():
             for first, last in touched.get(ino, ()):
                 for index in range(max(s, first), min(e, last)):
-                    self.state.audit.append(("host_access_private", "write" if write else "read", ino, index))
+                    self.state.audit.append(HostAccessPrivate(ino, index, write))
 
     def audit_unmap(self, m: Mapping) -> None:
         """A restricted memfd's mapping goes: remember if references are out
@@ -211,5 +212,5 @@ class Observer(Component):
 
     def audit_log(self, kind: str = "") -> list[list[Any]]:
         if not kind:
-            return [list(e) for e in self.state.audit]
-        return [list(e[1:]) for e in self.state.audit if e[0] == kind]
+            return [e.as_list() for e in self.state.audit]
+        return [e.fields() for e in self.state.audit if e.kind == kind]

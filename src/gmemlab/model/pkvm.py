@@ -47,6 +47,7 @@ from ..interface import PkvmPage
 from ..rangemap import RangeMap
 from . import pages
 from .core import Component
+from .events import HostAccessGuestPage
 from .state import GFN_LIMIT, PFN_LIMIT, GuestPte, HypPage, Inode, PkvmState, Vm
 
 P = uapi.PAGE_SIZE
@@ -438,7 +439,7 @@ class Pkvm(Component):
                 continue
             hit = pkvm.pages.find(s + delta, e + delta, lambda p: p.host == NOPAGE)
             if hit is not None:
-                self.state.audit.append(("host_access_guest_page", inode.ino, hit - delta))
+                self.state.audit.append(HostAccessGuestPage(inode.ino, hit - delta))
                 return hit - delta
         return served
 

@@ -64,6 +64,7 @@ from ..interface import FileState
 from ..rangemap import RangeMap
 from . import pages
 from .core import Component
+from .events import GetPfnWhileMapped
 from .fileops import Backing, FileOps, beyond_size
 from .gmem import GuestMemfd
 from .invariants import bound_private_runs
@@ -304,7 +305,7 @@ class RestrictedMemfd(Component):
         if r.has_mapping:
             raise kernel_error(errno.EBUSY, "get_pfn is refused while the file is mapped")
         if f.mapped_pages:
-            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
+            self.state.audit.append(GetPfnWhileMapped(inode.ino, index))
         audit_stale_use(self.state, inode, "get_pfn", index)
         return self.take_page(inode, index)
 
@@ -414,7 +415,7 @@ class RestrictedMemfd(Component):
         if r.has_mapping:
             return errno.EBUSY  # get_pfn refused
         if f.mapped_pages:
-            self.state.audit.append(("get_pfn_while_mapped", inode.ino, index))
+            self.state.audit.append(GetPfnWhileMapped(inode.ino, index))
         audit_stale_use(self.state, inode, "guest access", index)
         self.take_page(inode, index)
         return inode.pages, index

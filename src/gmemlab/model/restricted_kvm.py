@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from .. import uapi
 from ..errors import kernel_error
 from .core import Component
+from .events import PrivateWhileMapped
 from .mm import AddressSpace
 from .notifiers import slot_pages
 from .policies import HostMappingPromise, MapScope
@@ -124,8 +125,8 @@ class RestrictedKvm(Component):
                 f = self.state.files[slot.private_file]
                 if f.mapped_pages:
                     lo = max(first, slot.base_gfn)
-                    self.state.audit.append(("private_while_mapped", f.inode,
-                                             slot.private_pgoff + lo - slot.base_gfn))
+                    self.state.audit.append(PrivateWhileMapped(f.inode,
+                                                               slot.private_pgoff + lo - slot.base_gfn))
             return
         promise = self.design.promise.host_mapping
         for slot in self.restricted_slots(kvm, first, last):
@@ -136,7 +137,7 @@ class RestrictedKvm(Component):
             held = inode.vma_cover if promise is HostMappingPromise.NO_VMA else inode.host_ptes
             hit = held.find(lo, hi, bool)
             if hit is not None:
-                self.state.audit.append(("private_while_mapped", inode.ino, hit))
+                self.state.audit.append(PrivateWhileMapped(inode.ino, hit))
 
     # --- kvm-map: KVM maps shared guest memory for the host -------------------------------------
 

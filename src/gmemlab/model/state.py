@@ -20,6 +20,7 @@ from typing import Any
 
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT
+from .events import Event
 from .pages import PAGE_INDEX_LIMIT, PageStore, new_store
 
 GFN_LIMIT = 1 << (64 - PAGE_SHIFT)
@@ -266,7 +267,7 @@ class State:
     file_locks: dict[int, str] = field(default_factory=dict)
     # Events the checker's promises are about (a host access to a private page,
     # a page turned private under a host mapping, get_pfn under a mapping).
-    audit: list[tuple[Any, ...]] = field(default_factory=list)
+    audit: list[Event] = field(default_factory=list)
 
     def new_id(self) -> int:
         self.next_id += 1
