@@ -145,6 +145,7 @@ class PutPfnForgets(ModelKernel):
 class _GuestAccessLeaks(Steps):
     def step_guest_access(self, actor: str, p: Pending) -> Outcome | Pending:
         if p.phase == "put":
+            assert isinstance(p.progress, str)
             return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
         return super().step_guest_access(actor, p)
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..model.events import PROTOCOL
-from ..model.steps import StepOps
+from ..model.steps import AccessPlan, ConvertPlan, Steps
 from .codec import Key, normal
 from .system import ActorState
 
@@ -177,7 +177,7 @@ class PartialOrder:
             rows.append((frozenset(), frozenset()))
             self.own.append(own)
             self.future.append(rows)
-        self.mm_ops = StepOps.MM_OPS
+        self.mm_ops = Steps.MM_OPS
         self.mm_slot = engine.t.slot(("s", "mm_lock"))
 
     def cls(self, slot: int) -> str:
@@ -672,11 +672,11 @@ class Symmetries:
         if p.op == "guest_access":
             args["gpa"] = self._gpa(args["gpa"], gi, args["length"])
             plan = p.plan
-            if plan is not None:
-                vm, key, gfn, index = plan
-                q = page.get(index, index)
-                gfns = self.gfn_of.get(vm, {})
-                plan = (vm, key, gfns.get(q, gfn) if index in page else gfn, q)
+            if isinstance(plan, AccessPlan):
+                q = page.get(plan.index, plan.index)
+                gfns = self.gfn_of.get(plan.vm, {})
+                plan = replace(plan, gfn=gfns.get(q, plan.gfn) if plan.index in page else plan.gfn,
+                               index=q)
             return replace(p, args=tuple(sorted(args.items())), plan=plan)
         if p.op == "set_memory_attributes":
             first = args["address"] >> 12
@@ -692,10 +692,9 @@ class Symmetries:
                 raise NotSymmetric("a conversion covers some of the interchangeable pages only")
             args["address"] = self._gpa(args["address"], gi, args["size"])
             plan = p.plan
-            if plan is not None:
-                vm, _first, _last, attr = plan
+            if isinstance(plan, ConvertPlan):
                 g = args["address"] >> 12
-                plan = (vm, g, g + 1, attr)
+                plan = replace(plan, first=g, last=g + 1)
             return replace(p, args=tuple(sorted(args.items())), plan=plan)
         if p.op in ("get_pfn", "put_pfn"):
             args["index"] = page.get(args["index"], args["index"])

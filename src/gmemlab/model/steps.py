@@ -64,14 +64,49 @@ Stepper = Callable[[str, "Pending"], "Outcome | Pending"]
 
 
 @dataclass(frozen=True)
+class ConvertPlan:
+    """KVM_SET_MEMORY_ATTRIBUTES between its zap and its store: gfns [first, last)."""
+
+    vm: int
+    first: int
+    last: int
+    attributes: int
+
+
+@dataclass(frozen=True)
+class FileConvertPlan:
+    """KVM_SET_MEMORY_ATTRIBUTES2 under the file's invalidate lock: pages [first, last)."""
+
+    file: int
+    ino: int
+    first: int
+    last: int
+    attributes: int
+
+
+@dataclass(frozen=True)
+class AccessPlan:
+    """A private guest access to a restricted memfd between KVM's get_pfn and put_pfn."""
+
+    vm: int
+    slot: int  # the memslot's key in the VM
+    gfn: int
+    index: int  # the file page get_pfn took
+
+
+Plan = MmapPlan | ConvertPlan | FileConvertPlan | AccessPlan
+
+
+@dataclass(frozen=True)
 class Pending:
     """An operation one actor has begun and not finished."""
 
     op: str
     args: tuple[tuple[str, Any], ...]
     phase: str = "begin"
-    plan: Any = None  # MmapPlan / (vm id, first, last, attributes) / guest access details
-    progress: Any = None  # MmapProgress
+    plan: Plan | None = None
+    # an mmap's notifier protocol so far; a private guest read's data (hex)
+    progress: MmapProgress | str | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -269,7 +304,7 @@ class Steps(Component):
             self.state.file_locks[f.inode] = actor
             inode = self.restricted.mmap_checks(f, plan.shared, plan.pgoff, plan.npages)
             return replace(p, phase="protocol", plan=plan, progress=MmapProgress())
-        assert f is not None
+        assert f is not None and isinstance(p.plan, MmapPlan) and isinstance(p.progress, MmapProgress)
         inode = self.state.inodes[f.inode]
         progress = self.notifiers.mmap_protocol_step(inode, p.progress)
         if not progress.done:
@@ -292,10 +327,11 @@ class Steps(Component):
             kvm.converting = True
             self.state.counters["kvm_zaps"] += 1
             self.state.counters["tlb_flushes"] += 1
-            return replace(p, phase="store", plan=(kvm.id, first, last, attributes))
-        vm_id, first, last, attributes = p.plan
-        kvm = self.state.vms[vm_id]
-        self.kvm.store_attributes(kvm, first, last, attributes)
+            return replace(p, phase="store", plan=ConvertPlan(kvm.id, first, last, attributes))
+        plan = p.plan
+        assert isinstance(plan, ConvertPlan)
+        kvm = self.state.vms[plan.vm]
+        self.kvm.store_attributes(kvm, plan.first, plan.last, plan.attributes)
         kvm.converting = False
         return Outcome("ret", 0)
 
@@ -309,17 +345,18 @@ class Steps(Component):
             if self.inplace.noop(inode, first, last, attributes):
                 return Outcome("ret", 0)
             self.state.file_locks[inode.ino] = actor  # released when the operation ends
-            plan = (f.id, inode.ino, first, last, attributes)
+            plan = FileConvertPlan(f.id, inode.ino, first, last, attributes)
             if self.inplace.zaps(attributes):
                 self.inplace.zap(inode, first, last)
                 return replace(p, phase="check", plan=plan)
             return replace(p, phase="store", plan=plan)
-        fid, ino, first, last, attributes = p.plan
-        inode = self.state.inodes[ino]
+        fp = p.plan
+        assert isinstance(fp, FileConvertPlan)
+        inode = self.state.inodes[fp.ino]
         if p.phase == "check":
-            self.inplace.refcheck(inode, first, last)
+            self.inplace.refcheck(inode, fp.first, fp.last)
             return replace(p, phase="store")
-        self.inplace.store(self.state.files[fid], inode, first, last, attributes)
+        self.inplace.store(self.state.files[fp.file], inode, fp.first, fp.last, fp.attributes)
         return Outcome("ret", 0)
 
 
@@ -335,10 +372,12 @@ class Steps(Component):
             backing = self.restricted.private_backing_get(kvm, slot, gfn)
             if isinstance(backing, int):
                 return Outcome("ret", self._fault_exit(gfn, True, backing))
-            return replace(p, phase="access", plan=(kvm.id, slot.key, gfn, backing[1]))
-        vm_id, key, gfn, index = p.plan
-        kvm = self.state.vms[vm_id]
-        slot = kvm.memslots.get(key)
+            return replace(p, phase="access", plan=AccessPlan(kvm.id, slot.key, gfn, backing[1]))
+        ap = p.plan
+        assert isinstance(ap, AccessPlan)
+        gfn, index = ap.gfn, ap.index
+        kvm = self.state.vms[ap.vm]
+        slot = kvm.memslots.get(ap.slot)
         f = self.state.files.get(slot.private_file) if slot and slot.private_file else None
         inode = self.state.inodes[f.inode] if f is not None else None
         if p.phase == "access":
@@ -357,6 +396,7 @@ class Steps(Component):
             return replace(p, phase="put", progress=data)
         if inode is not None:
             inode.refs.set(index, index + 1, inode.refs[index] - 1)
+        assert isinstance(p.progress, str)
         return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
 
     def _restricted_private_target(self, args: dict[str, Any]) -> Any:
@@ -418,6 +458,3 @@ class Steps(Component):
             raise UsageError(out.value)
         return out.value
 
-
-# The checker's partial-order reduction reads the mm operations under this name.
-StepOps = Steps
