@@ -29,9 +29,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..model.contract import Moves, Space, Touch
 from ..model.events import PROTOCOL
 from ..model.steps import AccessPlan, ConvertPlan, Steps
 from .codec import Key, normal
+from .declared import named, where
 from .system import ActorState
 
 
@@ -58,57 +60,41 @@ def klass(key: Key) -> str:
 
 
 ALL = frozenset({"*"})
-# What every step may read: its arguments' fds and files, and the locks.
-COMMON = frozenset({"fds", "fds#keys", "files", "files#keys", "files.inode", "files.kind", "files.id",
-                    "files.vm", "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "inodes.vm",
-                    "inodes.attributes", "mm_lock", "file_locks", "file_locks#keys", "vms", "vms#keys",
-                    "vms.id", "pkvm"})
-_PAGES = frozenset({"inodes.pages", "inodes.pfns", "inodes.refs", "next_pfn", "frames"})
-# Host page tables and what holds pages: PTEs per virtual page, and per file page
-# the PTEs and VMAs mapping it and the GUP pins on it.
-_PTES = frozenset({"ptes", "inodes.host_ptes", "inodes.vma_cover", "inodes.pins"})
-_RESTRICTED = frozenset({"inodes.restricted", "inodes.restricted.destroyed",
-                         "inodes.restricted.has_mapping", "inodes.restricted.unmapped_referenced",
-                         "inodes.size", "files.mapped_pages"})
-_KVM = frozenset({"vms.attributes", "vms.gfn_slots", "vms.memslots", "vms.type", "vms.converting",
-                  "vms.mmap_pending"})
-_HOST = frozenset({"vmas", "overlays", "overlays#keys", "overlay_pages", "files.bindings", "inodes.size",
-                   "inodes.flags", "inodes.mode", "inodes.restricted", "inodes.restricted.destroyed",
-                   "vms.attributes", "vms.memslots", "vms.gfn_slots", "vms.converting"}) | _PTES
-_FAULT = frozenset({"inodes.pages", "overlays", "ptes", "inodes.host_ptes"})
+# The groups the footprints below are written in, as the state's fields declare
+# them (model/state.py, model/contract.py): what every step may read (its
+# arguments' fds and files, and the locks), page contents and references, host
+# page tables and what holds pages (PTEs per virtual page; per file page the
+# PTEs and VMAs mapping it and the GUP pins on it), the restricted memfd's
+# state, KVM's, the host address space, and what a fault changes.
+COMMON = where(touch=Touch.COMMON)
+_PAGES = where(touch=Touch.PAGES)
+_PTES = where(touch=Touch.HOST_MAPPING)
+_RESTRICTED = where(touch=Touch.RESTRICTED)
+_KVM = where(touch=Touch.KVM)
+_HOST = where(touch=Touch.HOST) | _PTES
+_FAULT = where(touch=Touch.FAULT)
 # op -> (classes it may read, classes it may write).  Operations not listed
 # (and the ones whose effects reach far: mmap, munmap, close, memslots, ...)
 # are taken to touch everything: no step is ever postponed across them.
 FOOTPRINTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "get_pfn": (COMMON | _RESTRICTED, _PAGES),
-    "put_pfn": (COMMON | _RESTRICTED, frozenset({"inodes.refs"})),
+    "put_pfn": (COMMON | _RESTRICTED, named("inodes.refs")),
     "wait_unreferenced": (COMMON | _RESTRICTED | _PAGES, frozenset()),
     # (page-granular designs check VMAs, pins and references, kvm-map zaps PTEs)
-    "set_memory_attributes": (COMMON | _RESTRICTED | _KVM | _PTES | frozenset({"inodes.refs", "vmas"}),
-                              frozenset({"vms.attributes", "vms.converting", "ptes", "inodes.host_ptes"})),
+    "set_memory_attributes": (COMMON | _RESTRICTED | _KVM | _PTES | named("inodes.refs", "vmas"),
+                              named("vms.attributes", "vms.converting", "ptes", "inodes.host_ptes")),
     "guest_access": (COMMON | _RESTRICTED | _KVM | _HOST | _PAGES,
-                     _PAGES | frozenset({"overlays", "overlays#keys", "overlay_pages"})),
+                     _PAGES | named("overlays", "overlays#keys", "overlay_pages")),
     # (a fault allocates the page and installs a PTE)
     "read_mem": (COMMON | _HOST | _PAGES, _FAULT),
     "write_mem": (COMMON | _HOST | _PAGES, _FAULT),
     "file_state": (COMMON | _RESTRICTED | _PAGES | _HOST, frozenset()),
-    "notifier_log": (COMMON | _RESTRICTED | {"inodes.restricted.log"}, frozenset()),
+    "notifier_log": (COMMON | _RESTRICTED | named("inodes.restricted.log"), frozenset()),
 }
 # mmap and munmap of a file that stays open: the host address space, the
 # file's mapping state and its notifier protocol (KVM's notifiers included).
-_MAP_READS = COMMON | _RESTRICTED | _KVM | _PTES | frozenset({
-    "inodes.restricted.canonical", "inodes.restricted.mmap_range", "inodes.restricted.has_mapping",
-    "inodes.mode", "inodes.flags", "inodes.refs", "inodes.restricted.notifiers", "inodes.restricted.log",
-    "vmas", "map_count", "max_map_count", "free_area", "cached_hole", "next_id", "files.bindings",
-    "files.fds", "files.holders", "files.released", "overlays", "overlays#keys", "overlay_pages",
-    "overlay_pages#keys"})
-_MAP_WRITES = _PTES | frozenset({
-    "inodes.attributes",  # pkvm-inplace: the host's last reference gone, a deferred unshare completes
-    "inodes.restricted.canonical", "inodes.restricted.mmap_range", "mm_lock", "file_locks",
-    "file_locks#keys", "vmas", "map_count", "free_area", "cached_hole",
-    "files.mapped_pages", "inodes.restricted.has_mapping", "inodes.restricted.destroyed",
-    "inodes.restricted.unmapped_referenced", "vms.mmap_pending", "monitor", "overlays", "overlays#keys",
-    "overlay_pages", "overlay_pages#keys", "next_id"})
+_MAP_READS = COMMON | _RESTRICTED | _KVM | _PTES | where(touch=Touch.MAP)
+_MAP_WRITES = _PTES | where(touch=Touch.MAP_WRITES)
 # Operations after which a munmap may release a file (the last reference to a
 # struct file going with its mapping): with them, mmap and munmap touch everything.
 RELEASING = frozenset({"close", "dup", "memfd_create", "memfd_restricted", "create_guest_memfd",
@@ -127,16 +113,12 @@ def footprints(actions: Iterable[Any], releasing: bool) -> list[tuple[frozenset[
     return out
 
 
-# Classes that are an actor's own (its state, its operation in progress), and
-# key sets that steps change by adding or removing their own keys only.
-COMMUTATIVE = frozenset({"pending#keys"})
+# Key sets that steps change by adding or removing their own keys only (the
+# fields keyed by actor): no step interferes with another through them.
+COMMUTATIVE = frozenset(c for c in where(space=Space.ACTOR) if c.endswith("#keys"))
 # What the state promises' hooks read (model/observe.py): a step writing one
 # of these may change a promise's truth and is never explored alone.
-VISIBLE = frozenset({"vms", "vms#keys", "vms.attributes", "vms.memslots", "vms.id", "vms.mmap_pending",
-                     "files", "files#keys", "files.inode", "files.kind", "files.mapped_pages",
-                     "files.bindings", "vmas", "inodes", "inodes#keys", "inodes.ino", "inodes.kind",
-                     "inodes.vm", "inodes.attributes", "inodes.vma_cover", "inodes.host_ptes", "inodes.pins",
-                     "file_locks", "file_locks#keys", "pkvm"})
+VISIBLE = where(visible=True)
 # P6 is judged only where every actor has finished, and partial-order reduction
 # keeps every such state: its hook's reads need not be visible.
 TERMINAL_ONLY = frozenset({"outstanding_references"})
@@ -278,22 +260,11 @@ class SymmetryBroken(Exception):
 
 
 # Component classes a page permutation leaves alone (whole-file or page-free
-# facts); any other class present in a state stops the reduction for that state.
-INVARIANT = frozenset({
-    "fds", "fds#keys", "files", "files#keys", "files.id", "files.kind", "files.inode", "files.fds",
-    "files.mapped_pages", "files.holders", "files.pos", "files.vm", "files.vcpu", "files.released",
-    "inodes", "inodes#keys", "inodes.ino", "inodes.kind", "inodes.mode", "inodes.size", "inodes.nlink",
-    "inodes.flags", "inodes.vm", "inodes.files", "inodes.restricted", "inodes.restricted.has_mapping",
-    "inodes.restricted.destroyed", "inodes.restricted.notifiers", "inodes.restricted.log",
-    "inodes.restricted.unmapped_referenced",
-    "vms", "vms#keys", "vms.id", "vms.type", "vms.refs", "vms.alive", "vms.memslots", "vms.gfn_slots",
-    "vms.vcpus", "vms.exit_hypercall", "vms.mmap_pending", "vms.launched", "vms.converting",
-    "map_count", "max_map_count", "free_area", "cached_hole", "anon_ino", "next_id", "next_pfn",
-    "overlays#keys", "overlay_pages#keys", "file_locks#keys", "monitor", "gup_pins#keys",
-    "inodes.restricted.canonical"})
-# Per-page facts of a file, indexed by file page: they move with the pages.
-PAGE_INDEXED = frozenset({"inodes.pages", "inodes.refs", "inodes.pfns", "inodes.pins", "inodes.host_ptes",
-                          "inodes.vma_cover", "inodes.attributes"})
+# facts), and the per-page facts of a file that move with the pages; any other
+# class present in a state (but those with a rule of their own below) stops the
+# reduction for that state.
+INVARIANT = where(Moves.NOT)
+PAGE_INDEXED = where(Moves.WITH_PAGES)
 
 
 class Symmetries:

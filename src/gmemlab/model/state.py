@@ -20,6 +20,7 @@ from typing import Any
 
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT
+from .contract import Moves, Space, Touch, facts
 from .events import Event
 from .pages import PAGE_INDEX_LIMIT, PageStore, new_store
 
@@ -46,19 +47,31 @@ class Notifier:
 class RestrictedState:
     """The per-file state of the 2022 restricted memfd (docs/DESIGNS.md, seed)."""
 
-    has_mapping: bool = False
-    destroyed: bool = False
+    has_mapping: bool = field(
+        default=False,
+        metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.MAP_WRITES)))
+    destroyed: bool = field(
+        default=False,
+        metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.HOST, Touch.MAP_WRITES)))
     # Unmapped while get_pfn references were outstanding (restriction 5's case),
     # whatever the design then did: what promise P9 is judged against.
-    unmapped_referenced: bool = False
-    notifiers: list[Notifier] = field(default_factory=list)
-    log: list[str] = field(default_factory=list)
+    unmapped_referenced: bool = field(
+        default=False,
+        metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.MAP_WRITES)))
+    notifiers: list[Notifier] = field(
+        default_factory=list,
+        metadata=facts(moves=Moves.NOT, touch=(Touch.MAP,)))
+    log: list[str] = field(default_factory=list, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP,)))
     # Designs that map the file piecewise (page-mmap, kvm-map): the virtual
     # page where file page 0 belongs, fixed by the first mapping, so that
     # every later mapping of page i lands at canonical + i and merges.
-    canonical: int | None = None
+    canonical: int | None = field(
+        default=None,
+        metadata=facts(moves=Moves.NOT, touch=(Touch.MAP, Touch.MAP_WRITES)))
     # The file pages an mmap in progress covers (KVM's notifier checks them).
-    mmap_range: tuple[int, int] = (0, 0)
+    mmap_range: tuple[int, int] = field(
+        default=(0, 0),
+        metadata=facts(moves=Moves.BY_RULE, touch=(Touch.MAP, Touch.MAP_WRITES)))
 
 
 @dataclass(frozen=True)
@@ -82,33 +95,55 @@ class Policy:
 class Inode:
     """An inode: the memory and the per-file facts that outlive any one fd."""
 
-    ino: int
-    kind: str  # "gmem", "memfd", "shmem", "chardev", "anon", "restricted"
-    mode: int
-    size: int = 0
-    nlink: int = 1
-    pages: PageStore = field(default_factory=new_store)
-    flags: int = 0  # guest_memfd creation flags
-    vm: int | None = None  # owning VM of a guest_memfd
-    files: int = 0  # open files (struct file) on this inode
+    ino: int = field(metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    # "gmem", "memfd", "shmem", "chardev", "anon", "restricted"
+    kind: str = field(metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    mode: int = field(metadata=facts(moves=Moves.NOT, touch=(Touch.HOST, Touch.MAP)))
+    size: int = field(default=0, metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.HOST)))
+    nlink: int = field(default=1, metadata=facts(moves=Moves.NOT))
+    pages: PageStore = field(
+        default_factory=new_store,
+        metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, touch=(Touch.PAGES, Touch.FAULT)))
+    # guest_memfd creation flags
+    flags: int = field(default=0, metadata=facts(moves=Moves.NOT, touch=(Touch.HOST, Touch.MAP)))
+    # owning VM of a guest_memfd
+    vm: int | None = field(default=None, metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    # open files (struct file) on this inode
+    files: int = field(default=0, metadata=facts(moves=Moves.NOT))
     # References taken on pages beyond the page cache's own (get_pfn), per page.
-    refs: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    refs: RangeMap[int] = field(
+        default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT),
+        metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, touch=(Touch.PAGES, Touch.MAP)))
     # pfn - index per page, None where no physical page has been handed out;
     # contiguous allocations share one delta and so one run.
-    pfns: RangeMap[int | None] = field(default_factory=lambda: RangeMap(None, PAGE_INDEX_LIMIT))
-    restricted: RestrictedState | None = None
+    pfns: RangeMap[int | None] = field(
+        default_factory=lambda: RangeMap(None, PAGE_INDEX_LIMIT),
+        metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, touch=(Touch.PAGES,)))
+    restricted: RestrictedState | None = field(
+        default=None,
+        metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.HOST)))
     # Long-term GUP pins (gup_pin) per page: references beyond the page cache.
-    pins: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    pins: RangeMap[int] = field(
+        default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT),
+        metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, visible=True, touch=(Touch.HOST_MAPPING,)))
     # Host page-table entries mapping each page, over all shared mappings.
-    host_ptes: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    host_ptes: RangeMap[int] = field(
+        default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT),
+        metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, visible=True,
+                       touch=(Touch.HOST_MAPPING, Touch.FAULT)))
     # VMAs covering each page (a VMA that covers a page can fault it in).
-    vma_cover: RangeMap[int] = field(default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT))
+    vma_cover: RangeMap[int] = field(
+        default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT),
+        metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, visible=True, touch=(Touch.HOST_MAPPING,)))
     # In-place designs: the file's own shared/private state per page
     # (model/inplace.py); None where attributes live in the VM.
-    attributes: RangeMap[int] | None = None
+    attributes: RangeMap[int] | None = field(
+        default=None,
+        metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, visible=True,
+                       touch=(Touch.COMMON, Touch.MAP_WRITES)))
     # The file's shared NUMA policy per page index (shmem, and guest_memfd from
     # Linux 6.19), created by the first mbind that sets one; None: no policy anywhere.
-    policy: RangeMap[Policy | None] | None = None
+    policy: RangeMap[Policy | None] | None = field(default=None, metadata=facts(Space.FILE_PAGE, Moves.NEVER))
 
 
 def total_refs(inode: Inode) -> int:
@@ -120,18 +155,26 @@ def total_refs(inode: Inode) -> int:
 class OpenFile:
     """A struct file: what fds and mappings hold a reference to."""
 
-    id: int
-    kind: str  # "kvm", "vm", "vcpu", "gmem", "memfd", "shmem"
-    inode: int
-    fds: int = 0  # fd table entries pointing here
-    mapped_pages: int = 0  # pages of VMAs whose vm_file is this file
-    holders: int = 0  # kernel references (a restricted memfd's memslot bindings)
-    pos: int = 0
-    vm: int | None = None
-    vcpu: int | None = None
+    id: int = field(metadata=facts(moves=Moves.NOT, touch=(Touch.COMMON,)))
+    # "kvm", "vm", "vcpu", "gmem", "memfd", "shmem"
+    kind: str = field(metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    inode: int = field(metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    # fd table entries pointing here
+    fds: int = field(default=0, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP,)))
+    # pages of VMAs whose vm_file is this file
+    mapped_pages: int = field(
+        default=0,
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.RESTRICTED, Touch.MAP_WRITES)))
+    # kernel references (a restricted memfd's memslot bindings)
+    holders: int = field(default=0, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP,)))
+    pos: int = field(default=0, metadata=facts(moves=Moves.NOT))
+    vm: int | None = field(default=None, metadata=facts(moves=Moves.NOT, touch=(Touch.COMMON,)))
+    vcpu: int | None = field(default=None, metadata=facts(moves=Moves.NOT))
     # guest_memfd: file page index -> bound memslot key (as_id << 16 | id)
-    bindings: RangeMap[int | None] | None = None
-    released: bool = False
+    bindings: RangeMap[int | None] | None = field(
+        default=None,
+        metadata=facts(Space.FILE_PAGE, Moves.BY_RULE, visible=True, touch=(Touch.HOST, Touch.MAP)))
+    released: bool = field(default=False, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP,)))
 
 
 @dataclass
@@ -154,21 +197,32 @@ class Memslot:
 
 @dataclass
 class Vm:
-    id: int
-    type: int
-    refs: int = 0  # VM fds + guest_memfd files + vCPU files
-    alive: bool = True
-    memslots: dict[int, Memslot] = field(default_factory=dict)
+    id: int = field(metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    type: int = field(metadata=facts(moves=Moves.NOT, touch=(Touch.KVM,)))
+    # VM fds + guest_memfd files + vCPU files
+    refs: int = field(default=0, metadata=facts(moves=Moves.NOT))
+    alive: bool = field(default=True, metadata=facts(moves=Moves.NOT))
+    memslots: dict[int, Memslot] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.KVM, Touch.HOST)))
     # gfn -> memslot key, per address space 0 (the only one without SMM)
-    gfn_slots: RangeMap[int | None] = field(default_factory=lambda: RangeMap(None, GFN_LIMIT))
-    attributes: RangeMap[int] = field(default_factory=lambda: RangeMap(0, GFN_LIMIT))
-    vcpus: set[int] = field(default_factory=set)
-    exit_hypercall: int = 0
+    gfn_slots: RangeMap[int | None] = field(
+        default_factory=lambda: RangeMap(None, GFN_LIMIT),
+        metadata=facts(Space.GFN, Moves.NOT, touch=(Touch.KVM, Touch.HOST)))
+    attributes: RangeMap[int] = field(
+        default_factory=lambda: RangeMap(0, GFN_LIMIT),
+        metadata=facts(Space.GFN, Moves.BY_RULE, visible=True, touch=(Touch.KVM, Touch.HOST)))
+    vcpus: set[int] = field(default_factory=set, metadata=facts(moves=Moves.NOT))
+    exit_hypercall: int = field(default=0, metadata=facts(moves=Moves.NOT))
     # Memslots whose KVM notifier saw mmap_start without mmap_end or mmap_abort:
     # their file's mapping is being set up, so conversions must wait.
-    mmap_pending: set[int] = field(default_factory=set)
-    launched: bool = False  # SNP/TDX: the pre-boot (measured) phase is over
-    converting: bool = False  # a KVM_SET_MEMORY_ATTRIBUTES is between zap and store
+    mmap_pending: set[int] = field(
+        default_factory=set,
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.KVM, Touch.MAP_WRITES)))
+    # SNP/TDX: the pre-boot (measured) phase is over
+    launched: bool = field(default=False, metadata=facts(moves=Moves.NOT))
+    # a KVM_SET_MEMORY_ATTRIBUTES is between zap and store
+    converting: bool = field(default=False, metadata=facts(moves=Moves.NOT, touch=(Touch.KVM, Touch.HOST)))
 
 
 @dataclass(frozen=True)
@@ -233,38 +287,70 @@ class GupPin:
 
 @dataclass
 class State:
-    fds: dict[int, int] = field(default_factory=dict)  # fd -> OpenFile id
-    files: dict[int, OpenFile] = field(default_factory=dict)
-    inodes: dict[int, Inode] = field(default_factory=dict)
-    vms: dict[int, Vm] = field(default_factory=dict)
-    vmas: RangeMap[Mapping | None] = field(default_factory=lambda: RangeMap(None, VPAGE_LIMIT))
-    map_count: int = 0
-    max_map_count: int = 65530
-    overlays: dict[int, PageStore] = field(default_factory=dict)
-    overlay_pages: dict[int, int] = field(default_factory=dict)  # mapped pages per overlay
+    # fd -> OpenFile id
+    fds: dict[int, int] = field(default_factory=dict, metadata=facts(moves=Moves.NOT, touch=(Touch.COMMON,)))
+    files: dict[int, OpenFile] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    inodes: dict[int, Inode] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    vms: dict[int, Vm] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.COMMON,)))
+    vmas: RangeMap[Mapping | None] = field(
+        default_factory=lambda: RangeMap(None, VPAGE_LIMIT),
+        metadata=facts(Space.VIRTUAL_PAGE, Moves.BY_RULE, visible=True,
+                       touch=(Touch.HOST, Touch.MAP, Touch.MAP_WRITES)))
+    map_count: int = field(default=0, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP, Touch.MAP_WRITES)))
+    max_map_count: int = field(default=65530, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP,)))
+    overlays: dict[int, PageStore] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.NEVER, touch=(Touch.HOST, Touch.FAULT, Touch.MAP, Touch.MAP_WRITES),
+                       keys_move=Moves.NOT, keys_touch=(Touch.HOST, Touch.MAP, Touch.MAP_WRITES)))
+    # mapped pages per overlay
+    overlay_pages: dict[int, int] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.NEVER, touch=(Touch.HOST, Touch.MAP, Touch.MAP_WRITES),
+                       keys_move=Moves.NOT, keys_touch=(Touch.MAP, Touch.MAP_WRITES)))
     # get_unmapped_area's free-area cache (as Linux kept before the maple
     # tree): top-down searches start below free_area unless a hole above it
     # may fit, which cached_hole bounds from above.
-    free_area: int = 0
-    cached_hole: int = 0
-    anon_ino: int | None = None
-    next_id: int = 1
-    next_pfn: int = 0x100000  # physical frames handed out so far (from 4 GiB up)
+    free_area: int = field(default=0, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP, Touch.MAP_WRITES)))
+    cached_hole: int = field(default=0, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP, Touch.MAP_WRITES)))
+    anon_ino: int | None = field(default=None, metadata=facts(moves=Moves.NOT))
+    next_id: int = field(default=1, metadata=facts(moves=Moves.NOT, touch=(Touch.MAP, Touch.MAP_WRITES)))
+    # physical frames handed out so far (from 4 GiB up)
+    next_pfn: int = field(default=0x100000, metadata=facts(moves=Moves.NOT, touch=(Touch.PAGES,)))
     # Which file page each handed-out frame holds: (inode, index - pfn).
     frames: RangeMap[tuple[int, int] | None] = field(
-        default_factory=lambda: RangeMap(None, PFN_LIMIT))
+        default_factory=lambda: RangeMap(None, PFN_LIMIT),
+        metadata=facts(Space.PFN, Moves.BY_RULE, touch=(Touch.PAGES,)))
     # Host page-table entries present, per virtual page.
-    ptes: RangeMap[bool] = field(default_factory=lambda: RangeMap(False, VPAGE_LIMIT))
+    ptes: RangeMap[bool] = field(
+        default_factory=lambda: RangeMap(False, VPAGE_LIMIT),
+        metadata=facts(Space.VIRTUAL_PAGE, Moves.BY_RULE, touch=(Touch.HOST_MAPPING, Touch.FAULT)))
     # Long-term pins by (addr, length) of the gup_pin call, oldest first.
-    gup_pins: dict[tuple[int, int], list[GupPin]] = field(default_factory=dict)
-    pkvm: PkvmState | None = None  # created by the first pKVM hypercall
-    task_policy: Policy | None = None  # the process's policy (set_mempolicy); None: default
+    gup_pins: dict[tuple[int, int], list[GupPin]] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.NEVER, keys_move=Moves.NOT))
+    # created by the first pKVM hypercall
+    pkvm: PkvmState | None = field(
+        default=None,
+        metadata=facts(Space.PFN, Moves.NEVER, visible=True, touch=(Touch.COMMON,)))
+    # the process's policy (set_mempolicy); None: default
+    task_policy: Policy | None = field(default=None, metadata=facts(moves=Moves.NEVER))
     counters: Counter[str] = field(default_factory=Counter)
     # Stepwise execution (model/steps.py): each actor's operation in progress,
     # and who holds the mm's mmap_lock and each restricted memfd's lock.
-    pending: dict[str, Any] = field(default_factory=dict)
-    mm_lock: str | None = None
-    file_locks: dict[int, str] = field(default_factory=dict)
+    pending: dict[str, Any] = field(default_factory=dict, metadata=facts(Space.ACTOR, Moves.BY_RULE))
+    mm_lock: str | None = field(
+        default=None,
+        metadata=facts(moves=Moves.BY_RULE, touch=(Touch.COMMON, Touch.MAP_WRITES)))
+    file_locks: dict[int, str] = field(
+        default_factory=dict,
+        metadata=facts(moves=Moves.BY_RULE, visible=True, touch=(Touch.COMMON, Touch.MAP_WRITES),
+                       keys_move=Moves.NOT))
     # Events the checker's promises are about (a host access to a private page,
     # a page turned private under a host mapping, get_pfn under a mapping).
     audit: list[Event] = field(default_factory=list)
