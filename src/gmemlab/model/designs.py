@@ -208,3 +208,23 @@ def make_design(name: str) -> Design:
     except KeyError:
         known = ", ".join(sorted(DESIGNS) + sorted(VARIANTS))
         raise UsageError(f"unknown design {name!r} (known: {known})") from None
+
+
+def policy_tables() -> str:
+    """Every design and variant as its row of policies, one markdown table per
+    family of private-memory file (docs/DESIGNS.md holds this text)."""
+    every = {**DESIGNS, **VARIANTS}
+    out = []
+    for kind, title in ((PrivateFile.GUEST_MEMFD, "guest_memfd"),
+                        (PrivateFile.RESTRICTED, "the restricted memfd")):
+        names = [n for n, d in every.items() if d.kvm.private_file is kind]
+        rows = {n: every[n].rows() for n in names}
+        # (a question every design of the family answers alike says nothing here)
+        questions = [q for q in rows[names[0]] if q != "private memory in"
+                     and (q == "promises" or len({rows[n][q] for n in names}) > 1)]
+        out.append(f"Private memory in {title}:\n")
+        out.append("| | " + " | ".join(f"`{n}`" for n in names) + " |")
+        out.append("|---" * (len(names) + 1) + "|")
+        out += [f"| {q} | " + " | ".join(rows[n][q] for n in names) + " |" for q in questions]
+        out.append("")
+    return "\n".join(out)
