@@ -459,6 +459,39 @@ def export_c(
     raise typer.Exit(code)
 
 
+draw_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Draw what the model says, with Graphviz.")
+app.add_typer(draw_app, name="draw")
+
+
+@draw_app.command("states")
+def draw_states(
+    name: Annotated[str, typer.Argument(
+        metavar="DESIGN", help="A design or variant (gmemlab list designs), pkvm for the pKVM "
+                               "hypervisor's page ownership, or all.")],
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", metavar="FILE", help="Write here (a folder for all, which writes NAME.FORMAT "
+                                            "and NAME.dot for each); default: standard output.")] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", metavar="svg|dot|png", help="What to write (default: the suffix of -o, else "
+                                                "svg).")] = None,
+) -> None:
+    """One page's state machine in a design, explored on the model: its states, every move
+    between them, and what each design refuses (docs/DESIGNS.md)."""
+    from .diagrams import run_draw
+
+    try:
+        drawing, lines = run_draw(name, out, fmt)
+    except UsageError as exc:
+        _fail_usage(str(exc))
+        return
+    if drawing is not None:
+        sys.stdout.buffer.write(drawing)
+        sys.stdout.flush()
+    for line in lines:
+        print(line)
+
+
 def main() -> None:
     """The console script: exit 0 when all is well, 1 for a violated promise, a divergence
     or a failed case, 2 for bad input or an internal error (one line, never a traceback)."""
