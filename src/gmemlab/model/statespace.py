@@ -102,6 +102,9 @@ class PageStates:
     coarsened: tuple[str, ...]  # coarsenings forced by the number of states
     explored: int  # abstract states explored
 
+    def successes(self) -> list[Transition]:
+        return [t for t in self.transitions if not t.refused]
+
 
 # --- a machine ---------------------------------------------------------------------------------------
 
