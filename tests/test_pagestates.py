@@ -49,6 +49,13 @@ def test_every_design_variant_and_the_hypervisor_has_a_machine() -> None:
         f"docs/img/states holds drawings of machines that do not exist, or lacks some: {REDRAW}"
 
 
+def test_designs_md_shows_every_drawing() -> None:
+    text = (ROOT / "docs" / "DESIGNS.md").read_text()
+    for name in names():
+        assert f"](img/states/{name}.svg)" in text, name
+        assert (STATES / f"{name}.svg").is_file(), REDRAW
+
+
 @pytest.mark.parametrize("name", names())
 def test_the_committed_dot_is_what_the_model_gives_now(name: str) -> None:
     committed = (STATES / f"{name}.dot").read_text()

@@ -29,8 +29,8 @@ ALL_SHARED ("shared"), GUEST_SHARED ("private") or NONE_SHARED
 A conversion to private zaps nothing: pages nobody references become
 private at once, the others NONE_SHARED, which neither host nor guest may
 fault; when the host drops the last reference (munmap or MADV_DONTNEED of
-its PTE, gup_unpin, put_pfn) the page becomes private, as the final
-folio_put callback does.  Converting back to shared cancels a pending
+its PTE, a hole punch's zap of it, gup_unpin, put_pfn) the page becomes
+private, as the final folio_put callback does.  Converting back to shared cancels a pending
 unshare.
 
 The file itself (its attributes, the faults they refuse) is gmem.py's.
