@@ -1,10 +1,11 @@
 """Page state machines as pictures: DOT, and SVG or PNG drawn by Graphviz.
 
-The states and transitions are the model's (model/pagestates.py explores
-them); this module only lays them out.  Parallel arrows are merged into one
-arrow with every move that takes it; a refused move is a dashed arrow
-labelled with its answer, a loop where it left the page as it was.  A move
-refused in every state is said once, in the legend.
+The states and transitions are the model's (model/pagestates.py declares
+them, model/statespace.py explores them); this module only lays them out.
+Parallel arrows are merged into one arrow with every move that takes it; a
+refused move is a dashed arrow labelled with its answer, a loop where it left
+the page as it was; a move that let the host touch private bytes is bold.  A
+move refused alike wherever it can be made is said once, in the legend.
 
 The DOT text is deterministic (docs/img/states/*.dot are committed and the
 tests compare them with what the model gives now); drawing it needs
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .model.pagestates import HYPERVISOR, names, page_states
+from .model.pagestates import names, page_states
 from .model.statespace import PageStates, Transition
 
 FORMATS = ("svg", "dot", "png")
@@ -207,5 +208,5 @@ def _write(path: Path, name: str, fmt: str, also_dot: bool) -> str:
     return f"wrote {path}: {len(ps.states)} states, {arrows(ps)} arrows"
 
 
-__all__ = ["FORMATS", "HYPERVISOR", "arrows", "command", "dot_source", "legend", "render",
+__all__ = ["FORMATS", "arrows", "command", "dot_source", "legend", "render",
            "require_dot", "run_draw"]

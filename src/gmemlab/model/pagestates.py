@@ -89,9 +89,10 @@ class FileMachine:
     # --- setups --------------------------------------------------------------------------------
 
     def setups(self) -> list[Setup]:
-        """The restricted memfd on a VM with private memory; a guest_memfd with
-        every flag the design offers, with and without INIT_SHARED, on a VM
-        with private memory where it may be created there, else on the default VM."""
+        """The restricted memfd on a VM with private memory.  A guest_memfd with
+        every flag the design offers, with and without INIT_SHARED: each on a
+        VM with private memory if the design lets one create it, else on the
+        default VM (a second component)."""
         private_vm, default_vm = uapi.KVM_X86_SW_PROTECTED_VM, uapi.KVM_X86_DEFAULT_VM
         if self.restricted:
             return [Setup("memfd_restricted, ftruncate, memslot", "",
