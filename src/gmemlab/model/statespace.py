@@ -34,13 +34,12 @@ from typing import Protocol
 from .. import uapi
 from ..errors import MemorySignal, UsageError
 from .designs import Design
+from .events import HostAccessPrivate
 from .kernel import ModelKernel
 from .state import State
 
 # A drawing with more states than this is coarsened.
 MAX_STATES = 12
-# The audit event of a host load or store that reached a private page (P1).
-PRIVATE_BYTES = "host_access_private"
 
 
 # --- what the exploration finds -------------------------------------------------------------------
@@ -248,7 +247,7 @@ def explore(machine: Machine,
             if not move.when(k, held):
                 continue
             after, refused = _make(k, move, held)
-            touched = any(e[0] == PRIVATE_BYTES for e in k.drain_events())
+            touched = any(isinstance(e, HostAccessPrivate) for e in k.drain_events())
             edges.add((node, visit(after, nodes[node][1]), move.label, refused, touched))
             tried[move.label][node] = refused or None
     return project(machine, nodes, starts, edges, tried)
