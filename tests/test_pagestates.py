@@ -109,7 +109,7 @@ def test_seed_refuses_conversions_while_mapped_and_destroys_a_referenced_file() 
     assert {"file destroyed" in ps.states[t.dst].facts for t in unmaps} == {True, False}
     for t in unmaps:
         assert ("file destroyed" in ps.states[t.dst].facts) == \
-            ("get_pfn reference" in ps.states[t.src].facts)
+            ("held" in ps.states[t.src].facts)  # a get_pfn reference or a GUP pin
     assert ("munmap page 0", "EINVAL") in ps.refused_everywhere  # the mapping cannot be split
 
 

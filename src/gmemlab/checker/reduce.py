@@ -79,7 +79,7 @@ _FAULT = where(touch=Touch.FAULT)
 FOOTPRINTS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "get_pfn": (COMMON | _RESTRICTED, _PAGES),
     "put_pfn": (COMMON | _RESTRICTED, named("inodes.refs")),
-    "wait_unreferenced": (COMMON | _RESTRICTED | _PAGES, frozenset()),
+    "wait_unreferenced": (COMMON | _RESTRICTED | _PAGES | named("inodes.pins"), frozenset()),
     # (page-granular designs check VMAs, pins and references, kvm-map zaps PTEs)
     "set_memory_attributes": (COMMON | _RESTRICTED | _KVM | _PTES | named("inodes.refs", "vmas"),
                               named("vms.attributes", "vms.converting", "ptes", "inodes.host_ptes")),
@@ -182,7 +182,7 @@ class PartialOrder:
         if bad:
             op = self.prog.actors[i].actions[pc].op
             raise ReductionError(f"the partial-order footprint of {op} does not cover {sorted(set(bad))}: "
-                                 "update checker/reduce.py FOOTPRINTS or run with --no-por")
+                                 "update FOOTPRINTS in checker/reduce.py or run with --no-por")
 
     def _check_visible(self) -> None:
         """Every class a state promise's hook has read must be in VISIBLE."""
@@ -196,8 +196,8 @@ class PartialOrder:
             bad = {c for c in map(self.cls, slots) if c not in VISIBLE}
             if bad:
                 raise ReductionError(f"the promise hook {name} reads {sorted(bad)}, which the partial-order "
-                                     "reduction does not treat as visible: update checker/reduce.py "
-                                     "VISIBLE or run with --no-por")
+                                     "reduction does not treat as visible: declare them visible=True "
+                                     "in model/state.py, or run with --no-por")
 
     def ample(self, s: tuple[int, ...], succs: list[tuple[int, Any]]) -> tuple[int, Any] | None:
         self._check_visible()

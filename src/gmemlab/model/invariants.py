@@ -101,6 +101,11 @@ def ownership_violations(state: State) -> list[str]:
 
 
 def _private_pages(state: State, inode: Inode) -> Iterator[tuple[int, int]]:
+    if inode.restricted is not None and inode.restricted.destroyed:
+        # A destroyed restricted memfd is dead: KVM's get_pfn fails (EIO), so
+        # nothing can place a guest's data in its pages, whatever the VM's
+        # attributes say.  None of them is private memory.
+        return
     if inode.attributes is not None:
         for s, e, a in inode.attributes.runs():
             if a == PRIVATE:

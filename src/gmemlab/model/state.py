@@ -52,7 +52,7 @@ class RestrictedState:
         metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.MAP_WRITES)))
     destroyed: bool = field(
         default=False,
-        metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.HOST, Touch.MAP_WRITES)))
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.RESTRICTED, Touch.HOST, Touch.MAP_WRITES)))
     # Unmapped while get_pfn references were outstanding (restriction 5's case),
     # whatever the design then did: what promise P9 is judged against.
     unmapped_referenced: bool = field(
@@ -121,7 +121,7 @@ class Inode:
         metadata=facts(Space.FILE_PAGE, Moves.WITH_PAGES, touch=(Touch.PAGES,)))
     restricted: RestrictedState | None = field(
         default=None,
-        metadata=facts(moves=Moves.NOT, touch=(Touch.RESTRICTED, Touch.HOST)))
+        metadata=facts(moves=Moves.NOT, visible=True, touch=(Touch.RESTRICTED, Touch.HOST)))
     # Long-term GUP pins (gup_pin) per page: references beyond the page cache.
     pins: RangeMap[int] = field(
         default_factory=lambda: RangeMap(0, PAGE_INDEX_LIMIT),
@@ -147,8 +147,10 @@ class Inode:
 
 
 def total_refs(inode: Inode) -> int:
-    """References taken on the file's pages beyond the page cache's own."""
-    return sum((e - s) * n for s, e, n in inode.refs.runs() if n)
+    """References held on the file's pages beyond the page cache's own: get_pfn's
+    and long-term GUP pins through a mapping (each raises the page's refcount,
+    which is what the restricted memfd's "outstanding references" count)."""
+    return sum((e - s) * n for table in (inode.refs, inode.pins) for s, e, n in table.runs() if n)
 
 
 @dataclass
