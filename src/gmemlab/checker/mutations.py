@@ -21,6 +21,7 @@ from ..errors import UsageError, kernel_error
 from ..interface import GuestAccess
 from ..model import ModelKernel
 from ..model.designs import SEED, SEED_LATE_HAS_MAPPING, Design
+from ..model.fileops import Backing
 from ..model.gmem import GuestMemfd
 from ..model.gup import Gup
 from ..model.inplace import InPlace
@@ -308,6 +309,18 @@ class PageConvertIgnoresPins(ModelKernel):
     """A conversion to private forgets the page's references (get_pfn, GUP pins)."""
 
     PARTS = replace(ModelKernel.PARTS, restricted_kvm=_PageConvertIgnoresPins)
+
+
+class _SharedAccessLeaks(RestrictedMemfd):
+    def private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> Backing:
+        return self.private_backing_get(kvm, slot, gfn)
+
+
+class SharedAccessLeaks(ModelKernel):
+    """A guest access KVM serves from the file (a shared page, in place) forgets to drop the
+    reference its get_pfn took."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted=_SharedAccessLeaks)
 
 
 class _KvmMapNoZap(RestrictedKvm):
@@ -776,6 +789,7 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     _broken("page-mmap-ignores-conversion", PageMmapIgnoresConversion, {"P4", "P1"}, "page_mmap_share",
             "page-mmap"),
     _broken("page-convert-ignores-pins", PageConvertIgnoresPins, {"P4"}, "kvm_map_share", "kvm-map"),
+    _broken("page-access-leaks", SharedAccessLeaks, {"P6"}, "kvm_map_share", "kvm-map"),
     _broken("kvm-map-no-zap", KvmMapNoZap, {"P4"}, "kvm_map_share", "kvm-map"),
     _broken("kvm-map-faults-private", KvmMapFaultsPrivate, {"P1"}, "kvm_map_share", "kvm-map"),
     _broken("kvm-map-fault-during-conversion", FaultDuringConversion, {"P4"}, "kvm_map_share", "kvm-map"),
