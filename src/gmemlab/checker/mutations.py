@@ -1,12 +1,17 @@
-"""Deliberately broken variants of the seed design, for testing the checker.
+"""Deliberately broken variants of the designs, for testing the checker.
 
-Each mutant changes one thing: a design with one policy answer changed, or
-one method of one model component, overridden in a subclass of that
-component (which calls the real one for everything else) and plugged into a
-ModelKernel through its blueprint (ModelKernel.PARTS), so that no mutant
-copies the model.  The checker must catch every one of them on the shipped
-scenarios with a counterexample (tests/test_mutations.py; `gmemlab check
-SCENARIO --mutant NAME` shows one).
+Each mutant is a realistic one-line kernel bug in one design (a forgotten
+check, a wrong order, a missing zap, a missed refcount drop, a wrong state
+transition): a design with one policy answer changed, or one method of one
+model component, overridden in a subclass of that component (which calls the
+real one for everything else, or repeats the method with the one line
+changed where it cannot) and plugged into a ModelKernel through its
+blueprint (ModelKernel.PARTS): no mutant copies more of the model than the
+method it breaks.  The mutants come in families (FAMILIES: the seed,
+page-granular sharing, in-place conversion, guest_memfd 6.18, the pKVM
+hypervisor).  The checker must catch every one of them on its bundled
+scenario, checked on the design it breaks, with a counterexample
+(tests/test_mutations.py; `gmemlab check SCENARIO --mutant NAME` shows one).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from ..model.steps import Outcome, Pending, Steps
 
 SHIFT = uapi.PAGE_SHIFT
 PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+
+# --- the 2022 restricted memfd (seed) ------------------------------------------------------
 
 # The seed with one of the sketch's two defects each (a design is a row of policies).
 _NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(has_mapping=HasMappingAt.NEVER))
@@ -260,7 +267,7 @@ class UnmapNeverDestroys(ModelKernel):
     PARTS = replace(ModelKernel.PARTS, restricted=_UnmapNeverDestroys)
 
 
-# --- page-mmap and kvm-map ---------------------------------------------------------------
+# --- page-granular sharing: page-mmap and kvm-map ----------------------------------------
 
 
 class _PageConvertUnchecked(RestrictedKvm):
@@ -325,7 +332,7 @@ class SharedAccessLeaks(ModelKernel):
 
 class _KvmMapNoZap(RestrictedKvm):
     def zap_host(self, inode: Inode, changing: list[tuple[int, int]]) -> None:
-        self.state.counters["host_pte_zaps"] += 1
+        return None
 
 
 class KvmMapNoZap(ModelKernel):
