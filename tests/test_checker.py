@@ -21,6 +21,7 @@ from gmemlab.checker import (
     bundled_scenarios,
     check,
     load,
+    promises,
 )
 from gmemlab.checker.cli import ProgressDisplay
 from gmemlab.checker.explore import Progress
@@ -171,3 +172,16 @@ def test_max_states_gives_an_incomplete_verdict(default: Scenario) -> None:
 def test_no_reductions_still_proves(default: Scenario) -> None:
     v = check(default, "seed", NONE)
     assert v.holds
+
+
+def test_p4_compares_runs_not_pages() -> None:
+    """A guest_memfd created private is private over its whole index space: P4 compares
+    runs of pages (a scenario that released such a file once ran out of memory)."""
+    huge = 1 << 40
+    before = {"private_pages": ((5, 0, huge),)}
+    after = {"private_pages": ((5, 0, 2), (6, 0, huge)), "host_references": ((5, 0, 2, 1), (6, 3, 5, 1))}
+    found = promises.newly_private_violations(before.__getitem__, after.__getitem__)
+    assert [v.message for v in found] == [
+        "pages 3..4 of inode 6 became private with 1 host reference(s) (mappings or pins) held"]
+    released = {"private_pages": (), "host_references": ()}
+    assert promises.newly_private_violations(before.__getitem__, released.__getitem__) == []

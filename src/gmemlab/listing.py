@@ -57,7 +57,8 @@ def _ops() -> list[tuple[str, str]]:
 def _mutants() -> list[tuple[str, str]]:
     from .checker.mutations import MUTANTS
 
-    return [(name, f"[{m.scenario}] " + " ".join(m.about.split())) for name, m in MUTANTS.items()]
+    return [(name, f"[{m.scenario}] ({m.design}) " + " ".join(m.about.split()))
+            for name, m in MUTANTS.items()]
 
 
 def _workloads() -> list[tuple[str, str]]:

@@ -71,14 +71,15 @@ def run_check(name: str, design: str | None, *, all_promises: bool, jobs: int, f
     that must succeed never did, or with `strict` any step that never succeeded)."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
-    sc = load(name).with_design(design)
-    validate(sc)
     factory = None
     if mutant is not None:
         from .mutations import mutant as find_mutant
 
         m = find_mutant(mutant)
         factory = m.factory
+        design = design or m.design  # the design the mutant breaks, unless told
+    sc = load(name).with_design(design)
+    validate(sc)
     options = Options(fingerprints=fingerprints, symmetry=symmetry, por=por, memo=memo,
                       all_promises=all_promises, jobs=jobs, max_states=max_states, engine=engine,
                       cluster=cluster, workers=workers, verify_symmetry=verify_symmetry)

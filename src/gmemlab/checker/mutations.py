@@ -1,12 +1,17 @@
-"""Deliberately broken variants of the seed design, for testing the checker.
+"""Deliberately broken variants of the designs, for testing the checker.
 
-Each mutant changes one thing: a design with one policy answer changed, or
-one method of one model component, overridden in a subclass of that
-component (which calls the real one for everything else) and plugged into a
-ModelKernel through its blueprint (ModelKernel.PARTS), so that no mutant
-copies the model.  The checker must catch every one of them on the shipped
-scenarios with a counterexample (tests/test_mutations.py; `gmemlab check
-SCENARIO --mutant NAME` shows one).
+Each mutant is a realistic one-line kernel bug in one design (a forgotten
+check, a wrong order, a missing zap, a missed refcount drop, a wrong state
+transition): a design with one policy answer changed, or one method of one
+model component, overridden in a subclass of that component (which calls the
+real one for everything else, or repeats the method with the one line
+changed where it cannot) and plugged into a ModelKernel through its
+blueprint (ModelKernel.PARTS): no mutant copies more of the model than the
+method it breaks.  The mutants come in families (FAMILIES: the seed,
+page-granular sharing, in-place conversion, guest_memfd 6.18, the pKVM
+hypervisor).  The checker must catch every one of them on its bundled
+scenario, checked on the design it breaks, with a counterexample
+(tests/test_mutations.py; `gmemlab check SCENARIO --mutant NAME` shows one).
 """
 
 from __future__ import annotations
@@ -16,17 +21,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .. import uapi
 from ..errors import UsageError, kernel_error
 from ..interface import GuestAccess
 from ..model import ModelKernel, events
 from ..model.designs import SEED, SEED_LATE_HAS_MAPPING, Design
-from ..model.notifiers import NO_NONZERO_AFTER_LAUNCH, MmapProgress, Notifiers
+from ..model.fileops import Backing
+from ..model.gmem import GuestMemfd
+from ..model.gup import Gup
+from ..model.inplace import InPlace
+from ..model.notifiers import NO_NONZERO_AFTER_LAUNCH, MmapProgress, Notifiers, slot_pages
+from ..model.pkvm import (
+    NOPAGE,
+    OWNED,
+    PROT_RWX,
+    SHARED_BORROWED,
+    SHARED_OWNED,
+    STATE_NAMES,
+    Pkvm,
+)
 from ..model.policies import HasMappingAt, MappingPolicy, MmapEndTo, NotifyPolicy
+from ..model.ptes import unreferenced
 from ..model.restricted import RestrictedMemfd, alive
 from ..model.restricted_kvm import RestrictedKvm
-from ..model.state import Inode, Mapping, Memslot, OpenFile, Vm
+from ..model.state import GuestPte, Inode, Mapping, Memslot, OpenFile, Vm
 from ..model.steps import Pending, Steps
 from ..outcome import Outcome
+
+SHIFT = uapi.PAGE_SHIFT
+PRIVATE = uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE
+
+# --- the 2022 restricted memfd (seed) ------------------------------------------------------
 
 # The seed with one of the sketch's two defects each (a design is a row of policies).
 _NO_HAS_MAPPING = replace(SEED, mapping=MappingPolicy(has_mapping=HasMappingAt.NEVER))
@@ -244,6 +269,464 @@ class UnmapNeverDestroys(ModelKernel):
     PARTS = replace(ModelKernel.PARTS, restricted=_UnmapNeverDestroys)
 
 
+# --- page-granular sharing: page-mmap and kvm-map ----------------------------------------
+
+
+class _PageConvertUnchecked(RestrictedKvm):
+    def conversion_check(self, kvm: Vm, first: int, last: int, attributes: int) -> None:
+        return None
+
+
+class PageConvertUnchecked(ModelKernel):
+    """KVM converts gfns bound to the file without any of its checks (no VMA, mapping or
+    reference may hold the page back)."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted_kvm=_PageConvertUnchecked)
+
+
+class _PageConvertIgnoresVma(RestrictedKvm):
+    @staticmethod
+    def covering_vma(inode: Inode, changing: list[tuple[int, int]]) -> int | None:
+        return None
+
+
+class PageConvertIgnoresVma(ModelKernel):
+    """page-mmap: a conversion to private forgets to look for a VMA covering the page."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted_kvm=_PageConvertIgnoresVma)
+
+
+class _PageConvertBeforeVma(RestrictedKvm):
+    def mapping_in_progress(self, kvm: Vm, slot: Memslot, ino: int) -> bool:
+        return slot.key in kvm.mmap_pending
+
+
+class PageConvertBeforeVma(ModelKernel):
+    """page-mmap: a conversion waits for a mapping being set up only until KVM's mmap_end,
+    before the VMA is in place (the window the checker found in the model's first reading)."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted_kvm=_PageConvertBeforeVma)
+
+
+class _PageConvertIgnoresPins(RestrictedKvm):
+    @staticmethod
+    def referenced(inode: Inode, changing: list[tuple[int, int]]) -> int | None:
+        return None
+
+
+class PageConvertIgnoresPins(ModelKernel):
+    """A conversion to private forgets the page's references (get_pfn, GUP pins)."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted_kvm=_PageConvertIgnoresPins)
+
+
+class _SharedAccessLeaks(RestrictedMemfd):
+    def private_backing(self, kvm: Vm, slot: Memslot, gfn: int) -> Backing:
+        return self.private_backing_get(kvm, slot, gfn)
+
+
+class SharedAccessLeaks(ModelKernel):
+    """A guest access KVM serves from the file (a shared page, in place) forgets to drop the
+    reference its get_pfn took."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted=_SharedAccessLeaks)
+
+
+class _KvmMapNoZap(RestrictedKvm):
+    def zap_host(self, inode: Inode, changing: list[tuple[int, int]]) -> None:
+        return None
+
+
+class KvmMapNoZap(ModelKernel):
+    """kvm-map: a conversion to private forgets to zap the host's page-table entries."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted_kvm=_KvmMapNoZap)
+
+
+def _mmap_start_pages(self: Notifiers, kvm: Vm, n: Any, slot: Memslot, *, converting: bool,
+                      private: bool) -> int:
+    """Notifiers._kvm_mmap_start_pages with one of its refusals left out."""
+    assert n.slot is not None and slot.private_file is not None
+    r = self.state.inodes[self.state.files[slot.private_file].inode].restricted
+    assert r is not None
+    if kvm.type in NO_NONZERO_AFTER_LAUNCH:
+        return errno.EOPNOTSUPP
+    if converting and kvm.converting:
+        return errno.EBUSY
+    lo, hi = slot_pages(slot, *r.mmap_range)
+    shift = slot.base_gfn - slot.private_pgoff
+    if private and lo < hi and any(a & PRIVATE for _, _, a in kvm.attributes.runs(lo + shift, hi + shift)):
+        return errno.EPERM
+    kvm.mmap_pending.add(n.slot)
+    return 0
+
+
+class _PageMmapMapsPrivate(Notifiers):
+    def _kvm_mmap_start_pages(self, kvm: Vm, n: Any, slot: Memslot) -> int:
+        return _mmap_start_pages(self, kvm, n, slot, converting=True, private=False)
+
+
+class PageMmapMapsPrivate(ModelKernel):
+    """page-mmap: KVM's mmap_start forgets to refuse a range with a private page."""
+
+    PARTS = replace(ModelKernel.PARTS, notifiers=_PageMmapMapsPrivate)
+
+
+class _PageMmapIgnoresConversion(Notifiers):
+    def _kvm_mmap_start_pages(self, kvm: Vm, n: Any, slot: Memslot) -> int:
+        return _mmap_start_pages(self, kvm, n, slot, converting=False, private=True)
+
+
+class PageMmapIgnoresConversion(ModelKernel):
+    """page-mmap: KVM's mmap_start does not refuse while a conversion is running."""
+
+    PARTS = replace(ModelKernel.PARTS, notifiers=_PageMmapIgnoresConversion)
+
+
+class _KvmMapFaultsPrivate(RestrictedMemfd):
+    def fault(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        inode = self.state.inodes[f.inode]
+        assert inode.restricted is not None
+        if inode.restricted.destroyed:
+            return first
+        return max(first, min(last, inode.size >> SHIFT))
+
+
+class KvmMapFaultsPrivate(ModelKernel):
+    """kvm-map: KVM's fault handler for the host's mapping forgets to refuse a private page."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted=_KvmMapFaultsPrivate)
+
+
+class _FaultDuringConversion(Steps):
+    def _kvm_conversion(self, pending: Pending) -> str | None:
+        return None
+
+
+class FaultDuringConversion(ModelKernel):
+    """kvm-map: a host fault does not wait for KVM's conversion in progress (the
+    mmu_invalidate retry is forgotten), so it maps a page about to turn private."""
+
+    PARTS = replace(ModelKernel.PARTS, steps=_FaultDuringConversion)
+
+
+# --- inplace and pkvm-inplace ------------------------------------------------------------
+
+
+class _InPlaceNoZap(InPlace):
+    def zap(self, inode: Inode, first: int, last: int) -> None:
+        return None
+
+
+class InPlaceNoZap(ModelKernel):
+    """A conversion to private forgets unmap_mapping_pages: host PTEs survive it."""
+
+    PARTS = replace(ModelKernel.PARTS, inplace=_InPlaceNoZap)
+
+
+class _InPlaceNoRefcheck(InPlace):
+    def refcheck(self, inode: Inode, first: int, last: int) -> None:
+        return None
+
+
+class InPlaceNoRefcheck(ModelKernel):
+    """A conversion to private forgets the refcount check: a pinned page turns private."""
+
+    PARTS = replace(ModelKernel.PARTS, inplace=_InPlaceNoRefcheck)
+
+
+class _InPlaceFaultsPrivate(GuestMemfd):
+    def fault(self, f: OpenFile, first: int, last: int, write: bool) -> int:
+        inode = self.state.inodes[f.inode]
+        if inode.attributes is not None:
+            return max(first, min(last, inode.size >> SHIFT))
+        return super().fault(f, first, last, write)
+
+
+class InPlaceFaultsPrivate(ModelKernel):
+    """The host fault handler forgets to refuse a page the file holds private."""
+
+    PARTS = replace(ModelKernel.PARTS, gmem=_InPlaceFaultsPrivate)
+
+
+class _FaultIgnoresInvalidateLock(Steps):
+    def _invalidate_lock(self, actor: str, pending: Pending) -> str | None:
+        return None
+
+
+class FaultIgnoresInvalidateLock(ModelKernel):
+    """Host faults and GUP do not take the guest_memfd's invalidate lock, so they run in
+    the middle of a conversion, after its zap."""
+
+    PARTS = replace(ModelKernel.PARTS, steps=_FaultIgnoresInvalidateLock)
+
+
+class _UnshareIgnoresReferences(InPlace):
+    def unreferenced(self, inode: Inode, first: int, last: int) -> list[tuple[int, int]]:
+        return [(first, last)]
+
+
+class UnshareIgnoresReferences(ModelKernel):
+    """pkvm-inplace: the unshare's refcount check finds every page free, so a page the host
+    holds turns private at once."""
+
+    PARTS = replace(ModelKernel.PARTS, inplace=_UnshareIgnoresReferences)
+
+
+class _UnshareIgnoresPtes(InPlace):
+    def unreferenced(self, inode: Inode, first: int, last: int) -> list[tuple[int, int]]:
+        return unreferenced(inode, first, last, with_ptes=False)
+
+
+class UnshareIgnoresPtes(ModelKernel):
+    """pkvm-inplace: the unshare counts pins and get_pfn references but not the host's
+    page-table entries (folio_mapped is forgotten)."""
+
+    PARTS = replace(ModelKernel.PARTS, inplace=_UnshareIgnoresPtes)
+
+
+# --- guest_memfd 6.18 --------------------------------------------------------------------
+
+
+class _GmemPutForgets(GuestMemfd):
+    def put_pfn(self, f: OpenFile, index: int) -> int:
+        inode = self.state.inodes[f.inode]
+        if index >= inode.refs.limit or inode.refs[index] == 0:
+            raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
+        return 0
+
+
+class GmemPutForgets(ModelKernel):
+    """guest_memfd's put (folio_put after kvm_gmem_get_pfn) checks the reference and keeps it."""
+
+    PARTS = replace(ModelKernel.PARTS, gmem=_GmemPutForgets)
+
+
+class _GmemDoubleReference(GuestMemfd):
+    def get_pfn(self, f: OpenFile, index: int) -> int:
+        pfn = super().get_pfn(f, index)
+        inode = self.state.inodes[f.inode]
+        inode.refs.set(index, index + 1, inode.refs[index] + 1)
+        return pfn
+
+
+class GmemDoubleReference(ModelKernel):
+    """kvm_gmem_get_pfn takes two references on the folio (a folio_get too many)."""
+
+    PARTS = replace(ModelKernel.PARTS, gmem=_GmemDoubleReference)
+
+
+class _UnpinForgets(Gup):
+    def gup_unpin(self, addr: int, length: int) -> int:
+        pins = self.state.gup_pins.get((addr, length))
+        if not pins:
+            raise kernel_error(errno.EINVAL, f"no pin of {length:#x} bytes at {addr:#x}")
+        pins.pop(0)
+        if not pins:
+            del self.state.gup_pins[(addr, length)]
+        return 0
+
+
+class UnpinForgets(ModelKernel):
+    """unpin_user_pages forgets the pages' pin counts: the pins stay."""
+
+    PARTS = replace(ModelKernel.PARTS, gup=_UnpinForgets)
+
+
+# --- the pKVM hypervisor ---------------------------------------------------------------------
+
+
+class _UnshareFfaUnlent(Pkvm):
+    def pkvm_host_unshare_ffa(self, pfn: int, nr: int) -> int:
+        self._hypercall()
+        start, end = self._phys(pfn, nr)
+        self._check(start, end, "host", SHARED_OWNED)
+        self._set(start, end, host=OWNED, ffa=False)
+        self._changed()
+        return 0
+
+
+class UnshareFfaUnlent(ModelKernel):
+    """__pkvm_host_unshare_ffa checks the host's state only: it takes back a page the FF-A
+    proxy never lent (one shared with the hypervisor)."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_UnshareFfaUnlent)
+
+
+class _UnshareGuestUncounted(Pkvm):
+    def pkvm_host_unshare_guest(self, gfn: int, vm: int) -> int:
+        self._hypercall()
+        kvm = self._hyp_vm(vm)
+        if self._protected(kvm):
+            raise kernel_error(errno.EINVAL, "not a non-protected VM")
+        index, _leaf = self._guest_leaf(kvm, gfn)
+        self._stage2(kvm).set(index, index + 1, None)
+        self._changed(guest_zap=True)
+        return 0
+
+
+class UnshareGuestUncounted(ModelKernel):
+    """__pkvm_host_unshare_guest removes the guest's leaf and forgets the host's side (the
+    share count and the host state)."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_UnshareGuestUncounted)
+
+
+class _UnshareHypPinned(Pkvm):
+    def pkvm_host_unshare_hyp(self, pfn: int) -> int:
+        self._hypercall()
+        start, end = self._phys(pfn)
+        self._check(start, end, "host", SHARED_OWNED)
+        self._check(start, end, "hyp", SHARED_BORROWED)
+        self._set(start, end, host=OWNED, hyp=NOPAGE)
+        self._changed(flush=True)
+        return 0
+
+
+class UnshareHypPinned(ModelKernel):
+    """__pkvm_host_unshare_hyp forgets the hyp_page refcount: the host takes back a page the
+    hypervisor has pinned."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_UnshareHypPinned)
+
+
+class _ShareGuestWhileBorrowed(Pkvm):
+    def pkvm_host_share_guest(self, pfn: int, gfn: int, vm: int, prot: int) -> int:
+        self._hypercall()
+        kvm = self._hyp_vm(vm)
+        if self._protected(kvm):
+            raise kernel_error(errno.EINVAL, "a protected VM takes donations, not shares")
+        if prot & ~PROT_RWX:
+            raise kernel_error(errno.EINVAL, f"prot {prot:#x} is beyond RWX")
+        start, end = self._phys(pfn)
+        self._allowed_memory(start, end)
+        index = self._ipa(gfn)
+        s2 = self._stage2(kvm)
+        if s2[index] is not None:
+            raise kernel_error(errno.EPERM, "the guest already maps that gfn")
+        page = self._page(start >> SHIFT)
+        if page.host not in (OWNED, SHARED_OWNED):  # forgets: SHARED_OWNED only with guests
+            raise kernel_error(errno.EPERM, f"host state is {STATE_NAMES[page.host]}")
+        self._set(start, end, host=SHARED_OWNED, guest_shares=page.guest_shares + 1)
+        s2.set(index, index + 1, GuestPte(SHARED_BORROWED, (start >> SHIFT) - index, prot))
+        self._changed()
+        return 0
+
+
+class ShareGuestWhileBorrowed(ModelKernel):
+    """__pkvm_host_share_guest tolerates a SHARED_OWNED page without checking that its
+    borrowers are non-protected guests (host_share_guest_count): the page is lent twice."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_ShareGuestWhileBorrowed)
+
+
+class _PinUnshared(Pkvm):
+    def hyp_pin_shared_mem(self, pfn: int) -> int:
+        self._hypercall()
+        start, end = self._phys(pfn)
+        self._allowed_memory(start, end)
+        self._set(start, end, pins=self._page(start >> SHIFT).pins + 1)
+        return 0
+
+
+class PinUnshared(ModelKernel):
+    """hyp_pin_shared_mem pins a page without checking that the host shared it."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_PinUnshared)
+
+
+class _DonateGuestUnowned(Pkvm):
+    def pkvm_host_donate_guest(self, pfn: int, gfn: int, vm: int) -> int:
+        self._hypercall()
+        kvm = self._hyp_vm(vm)
+        if not self._protected(kvm):
+            raise kernel_error(errno.EINVAL, "only a protected VM takes donations")
+        start, end = self._phys(pfn)
+        self._allowed_memory(start, end)  # forgets: the host must own the page
+        index = self._ipa(gfn)
+        s2 = self._stage2(kvm)
+        if s2[index] is not None:
+            raise kernel_error(errno.EPERM, "the guest already maps that gfn")
+        pfn_index = start >> SHIFT
+        self._set(start, end, host=NOPAGE, guest=(kvm.id, index - pfn_index))
+        s2.set(index, index + 1, GuestPte(OWNED, pfn_index - index, PROT_RWX))
+        self._changed(flush=True)
+        return 0
+
+
+class DonateGuestUnowned(ModelKernel):
+    """__pkvm_host_donate_guest forgets to check that the host owns the page: one frame is
+    donated for two gfns."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_DonateGuestUnowned)
+
+
+class _GuestUnshareKeepsHost(Pkvm):
+    def pkvm_guest_unshare_host(self, vm: int, gfn: int) -> int:
+        self._hypercall(guest=True)
+        kvm = self._hyp_vm(vm)
+        index, leaf = self._guest_leaf(kvm, gfn)
+        if leaf.state != SHARED_OWNED:
+            raise kernel_error(errno.EPERM, f"guest state is {STATE_NAMES[leaf.state]}")
+        page = self._page(index + leaf.delta)
+        if page.host != SHARED_BORROWED:
+            raise kernel_error(errno.EPERM, f"host state is {STATE_NAMES[page.host]}")
+        self._stage2(kvm).set(index, index + 1, replace(leaf, state=OWNED))
+        self._changed(flush=True)  # forgets: the host's state goes back to NOPAGE
+        return 0
+
+
+class GuestUnshareKeepsHost(ModelKernel):
+    """The guest's MEM_UNSHARE takes the page back in the guest's stage-2 and leaves the host
+    borrowing it."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_GuestUnshareKeepsHost)
+
+
+class _HypDonateHostUnowned(Pkvm):
+    def pkvm_hyp_donate_host(self, pfn: int, nr: int) -> int:
+        self._hypercall()
+        start, end = self._phys(pfn, nr)
+        self._check(start, end, "host", NOPAGE)  # forgets: the hypervisor must own it
+        self._set(start, end, host=OWNED, hyp=NOPAGE)
+        self._changed(flush=True)
+        return 0
+
+
+class HypDonateHostUnowned(ModelKernel):
+    """__pkvm_hyp_donate_host checks only that the host has no page there, not that the
+    hypervisor owns it: the host gets a guest's page."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_HypDonateHostUnowned)
+
+
+class _TeardownForgetsPages(Pkvm):
+    def vm_destroyed(self, vm: Vm) -> None:
+        pkvm = self.state.pkvm
+        if pkvm is not None and vm.id in pkvm.guests:
+            del pkvm.guests[vm.id]  # forgets: reclaim each page the guest holds
+
+
+class TeardownForgetsPages(ModelKernel):
+    """The VM's teardown frees its stage-2 without reclaiming the pages the guest held: they
+    stay the dead guest's."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_TeardownForgetsPages)
+
+
+# The families of designs the mutants break (docs/CHECKER.md, "Mutants"): a mutant's
+# family is its design's, except that a broken hypervisor is pKVM's whatever runs on it.
+FAMILIES: dict[str, str] = {
+    "seed": "the 2022 restricted memfd (seed)",
+    "page": "page-granular sharing (page-mmap, kvm-map)",
+    "inplace": "in-place conversion (inplace, pkvm-inplace)",
+    "gmem": "guest_memfd 6.18 (gmem-6.18)",
+    "pkvm": "pKVM page ownership (the hypervisor, under any design)",
+}
+_FAMILY_OF_DESIGN = {"seed": "seed", "page-mmap": "page", "kvm-map": "page", "inplace": "inplace",
+                     "pkvm-inplace": "inplace", "gmem-6.18": "gmem"}
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
@@ -251,6 +734,13 @@ class Mutant:
     factory: Callable[[str], ModelKernel]
     catches: frozenset[str]  # the promises it breaks on its scenario (any of them may come first)
     scenario: str = "seed_default"  # the bundled scenario that refutes it
+    design: str = "seed"  # the design it breaks (the scenario is checked on it)
+    family: str = ""  # FAMILIES; "" is the design's
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", _FAMILY_OF_DESIGN[self.design])
+        assert self.family in FAMILIES, self.family
 
 
 def _design(d: Design) -> Callable[[str], ModelKernel]:
@@ -261,7 +751,14 @@ def _kernel(cls: type[ModelKernel]) -> Callable[[str], ModelKernel]:
     return cls
 
 
+def _broken(name: str, cls: type[ModelKernel], catches: set[str], scenario: str, design: str,
+            family: str = "") -> Mutant:
+    """A mutant that plugs in a broken component (the class's docstring says what it does)."""
+    return Mutant(name, cls.__doc__ or "", _kernel(cls), frozenset(catches), scenario, design, family)
+
+
 MUTANTS: dict[str, Mutant] = {m.name: m for m in [
+    # the 2022 restricted memfd
     Mutant("no-has-mapping", "has_mapping is never set (defect 1 alone)", _design(_NO_HAS_MAPPING),
            frozenset({"P2", "P3", "P4", "P1"})),
     Mutant("mmap-end-to-last", "mmap_end reaches the last notifier only (defect 2 alone)",
@@ -292,6 +789,47 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            frozenset({"P8"})),
     Mutant("unmap-never-destroys", UnmapNeverDestroys.__doc__ or "", _kernel(UnmapNeverDestroys),
            frozenset({"P9"}), "seed_stale_reference"),
+    # page-mmap and kvm-map
+    _broken("page-convert-unchecked", PageConvertUnchecked, {"P4", "P1"}, "page_mmap_share", "page-mmap"),
+    _broken("page-convert-ignores-vma", PageConvertIgnoresVma, {"P4", "P1"}, "page_mmap_share",
+            "page-mmap"),
+    _broken("page-convert-before-vma", PageConvertBeforeVma, {"P4", "P1"}, "page_mmap_share", "page-mmap"),
+    _broken("page-mmap-maps-private", PageMmapMapsPrivate, {"P1"}, "page_mmap_share", "page-mmap"),
+    _broken("page-mmap-ignores-conversion", PageMmapIgnoresConversion, {"P4", "P1"}, "page_mmap_share",
+            "page-mmap"),
+    _broken("page-convert-ignores-pins", PageConvertIgnoresPins, {"P4"}, "kvm_map_share", "kvm-map"),
+    _broken("page-access-leaks", SharedAccessLeaks, {"P6"}, "kvm_map_share", "kvm-map"),
+    _broken("kvm-map-no-zap", KvmMapNoZap, {"P4"}, "kvm_map_share", "kvm-map"),
+    _broken("kvm-map-faults-private", KvmMapFaultsPrivate, {"P1"}, "kvm_map_share", "kvm-map"),
+    _broken("kvm-map-fault-during-conversion", FaultDuringConversion, {"P4"}, "kvm_map_share", "kvm-map"),
+    # inplace and pkvm-inplace
+    _broken("inplace-no-zap", InPlaceNoZap, {"P4"}, "inplace_pin", "inplace"),
+    _broken("inplace-no-refcheck", InPlaceNoRefcheck, {"P4"}, "inplace_pin", "inplace"),
+    _broken("inplace-faults-private", InPlaceFaultsPrivate, {"P1"}, "inplace_pin", "inplace"),
+    _broken("inplace-fault-ignores-lock", FaultIgnoresInvalidateLock, {"P4"}, "inplace_pin", "inplace"),
+    _broken("pkvm-inplace-ignores-references", UnshareIgnoresReferences, {"P4"}, "inplace_pin",
+            "pkvm-inplace"),
+    _broken("pkvm-inplace-ignores-ptes", UnshareIgnoresPtes, {"P4"}, "inplace_pin", "pkvm-inplace"),
+    # guest_memfd 6.18
+    _broken("gmem-put-forgets", GmemPutForgets, {"P6"}, "gmem_references", "gmem-6.18"),
+    _broken("gmem-double-reference", GmemDoubleReference, {"P6"}, "gmem_references", "gmem-6.18"),
+    _broken("unpin-forgets", UnpinForgets, {"P6"}, "gmem_references", "gmem-6.18"),
+    # the pKVM hypervisor
+    _broken("pkvm-unshare-ffa-unlent", UnshareFfaUnlent, {"P7"}, "pkvm_host_share", "gmem-6.18", "pkvm"),
+    _broken("pkvm-unshare-guest-uncounted", UnshareGuestUncounted, {"P7"}, "pkvm_host_share", "gmem-6.18",
+            "pkvm"),
+    _broken("pkvm-unshare-hyp-pinned", UnshareHypPinned, {"P7"}, "pkvm_host_share", "gmem-6.18", "pkvm"),
+    _broken("pkvm-share-guest-while-borrowed", ShareGuestWhileBorrowed, {"P7"}, "pkvm_host_share",
+            "gmem-6.18", "pkvm"),
+    _broken("pkvm-pin-unshared", PinUnshared, {"P7"}, "pkvm_host_share", "gmem-6.18", "pkvm"),
+    _broken("pkvm-donate-guest-unowned", DonateGuestUnowned, {"P7"}, "pkvm_guest_share", "pkvm-inplace",
+            "pkvm"),
+    _broken("pkvm-guest-unshare-keeps-host", GuestUnshareKeepsHost, {"P7"}, "pkvm_guest_share",
+            "pkvm-inplace", "pkvm"),
+    _broken("pkvm-hyp-donate-host-unowned", HypDonateHostUnowned, {"P7"}, "pkvm_guest_share",
+            "pkvm-inplace", "pkvm"),
+    _broken("pkvm-teardown-forgets-pages", TeardownForgetsPages, {"P7"}, "pkvm_guest_share",
+            "pkvm-inplace", "pkvm"),
 ]}
 
 

@@ -207,20 +207,39 @@ def state_violations(obs: Observe, active: frozenset[str]) -> list[Violation]:
     return out
 
 
+def _minus(new: tuple[tuple[int, int, int], ...],
+           old: tuple[tuple[int, int, int], ...]) -> list[tuple[int, int, int]]:
+    """The runs (inode, first, last) of new that old does not cover (both sorted and
+    merged per inode, as the private_pages hook gives them).  On runs, not pages: a
+    file's attribute may cover its whole index space."""
+    out = []
+    for ino, s, e in new:
+        pos = s
+        for oino, olo, ohi in old:
+            if oino != ino or ohi <= pos or olo >= e:
+                continue
+            if olo > pos:
+                out.append((ino, pos, olo))
+            pos = max(pos, ohi)
+        if pos < e:
+            out.append((ino, pos, e))
+    return out
+
+
 def newly_private_violations(before: Observe, after: Observe) -> list[Violation]:
     """P4: pages private after the step and not before, with a host reference held."""
     old, new = before("private_pages"), after("private_pages")
     if old == new:
         return []
-    was = {(ino, i) for ino, s, e in old for i in range(s, e)}
-    fresh = {(ino, i) for ino, s, e in new for i in range(s, e)} - was
+    fresh = _minus(new, old)
     if not fresh:
         return []
     out = []
     for ino, s, e, n in after("host_references"):
-        hit = sorted(i for i in range(s, e) if (ino, i) in fresh)
+        hit = [(max(s, fs), min(e, fe)) for fino, fs, fe in fresh if fino == ino and max(s, fs) < min(e, fe)]
         if hit:
-            out.append(Violation("P4", f"{_pages(hit[0], hit[-1] + 1)} of inode {ino} became private "
+            first, last = min(lo for lo, _ in hit), max(hi for _, hi in hit)
+            out.append(Violation("P4", f"{_pages(first, last)} of inode {ino} became private "
                                        f"with {n} host reference(s) (mappings or pins) held",
                                  Evidence.PRIVATE_REFERENCED, ino))
     return out

@@ -310,6 +310,7 @@ def case_text(scenario: Scenario, verdict: Verdict, cex: Counterexample, rp: Rep
         note = ""
     note = "the interleaving" if rp.steps else ""
     all_steps = list(rp.steps) + ([rp.stuck_attempt] if rp.stuck_attempt else [])
+    busy: set[str] = set()  # actors with an operation in progress
     for n, st in enumerate(all_steps, 1):
         lead = [note] if note else []
         if st is rp.stuck_attempt:
@@ -319,7 +320,11 @@ def case_text(scenario: Scenario, verdict: Verdict, cex: Counterexample, rp: Rep
         if st.info.kind == "skip":
             note = "\n".join(lead)  # nothing runs: the words go with the next step
             continue
-        steps += _case_steps(st, ref, "\n".join(lead))
+        steps += _case_steps(st, ref, "\n".join(lead), interleaved=bool(busy - {st.actor}))
+        if st.info.kind in ("end", "retry"):
+            busy.discard(st.actor)
+        else:
+            busy.add(st.actor)
         note = ""
     for i, table in enumerate(_assertions(cex, rp)):
         op = table.pop("op")
@@ -339,11 +344,15 @@ def case_text(scenario: Scenario, verdict: Verdict, cex: Counterexample, rp: Rep
     return cases.dumps([case])
 
 
-def _case_steps(st: TraceStep, ref: Any, comment: str) -> list[cases.Step]:
+def _case_steps(st: TraceStep, ref: Any, comment: str, interleaved: bool) -> list[cases.Step]:
+    """The case steps of one trace step.  An operation that ran in one step is a
+    plain step, unless another actor's operation is in progress: then it is
+    actor_begin and actor_step too, so that a replay checks the actor could run
+    there (a plain call never waits for a lock another operation holds)."""
     act = st.action
     expect = _expectation(st, act)
     bind = expect.pop("as", None)
-    single = st.began and st.info.kind in ("end", "retry")
+    single = st.began and st.info.kind in ("end", "retry") and not interleaved
     args = {k: ref(v, st.actor) for k, v in act.args}
     if single:
         return [cases.step(act.op, bind=bind, expect=expect, comment=comment, **args)]

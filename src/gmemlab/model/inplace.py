@@ -144,7 +144,7 @@ class InPlace(Component):
             changing = [(s, e) for s, e, a in inode.attributes.runs(first, last) if a == SHARED]
             for s, e in changing:
                 inode.attributes.set(s, e, NONE_SHARED)
-                for lo, hi in unreferenced(inode, s, e, with_ptes=True):
+                for lo, hi in self.unreferenced(inode, s, e):
                     inode.attributes.set(lo, hi, PRIVATE)
             if inode.attributes.find(first, last, lambda a: a == NONE_SHARED) is not None:
                 self.state.counters["deferred"] += 1
@@ -158,8 +158,14 @@ class InPlace(Component):
         if inode.attributes is not None and self.design.conversion.defers:
             pending = [(s, e) for s, e, a in inode.attributes.runs(first, last) if a == NONE_SHARED]
             for s, e in pending:
-                for lo, hi in unreferenced(inode, s, e, with_ptes=True):
+                for lo, hi in self.unreferenced(inode, s, e):
                     inode.attributes.set(lo, hi, PRIVATE)
+
+    def unreferenced(self, inode: Inode, first: int, last: int) -> list[tuple[int, int]]:
+        """pkvm-inplace's refcount check: the runs of [first, last) that nobody
+        beyond the page cache holds, a host PTE included (an unshare of these
+        completes at once, the others wait for their final folio_put)."""
+        return unreferenced(inode, first, last, with_ptes=True)
 
     def page_attr(self, fd: int, index: int) -> str:
         f = self.core.file(fd)

@@ -27,7 +27,7 @@ from .notifiers import slot_pages
 from .policies import HostMappingPromise, MapScope
 from .ptes import HostPtes, first_referenced
 from .restricted import alive
-from .state import Mapping, Memslot, Vm
+from .state import Inode, Mapping, Memslot, Vm
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -72,32 +72,55 @@ class RestrictedKvm(Component):
             if not changing:
                 continue
             if self.design.mapping.scope is MapScope.PAGES:
-                # A mapping is being set up until its VMA is in place, which is
-                # after KVM's mmap_end (when the memslot stops being pending): the
-                # file's lock, held across the whole mmap, says so.  Going by
-                # mmap_pending alone left a window in which a page turned private
-                # just before a VMA covered it (the checker's counterexample to P4
-                # and P1, scenarios/page_mmap_share.toml).
-                if slot.key in kvm.mmap_pending or inode.ino in self.state.file_locks:
+                if self.mapping_in_progress(kvm, slot, inode.ino):
                     raise kernel_error(errno.EBUSY, f"a mapping of memslot {slot.id}'s file is "
                                        "being set up")
-                for s, e in changing:
-                    covered = inode.vma_cover.find(s, e, bool)
-                    if covered is not None:
-                        raise kernel_error(errno.EBUSY, f"a VMA covers file page {covered}")
+                covered = self.covering_vma(inode, changing)
+                if covered is not None:
+                    raise kernel_error(errno.EBUSY, f"a VMA covers file page {covered}")
             else:
-                # KVM zaps the host's page tables of the range, then checks.
-                self.state.counters["host_pte_zaps"] += 1
-                self.state.counters["tlb_flushes"] += 1
-                for s, e in changing:
-                    self.ptes.zap_file(inode.ino, s, e)
-            for s, e in changing:
-                held = first_referenced(inode, s, e, with_ptes=False)
-                if held is not None:
-                    self.state.counters["refused"] += 1
-                    raise kernel_error(errno.EBUSY, f"file page {held} is referenced "
-                                       "(get_pfn or a GUP pin)")
+                self.zap_host(inode, changing)
+            held = self.referenced(inode, changing)
+            if held is not None:
+                self.state.counters["refused"] += 1
+                raise kernel_error(errno.EBUSY, f"file page {held} is referenced "
+                                   "(get_pfn or a GUP pin)")
 
+    def mapping_in_progress(self, kvm: Vm, slot: Memslot, ino: int) -> bool:
+        """page-mmap: whether a mapping of the slot's file is being set up.  It is
+        until its VMA is in place, which is after KVM's mmap_end (when the
+        memslot stops being pending): the file's lock, held across the whole
+        mmap, says so.  Going by mmap_pending alone left a window in which a
+        page turned private just before a VMA covered it (the checker's
+        counterexample to P4 and P1, scenarios/page_mmap_share.toml; the mutant
+        page-convert-before-vma)."""
+        return slot.key in kvm.mmap_pending or ino in self.state.file_locks
+
+    @staticmethod
+    def covering_vma(inode: Inode, changing: list[tuple[int, int]]) -> int | None:
+        """page-mmap: the first file page of the runs a VMA covers, if any."""
+        for s, e in changing:
+            covered = inode.vma_cover.find(s, e, bool)
+            if covered is not None:
+                return covered
+        return None
+
+    def zap_host(self, inode: Inode, changing: list[tuple[int, int]]) -> None:
+        """kvm-map: KVM zaps the host's page tables of the runs before it checks."""
+        self.state.counters["host_pte_zaps"] += 1
+        self.state.counters["tlb_flushes"] += 1
+        for s, e in changing:
+            self.ptes.zap_file(inode.ino, s, e)
+
+    @staticmethod
+    def referenced(inode: Inode, changing: list[tuple[int, int]]) -> int | None:
+        """The first file page of the runs held beyond the page cache (a get_pfn
+        reference or a GUP pin), if any."""
+        for s, e in changing:
+            held = first_referenced(inode, s, e, with_ptes=False)
+            if held is not None:
+                return held
+        return None
 
     def _whole_file_check(self, kvm: Vm, first: int, last: int) -> None:
         """Conversions and mapping are mutually exclusive (KVM's rule 2)."""
