@@ -269,6 +269,24 @@ class UnmapNeverDestroys(ModelKernel):
     PARTS = replace(ModelKernel.PARTS, restricted=_UnmapNeverDestroys)
 
 
+class _UnmapCountsGetPfnOnly(RestrictedMemfd):
+    def close(self, m: Mapping) -> None:
+        assert m.file is not None
+        inode = self.state.inodes[self.state.files[m.file].inode]
+        r = inode.restricted
+        assert r is not None
+        if any(n for _, _, n in inode.refs.runs()):
+            r.destroyed = True
+        else:
+            r.has_mapping = False
+
+
+class UnmapCountsGetPfnOnly(ModelKernel):
+    """munmap counts get_pfn's references only: a GUP pin taken through the mapping survives it."""
+
+    PARTS = replace(ModelKernel.PARTS, restricted=_UnmapCountsGetPfnOnly)
+
+
 # --- page-granular sharing: page-mmap and kvm-map ----------------------------------------
 
 
@@ -789,6 +807,8 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
            frozenset({"P8"})),
     Mutant("unmap-never-destroys", UnmapNeverDestroys.__doc__ or "", _kernel(UnmapNeverDestroys),
            frozenset({"P9"}), "seed_stale_reference"),
+    Mutant("unmap-counts-get-pfn-only", UnmapCountsGetPfnOnly.__doc__ or "", _kernel(UnmapCountsGetPfnOnly),
+           frozenset({"P4"}), "seed_pinned_unmap"),
     # page-mmap and kvm-map
     _broken("page-convert-unchecked", PageConvertUnchecked, {"P4", "P1"}, "page_mmap_share", "page-mmap"),
     _broken("page-convert-ignores-vma", PageConvertIgnoresVma, {"P4", "P1"}, "page_mmap_share",
