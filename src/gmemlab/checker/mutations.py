@@ -769,6 +769,17 @@ def _kernel(cls: type[ModelKernel]) -> Callable[[str], ModelKernel]:
     return cls
 
 
+class _Stage2LetsHostThrough(Pkvm):
+    def stage2_limit(self, inode: Inode, first: int, served: int) -> int:
+        return served
+
+
+class Stage2LetsHostThrough(ModelKernel):
+    """The host stage-2 forgets a frame donated to a guest: the host's access goes through."""
+
+    PARTS = replace(ModelKernel.PARTS, pkvm=_Stage2LetsHostThrough)
+
+
 def _broken(name: str, cls: type[ModelKernel], catches: set[str], scenario: str, design: str,
             family: str = "") -> Mutant:
     """A mutant that plugs in a broken component (the class's docstring says what it does)."""
@@ -849,6 +860,8 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in [
     _broken("pkvm-hyp-donate-host-unowned", HypDonateHostUnowned, {"P7"}, "pkvm_guest_share",
             "pkvm-inplace", "pkvm"),
     _broken("pkvm-teardown-forgets-pages", TeardownForgetsPages, {"P7"}, "pkvm_guest_share",
+            "pkvm-inplace", "pkvm"),
+    _broken("pkvm-stage2-lets-host-through", Stage2LetsHostThrough, {"P7"}, "pkvm_host_touch",
             "pkvm-inplace", "pkvm"),
 ]}
 

@@ -36,7 +36,7 @@ PROMISES: dict[str, str] = {
     "P5": "every mmap_start is answered by exactly one mmap_end or mmap_abort, aborts in "
           "reverse order",
     "P6": "no reference is leaked: none is outstanding once every actor has finished",
-    "P7": "pKVM page ownership stays consistent",
+    "P7": "pKVM page ownership stays consistent, and the host never reaches a frame it does not own",
     "P8": "no deadlock: from every reachable state, every actor can still finish",
     "P9": "a file unmapped while references are outstanding is dead: no get_pfn, guest access "
           "or new mapping reaches it again",
@@ -53,6 +53,7 @@ class Evidence(Enum):
     GET_PFN_WHILE_MAPPED = "get_pfn_while_mapped"  # events
     NOTIFY = "notify"  # events: the protocol's calls
     STALE_USE = "stale_use"  # events
+    HOST_UNOWNED = "host_access_unowned"  # events
     KVM_PENDING = "mmap_pending stray_mmap_pending"  # facts: KVM waits for nobody
     MAPPINGS = "mappings"  # facts
     MAPPED_PRIVATE = "private_pages mappings"  # facts
@@ -71,7 +72,7 @@ class Evidence(Enum):
 
 
 EVENT_KINDS = frozenset({"host_access_private", "private_while_mapped", "get_pfn_while_mapped",
-                         "notify", "stale_use"})
+                         "notify", "stale_use", "host_access_unowned"})
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,10 @@ def event_violations(events: tuple[ev.Event, ...], active: frozenset[str]) -> li
             out.append(Violation("P2", f"get_pfn took a new reference on page {e.index} of inode "
                                        f"{e.ino} while the file is mapped",
                                  Evidence.GET_PFN_WHILE_MAPPED, e.ino))
+        elif isinstance(e, ev.HostAccessUnowned) and "P7" in active:
+            out.append(Violation("P7", f"host userspace {'wrote' if e.write else 'read'} page {e.index} "
+                                       f"of inode {e.ino}, whose frame pKVM gave away (host state "
+                                       "NOPAGE)", Evidence.HOST_UNOWNED, e.ino))
         elif isinstance(e, ev.StaleUse) and "P9" in active:
             what = "was mapped again" if e.what == "mmap" else f"gave page {e.index} to a {e.what}"
             out.append(Violation("P9", f"inode {e.ino}, unmapped while references were outstanding, "

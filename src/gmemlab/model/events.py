@@ -89,5 +89,14 @@ class HostAccessGuestPage(Event):
     index: int
 
 
+@dataclass(frozen=True)
+class HostAccessUnowned(Event):
+    """A host load or store reached a frame pKVM says the host does not own (P7)."""
+
+    kind: ClassVar[str] = "host_access_unowned"
+    index: int
+    write: bool
+
+
 # The events that drive the mmap notifier protocol's monitor (P5).
 PROTOCOL = (Notify, MmapDone)

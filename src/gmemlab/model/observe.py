@@ -21,8 +21,9 @@ from typing import Any
 from .. import uapi
 from ..interface import Observation
 from .core import Component
-from .events import Event, HostAccessPrivate, StaleUse
+from .events import Event, HostAccessPrivate, HostAccessUnowned, StaleUse
 from .invariants import ownership_violations, private_page_runs
+from .pkvm import NOPAGE
 from .policies import HostMappingPromise
 from .state import Inode, Mapping, State, total_refs
 
@@ -106,6 +107,23 @@ class Observer(Component):
             for first, last in touched.get(ino, ()):
                 for index in range(max(s, first), min(e, last)):
                     self.state.audit.append(HostAccessPrivate(ino, index, write))
+        if self.state.pkvm is not None:
+            self._audit_unowned(touched, write)
+
+    def _audit_unowned(self, touched: dict[int, list[tuple[int, int]]], write: bool) -> None:
+        """Host accesses that reached a frame whose pKVM host state is NOPAGE
+        (given to a guest or the hypervisor), whatever let them through."""
+        pkvm = self.state.pkvm
+        assert pkvm is not None
+        for ino, ranges in touched.items():
+            inode = self.state.inodes[ino]
+            for first, last in ranges:
+                for s, e, delta in inode.pfns.runs(first, last):
+                    if delta is None:
+                        continue
+                    hit = pkvm.pages.find(s + delta, e + delta, lambda p: p.host == NOPAGE)
+                    if hit is not None:
+                        self.state.audit.append(HostAccessUnowned(ino, hit - delta, write))
 
     def audit_unmap(self, m: Mapping) -> None:
         """A restricted memfd's mapping goes: remember if references are out
