@@ -80,6 +80,7 @@ def test_the_same_search(name: str, design: str, options: Options) -> None:
     py = Explorer(Engine(sc, memo=True), options)
     pv = py.run()
     cx = NativeExplorer(Engine(sc, memo=True), options, available())
+    cx.keep_graph = True  # (the core keeps its graph compactly; this copies it out)
     cv = cx.run()
     assert (cv.engine, pv.engine) == ("c", "python")
     assert (cv.states, cv.transitions, cv.depth, cv.complete) == \
