@@ -48,7 +48,7 @@
  *            record (old records read 0 there: their codes are unchanged);
  *            when the record needs another byte, all records are re-laid out
  *            (in place, once per byte of growth).
- *   visited  a set of (32 hash bits, state number) in 256 open-addressing
+ *   visited  a set of (32 hash bits, state number) in 16 open-addressing
  *            segments, each grown on its own (no moment holds two copies of
  *            the whole set); freed when the search ends.
  *   parent   32-bit state number, and the actor that stepped (a byte); the
@@ -68,6 +68,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 typedef uint32_t u32;
 typedef uint64_t u64;
@@ -113,18 +114,30 @@ static int grow(void **a, u64 *cap, u64 need, size_t size) {
 
 /* --- hashing ------------------------------------------------------------------------------------ */
 
+/* Keys are short arrays of small ids: each word times its own odd constant,
+ * summed (independent multiplies, no chain through the key), then mixed. */
+static const u64 HK[16] = {
+    0x9E3779B97F4A7C15ull, 0xC2B2AE3D27D4EB4Full, 0x165667B19E3779F9ull, 0xD6E8FEB86659FD93ull,
+    0xFF51AFD7ED558CCDull, 0xC4CEB9FE1A85EC53ull, 0xBF58476D1CE4E5B9ull, 0x94D049BB133111EBull,
+    0x2545F4914F6CDD1Dull, 0x5851F42D4C957F2Dull, 0x14057B7EF767814Full, 0xDA942042E4DD58B5ull,
+    0x9FB21C651E98DF25ull, 0xA0761D6478BD642Full, 0xE7037ED1A0B428DBull, 0x8EBC6AF09C88C6E3ull};
+
 static u64 hwords(const u32 *w, u64 n) {
-    u64 h = 0x243F6A8885A308D3ull ^ (n * 0x9E3779B97F4A7C15ull);
+    u64 a = n * 0x243F6A8885A308D3ull, b = 0;
     u64 i = 0;
-    for (; i + 1 < n; i += 2) {
-        u64 x = (u64)w[i] | ((u64)w[i + 1] << 32);
-        h = (h ^ x) * 0xff51afd7ed558ccdull;
-        h ^= h >> 31;
+    for (; i + 2 <= n; i += 2) {
+        a += ((u64)w[i] + 1) * HK[i & 15];
+        b += ((u64)w[i + 1] + 1) * HK[(i + 1) & 15];
+        if ((i & 15) == 14) {  /* (a position beyond 16 words must not cancel one within) */
+            a = (a << 23 | a >> 41) * 0x9E3779B97F4A7C15ull;
+            b = (b << 29 | b >> 35) * 0xC2B2AE3D27D4EB4Full;
+        }
     }
-    if (i < n) {
-        h = (h ^ w[i]) * 0xff51afd7ed558ccdull;
-        h ^= h >> 31;
-    }
+    if (i < n)
+        a += ((u64)w[i] + 1) * HK[i & 15];
+    u64 h = a ^ (b << 32 | b >> 32);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
     h *= 0xc4ceb9fe1a85ec53ull;
     h ^= h >> 33;
@@ -223,12 +236,30 @@ static void ht_free(htab *t) {
 
 enum { IO_SIZE = 64 };
 #define MAXF 10        /* bit fields of one slot between two re-layouts */
-#define NSEG 256       /* segments of the visited set */
+#define NSEG 16        /* segments of the visited set (by the top 4 bits of the hash) */
+#define SEGSHIFT 60
 #define NOSTATE 0xffffffffu
 
 /* A map from u64 keys (never 0 after the +1 below) to u32: the codes of (slot, id). */
 typedef struct { u64 k; u32 v; } cent;
 typedef struct { cent *e; u64 cap, n; } cmap;
+
+/* Large arrays read at random (the visited set, the records, P8's masks) on
+ * huge pages where the kernel offers them: a TLB miss per probe costs more
+ * than the probe (most of all in a virtual machine). */
+static void huge(void *p, u64 size) {
+#ifdef MADV_HUGEPAGE
+    const u64 H = 2u << 20;
+    if (size < 2 * H)
+        return;
+    u64 a = ((u64)(uintptr_t)p + H - 1) & ~(H - 1), b = ((u64)(uintptr_t)p + size) & ~(H - 1);
+    if (b > a)
+        madvise((void *)(uintptr_t)a, b - a, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)size;
+#endif
+}
 
 /* One segment of the visited set: entries (hash bits << 32 | state + 1), 0 = empty. */
 typedef struct { u64 *e; u64 cap, n; } vseg;
@@ -304,6 +335,10 @@ typedef struct {
     u64 Sh;                        /* S's hash */
     u32 *codes_tmp;                /* per slot: codes while (re)encoding */
     u8 *cand, *rtmp;               /* a successor's record; scratch for re-layouts */
+    u32 *PB;                       /* per actor: its successor of the state being expanded, */
+    u8 *PC;                        /* and that successor's record */
+    u64 pbw, pcs;                  /* (their widths) */
+    u64 layout;                    /* re-layouts so far */
     vu32 dirty;                    /* the slots a transition changed */
 } ctx;
 
@@ -400,6 +435,7 @@ static int reserve_states(ctx *c, u64 need) {
     if (!rec)
         return -1;
     c->rec = rec;
+    huge(rec, cap * c->R + 8);
     u32 *par = realloc(c->par, cap * sizeof(u32));
     if (!par)
         return -1;
@@ -464,6 +500,7 @@ static int relayout(ctx *c) {
     }
     c->used = used;
     c->R = R;
+    c->layout++;
     for (u64 x = c->ns; x-- > 0;) {
         const u8 *old = c->rec + x * oR;
         memset(c->rtmp, 0, R + 8);
@@ -539,20 +576,21 @@ static inline u32 actor_id(const ctx *c, u64 x, int i) {
     return c->cv[j].a[c->nb[j] ? code_in(c, c->rec + x * c->R, j) : 0];
 }
 
-/* The whole state s as a record, into cand. */
+/* The whole state s as a record, into c->cand. */
 static int encode(ctx *c, const u32 *s) {
     for (u64 j = 0; j < c->nslots; j++)
         if (code_of(c, (u32)j, s[j], &c->codes_tmp[j]))
             return -1;
-    memset(c->cand, 0, c->R + 8);
+    u8 *cand = c->cand;  /* (after the codes: a new one may have re-laid the records out) */
+    memset(cand, 0, c->R + 8);
     for (u64 q = 0; q < c->vs.n; q++) {
         u32 j = c->vs.a[q];
-        put_code(c, c->cand, j, c->codes_tmp[j]);
+        put_code(c, cand, j, c->codes_tmp[j]);
     }
     return 0;
 }
 
-/* s, which differs from state x only in the dirty slots, as a record, into cand. */
+/* s, which differs from state x only in the dirty slots, as a record, into c->cand. */
 static int encode_from(ctx *c, u64 x, const u32 *s) {
     for (u64 q = 0; q < c->dirty.n; q++) {
         u32 j = c->dirty.a[q];
@@ -560,11 +598,12 @@ static int encode_from(ctx *c, u64 x, const u32 *s) {
             return -1;
     }
     /* (after the codes: a new one may have re-laid the records out) */
-    memcpy(c->cand, c->rec + x * c->R, c->R);
-    memset(c->cand + c->R, 0, 8);
+    u8 *cand = c->cand;
+    memcpy(cand, c->rec + x * c->R, c->R);
+    memset(cand + c->R, 0, 8);
     for (u64 q = 0; q < c->dirty.n; q++) {
         u32 j = c->dirty.a[q];
-        put_code(c, c->cand, j, c->codes_tmp[j]);
+        put_code(c, cand, j, c->codes_tmp[j]);
     }
     return 0;
 }
@@ -573,8 +612,8 @@ static int encode_from(ctx *c, u64 x, const u32 *s) {
 
 static inline u32 tag_of(u64 h) { return (u32)(h >> 24); }
 
-static i64 visited_find(ctx *c, u64 h) {
-    const vseg *g = &c->seg[h >> 56];
+static i64 visited_find(ctx *c, u64 h, const u8 *cand) {
+    const vseg *g = &c->seg[h >> SEGSHIFT];
     if (!g->cap)
         return -1;
     u32 tag = tag_of(h);
@@ -585,19 +624,52 @@ static i64 visited_find(ctx *c, u64 h) {
             return -1;
         if ((u32)(e >> 32) == tag) {
             u64 x = (u32)e - 1;
-            if (!memcmp(c->rec + x * c->R, c->cand, c->R))
+            if (!memcmp(c->rec + x * c->R, cand, c->R))
                 return (i64)x;
         }
     }
 }
 
+/* (GCC drops a __builtin_prefetch whose address it had to load: nothing
+ * else used the loads.) */
+static inline void prefetch(const void *p) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ volatile("prefetcht0 (%0)" : : "r"(p));
+#else
+    __builtin_prefetch(p);
+    __asm__ volatile("" : : "r"(p));
+#endif
+}
+
+/* Ask the memory for where visited_find(h) will look. */
+static inline void visited_prefetch(const ctx *c, u64 h) {
+    const vseg *g = &c->seg[h >> SEGSHIFT];
+    if (g->cap)
+        prefetch(&g->e[tag_of(h) & (g->cap - 1)]);
+}
+
+/* ... and for the record it will compare with first. */
+static inline void visited_prefetch_record(const ctx *c, u64 h) {
+    const vseg *g = &c->seg[h >> SEGSHIFT];
+    if (!g->cap)
+        return;
+    u32 tag = tag_of(h);
+    u64 m = g->cap - 1;
+    for (u64 p = tag & m; g->e[p]; p = (p + 1) & m)
+        if ((u32)(g->e[p] >> 32) == tag) {
+            prefetch(c->rec + ((u32)g->e[p] - 1) * c->R);
+            return;
+        }
+}
+
 static int visited_add(ctx *c, u64 h, u64 x) {
-    vseg *g = &c->seg[h >> 56];
+    vseg *g = &c->seg[h >> SEGSHIFT];
     if (5 * (g->n + 1) > 4 * g->cap) {
         u64 cap = g->cap ? 2 * g->cap : 64;
         u64 *e = calloc(cap, sizeof(u64));
         if (!e)
             return -1;
+        huge(e, cap * sizeof(u64));
         for (u64 i = 0; i < g->cap; i++)
             if (g->e[i]) {
                 u64 p = (g->e[i] >> 32) & (cap - 1);
@@ -1143,16 +1215,20 @@ static int touches(ctx *c, i64 rid, i64 entry) {
     return 0;
 }
 
-/* An actor's transition rid from s (fingerprint sfp): the successor, canonical, into c->B,
- * and what committing it needs (Engine.step, Explorer._canonical, the visited set). */
 /* An actor's transition rid from s (state x, hash sh, fingerprint sfp): the
- * successor, canonical, into c->B, its record into c->cand, and what
- * committing it needs (Engine.step, Explorer._canonical, the visited set).
- * x < 0 (the agreement tests' probe): the successor is taken as new, no record. */
+ * successor, canonical, into B (c->B with symmetry), its record into c->cand,
+ * and (judge) what committing it needs: the state it is if already visited,
+ * else its finished actors and broken promises (Engine.step,
+ * Explorer._canonical, the visited set).  x < 0 (the agreement tests' probe):
+ * the successor is taken as new, no record. */
+static int judge_new(ctx *c, const u32 *B, trans *tr);
+
 static int transition(ctx *c, i64 x, const u32 *s, u64 sh, u128 sfp, i64 rid, const ppinfo *pp,
-                      trans *tr) {
+                      trans *tr, u32 *B, int judge) {
     u64 W = c->W;
-    u32 *T = c->np > 1 ? c->T : c->B;  /* without symmetry the successor is its own representative */
+    if (c->np > 1)
+        B = c->B;
+    u32 *T = c->np > 1 ? c->T : B;  /* without symmetry the successor is its own representative */
     int rc;
     u64 th = sh;  /* T's hash, kept up to date with every write (hstate) */
     c->dirty.n = 0;
@@ -1201,6 +1277,8 @@ static int transition(ctx *c, i64 x, const u32 *s, u64 sh, u128 sfp, i64 rid, co
             tr->vl[tr->nv++] = c->o_vl.a[o];
     }
 #undef SET
+    if (x >= 0 && c->np == 1)
+        visited_prefetch(c, th);  /* (fetched while the rest is worked out) */
     if (c->p4 && touches(c, rid, pp->entry)) {
         i64 after, refs, vl;
         rc = observe(c, T, c->obs_pp, &after, NULL);
@@ -1227,21 +1305,22 @@ static int transition(ctx *c, i64 x, const u32 *s, u64 sh, u128 sfp, i64 rid, co
     rc = canonical(c, T, tfp, &tr->fp, &tr->perm);
     if (rc)
         return rc;
-    tr->h = c->np > 1 ? hstate(c->B, W) : th;
+    tr->h = c->np > 1 ? hstate(B, W) : th;
     tr->dst = -1;
-    if (x >= 0) {
-        if (c->np > 1 ? encode(c, c->B) : encode_from(c, (u64)x, c->B))
-            return RC_NOMEM;
-        tr->dst = visited_find(c, tr->h);
-    }
-    if (tr->dst < 0) {
-        rc = finished_mask(c, c->B, &tr->done);
-        if (!rc)
-            rc = state_verdict(c, c->B, tr->done, &tr->svl);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    if (x >= 0 && (c->np > 1 ? encode(c, B) : encode_from(c, (u64)x, B)))
+        return RC_NOMEM;
+    if (!judge)
+        return 0;
+    if (x >= 0)
+        tr->dst = visited_find(c, tr->h, c->cand);
+    return tr->dst < 0 ? judge_new(c, B, tr) : 0;
+}
+
+static int judge_new(ctx *c, const u32 *B, trans *tr) {
+    int rc = finished_mask(c, B, &tr->done);
+    if (!rc)
+        rc = state_verdict(c, B, tr->done, &tr->svl);
+    return rc;
 }
 
 /* --- committing ----------------------------------------------------------------------------------- */
@@ -1267,11 +1346,11 @@ static void record(ctx *c, i64 vl, i64 state, i64 actor) {
 
 /* The record in cand as a new state: its number, or -1 (no memory, or more
  * states than 32-bit numbers hold). */
-static i64 add_state(ctx *c, u64 h, u32 parent, int via, int perm, u128 fp) {
+static i64 add_state(ctx *c, const u8 *cand, u64 h, u32 parent, int via, int perm, u128 fp) {
     u64 x = c->ns;
     if (x >= NOSTATE - 1 || reserve_states(c, x + 1) || visited_add(c, h, x))
         return -1;
-    memcpy(c->rec + x * c->R, c->cand, c->R);
+    memcpy(c->rec + x * c->R, cand, c->R);
     memset(c->rec + (x + 1) * c->R, 0, 8);
     c->par[x] = parent;
     c->via[x] = (u8)via;
@@ -1286,7 +1365,7 @@ static i64 add_state(ctx *c, u64 h, u32 parent, int via, int perm, u128 fp) {
     return (i64)x;
 }
 
-static int commit(ctx *c, i64 x, int actor, const trans *tr) {
+static int commit(ctx *c, i64 x, int actor, const trans *tr, const u8 *cand) {
     c->transitions++;
     for (int q = 0; q < tr->nv; q++)
         record(c, tr->vl[q], x, actor);
@@ -1294,7 +1373,7 @@ static int commit(ctx *c, i64 x, int actor, const trans *tr) {
     u32 bit = 1u << actor;
     set_mask(c, (u64)x, 0, get_mask(c, (u64)x, 0) | bit);
     if (j < 0) {
-        j = add_state(c, tr->h, (u32)x, actor, tr->perm, tr->fp);
+        j = add_state(c, cand, tr->h, (u32)x, actor, tr->perm, tr->fp);
         if (j < 0)
             return RC_NOMEM;
         set_mask(c, (u64)x, 1, get_mask(c, (u64)x, 1) | bit);
@@ -1358,6 +1437,25 @@ static int safe_alone(ctx *c, const u32 *s, i64 rid, int i, u32 mm, int *safe) {
     return 0;
 }
 
+/* Room for every actor's successor and its record. */
+static int actor_buffers(ctx *c) {
+    if (c->pbw < c->W) {
+        u32 *pb = realloc(c->PB, (u64)c->n * c->W * sizeof(u32));
+        if (!pb)
+            return -1;
+        c->PB = pb;
+        c->pbw = c->W;
+    }
+    if (c->pcs < c->R + 8) {
+        u8 *pc = realloc(c->PC, (u64)c->n * (c->R + 8));
+        if (!pc)
+            return -1;
+        c->PC = pc;
+        c->pcs = c->R + 8;
+    }
+    return 0;
+}
+
 /* Expand state x from actor c->cur_actor on (Explorer._expand). */
 static int expand(ctx *c, i64 x) {
     i64 rids[MAXA];
@@ -1377,6 +1475,7 @@ static int expand(ctx *c, i64 x) {
     }
     u128 sfp = c->np > 1 ? c->fp.a[x] : 0;
     trans tr;
+    u32 *B = c->B;
     if (c->por && nsucc > 1) {
         /* PartialOrder.ample checks the hooks' reads once per state, before
          * anything else (a resumed expansion does not check again) */
@@ -1396,21 +1495,65 @@ static int expand(ctx *c, i64 x) {
                 return rc;
             if (!safe)
                 continue;
-            rc = transition(c, x, s, sh, sfp, rids[i], &pp, &tr);
+            rc = transition(c, x, s, sh, sfp, rids[i], &pp, &tr, B, 1);
             if (rc)
                 return rc;
             if (tr.dst < 0)  /* the cycle proviso: a new state, the others can wait */
-                return commit(c, x, i, &tr);
+                return commit(c, x, i, &tr, c->cand);
             break;
         }
     }
+    if (c->np > 1) {
+        for (int i = (int)c->cur_actor; i < c->n; i++) {
+            if (!rids[i])
+                continue;
+            rc = transition(c, x, s, sh, sfp, rids[i], &pp, &tr, B, 1);
+            if (rc)
+                return rc;
+            rc = commit(c, x, i, &tr, c->cand);
+            if (rc)
+                return rc;
+            c->cur_actor = i + 1;
+            if (c->stopped)
+                return 0;
+        }
+        return 0;
+    }
+    /* Every successor first, each asking the memory for where the visited set
+     * will be looked at, then the look-ups and commits in order: the misses
+     * overlap.  (A successor found twice is found in the set the second time:
+     * the look-ups come after the commits before them.) */
+    trans trs[MAXA];
+    u64 layout;
+    do {
+        if (actor_buffers(c))
+            return RC_NOMEM;
+        layout = c->layout;
+        for (int i = (int)c->cur_actor; i < c->n; i++) {
+            if (!rids[i])
+                continue;
+            rc = transition(c, x, s, sh, sfp, rids[i], &pp, &trs[i], c->PB + (u64)i * c->pbw, 0);
+            if (rc)
+                return rc;
+            if (layout != c->layout)
+                break;
+            memcpy(c->PC + (u64)i * c->pcs, c->cand, c->R + 8);
+        }
+    } while (layout != c->layout);  /* (records made before a re-layout are made again) */
+    for (int i = (int)c->cur_actor; i < c->n; i++)
+        if (rids[i])
+            visited_prefetch_record(c, trs[i].h);
     for (int i = (int)c->cur_actor; i < c->n; i++) {
         if (!rids[i])
             continue;
-        rc = transition(c, x, s, sh, sfp, rids[i], &pp, &tr);
-        if (rc)
-            return rc;
-        rc = commit(c, x, i, &tr);
+        const u8 *cand = c->PC + (u64)i * c->pcs;
+        trs[i].dst = visited_find(c, trs[i].h, cand);
+        if (trs[i].dst < 0) {
+            rc = judge_new(c, c->PB + (u64)i * c->pbw, &trs[i]);
+            if (rc)
+                return rc;
+        }
+        rc = commit(c, x, i, &trs[i], cand);
         if (rc)
             return rc;
         c->cur_actor = i + 1;
@@ -1440,7 +1583,7 @@ static int start(ctx *c) {
         rc = state_verdict(c, c->B, done, &vl);
     if (rc)
         return rc;
-    if (encode(c, c->B) || add_state(c, hstate(c->B, c->W), NOSTATE, 0xff, 0, fp) < 0)
+    if (encode(c, c->B) || add_state(c, c->cand, hstate(c->B, c->W), NOSTATE, 0xff, 0, fp) < 0)
         return RC_NOMEM;
     if (vl)
         record(c, vl, 0, -1);
@@ -1697,6 +1840,7 @@ int gm_liveness(ctx *c, i64 *out) {
     c->can = malloc((ns ? ns : 1) * sizeof(u32));
     if (!c->can)
         return RC_NOMEM;
+    huge(c->can, ns * sizeof(u32));
     for (u64 x = 0; x < ns; x++)
         c->can[x] = finished_of(c, x);
     c->sweeps = 0;
@@ -1743,7 +1887,7 @@ int gm_probe(ctx *c, const u32 *s_in, i64 *info, u32 *targets) {
         if (!rids[i])
             continue;
         trans tr;
-        rc = transition(c, -1, s, hstate(s, c->W), sfp, rids[i], &pp, &tr);
+        rc = transition(c, -1, s, hstate(s, c->W), sfp, rids[i], &pp, &tr, c->B, 1);
         if (rc)
             break;
         row[0] = 1;
@@ -1777,7 +1921,7 @@ void gm_free(ctx *c) {
                   c->o_vl.a, c->v_off.a, c->v_n.a, c->vdata.a, c->term.a, c->cv, c->nb, c->nf, c->foff, c->fw,
                   c->vs.a, c->codes.e, c->rec, c->par, c->via, c->sp, c->msk, c->fp.a, c->nt.a, c->ntp.a,
                   c->lvl.a, c->ck.a, c->can, c->init, c->S, c->T, c->I, c->B, c->Q, c->K, c->codes_tmp,
-                  c->cand, c->rtmp, c->dirty.a, c->sflags};
+                  c->cand, c->rtmp, c->dirty.a, c->sflags, c->PB, c->PC};
     for (size_t p = 0; p < sizeof(ps) / sizeof(*ps); p++)
         free(ps[p]);
     free(c);
