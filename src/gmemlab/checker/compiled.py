@@ -110,7 +110,7 @@ class Column(Sequence[int]):
             i += self.n
         if not 0 <= i < self.n:
             raise IndexError(i)
-        return self.x._state(i)[self.field]
+        return int(self.x._state(i)[self.field])
 
 
 class NativeExplorer(Explorer):
@@ -185,7 +185,8 @@ class NativeExplorer(Explorer):
     def _check(self, rc: int) -> None:
         if rc:
             raise NativeError("the compiled core ran out of memory" if rc == -1
-                              else f"the compiled core failed (code {rc})")
+                              else "more than 4,294,967,294 states: the compiled core numbers them in 32 bits"
+                              if rc == -3 else f"the compiled core failed (code {rc})")
 
     def _oid(self, value: Any) -> int:
         try:
@@ -490,8 +491,8 @@ class NativeExplorer(Explorer):
         ns = stats[0]
         self.transitions = stats[1]
         self._max_depth = stats[4]
-        self.parent, self.via, self.perm, self.depth, self.done = (
-            Column(self, f, ns) for f in range(len(STATE_FIELDS)))  # type: ignore[assignment]
+        columns: Any = [Column(self, f, ns) for f in range(len(STATE_FIELDS))]
+        self.parent, self.via, self.perm, self.depth, self.done = columns
         nfound = stats[5]
         log = (ctypes.c_int64 * (4 * max(1, nfound)))()
         self.lib.gm_found(self.ctx, log)
@@ -508,10 +509,10 @@ class NativeExplorer(Explorer):
             self._check(self.lib.gm_export(self.ctx, which, buf))
             return array(code, buf[:count])
 
-        self.parent, self.via, self.perm, self.depth, self.done = (
-            column(0, "q", ns), column(1, "h", ns), column(2, "h", ns), column(3, "l", ns), column(4, "q", ns))
-        self.src, self.dst, self.edge_actor, self.edge_perm = (
-            column(5, "q", ne), column(6, "q", ne), column(7, "h", ne), column(8, "h", ne))
+        self.parent, self.via, self.perm = column(0, "q", ns), column(1, "h", ns), column(2, "h", ns)
+        self.depth, self.done = column(3, "l", ns), column(4, "q", ns)
+        self.src, self.dst = column(5, "q", ne), column(6, "q", ne)
+        self.edge_actor, self.edge_perm = column(7, "h", ne), column(8, "h", ne)
 
     def max_depth(self) -> int:
         return self._max_depth

@@ -80,7 +80,7 @@ typedef unsigned __int128 u128;
 enum {
     RC_DONE = 0, RC_BUDGET = 1, RC_NEED_GROUP = 2, RC_NEED_STEP = 3, RC_NEED_OBS = 4, RC_NEED_KEYSET = 5,
     RC_NEED_PROTO = 6, RC_NEED_VERDICT = 7, RC_NEED_SAFE = 8, RC_NEED_VISIBLE = 9, RC_NEED_SYM = 10,
-    RC_NEED_TERM = 11, RC_NOMEM = -1, RC_BAD = -2
+    RC_NEED_TERM = 11, RC_NOMEM = -1, RC_BAD = -2, RC_TOO_MANY = -3
 };
 enum { VK_P4 = 1, VK_STATE = 2 };
 #define MAXA 30      /* actors (masks are 32-bit, state ids of actors fit in keys) */
@@ -1344,12 +1344,14 @@ static void record(ctx *c, i64 vl, i64 state, i64 actor) {
     }
 }
 
-/* The record in cand as a new state: its number, or -1 (no memory, or more
- * states than 32-bit numbers hold). */
+/* The record in cand as a new state: its number, or RC_NOMEM, or RC_TOO_MANY
+ * (more states than 32-bit numbers hold). */
 static i64 add_state(ctx *c, const u8 *cand, u64 h, u32 parent, int via, int perm, u128 fp) {
     u64 x = c->ns;
-    if (x >= NOSTATE - 1 || reserve_states(c, x + 1) || visited_add(c, h, x))
-        return -1;
+    if (x >= NOSTATE - 1)
+        return RC_TOO_MANY;
+    if (reserve_states(c, x + 1) || visited_add(c, h, x))
+        return RC_NOMEM;
     memcpy(c->rec + x * c->R, cand, c->R);
     memset(c->rec + (x + 1) * c->R, 0, 8);
     c->par[x] = parent;
@@ -1357,7 +1359,7 @@ static i64 add_state(ctx *c, const u8 *cand, u64 h, u32 parent, int via, int per
     if (c->np > 1) {
         c->sp[x] = (u8)perm;
         if (PUSH(c->fp, fp))
-            return -1;
+            return RC_NOMEM;
     }
     set_mask(c, x, 0, 0);
     set_mask(c, x, 1, 0);
@@ -1375,7 +1377,7 @@ static int commit(ctx *c, i64 x, int actor, const trans *tr, const u8 *cand) {
     if (j < 0) {
         j = add_state(c, cand, tr->h, (u32)x, actor, tr->perm, tr->fp);
         if (j < 0)
-            return RC_NOMEM;
+            return (int)j;
         set_mask(c, (u64)x, 1, get_mask(c, (u64)x, 1) | bit);
         if (tr->svl)
             record(c, tr->svl, j, -1);
@@ -1583,8 +1585,11 @@ static int start(ctx *c) {
         rc = state_verdict(c, c->B, done, &vl);
     if (rc)
         return rc;
-    if (encode(c, c->B) || add_state(c, c->cand, hstate(c->B, c->W), NOSTATE, 0xff, 0, fp) < 0)
+    if (encode(c, c->B))
         return RC_NOMEM;
+    i64 x0 = add_state(c, c->cand, hstate(c->B, c->W), NOSTATE, 0xff, 0, fp);
+    if (x0 < 0)
+        return (int)x0;
     if (vl)
         record(c, vl, 0, -1);
     c->cur = c->level_start = c->level_end = 0;
