@@ -339,7 +339,8 @@ typedef struct {
     u8 *PC;                        /* and that successor's record */
     u64 pbw, pcs;                  /* (their widths) */
     u64 layout;                    /* re-layouts so far */
-    vu32 dirty;                    /* the slots a transition changed */
+    vu32 pd[MAXA];                 /* per actor: the writes of its transition (phase one of expand) */
+    vu32 dirty;                    /* a transition's writes: (slot, id) pairs */
 } ctx;
 
 /* --- the codec ------------------------------------------------------------------------------------ */
@@ -590,21 +591,42 @@ static int encode(ctx *c, const u32 *s) {
     return 0;
 }
 
-/* s, which differs from state x only in the dirty slots, as a record, into c->cand. */
-static int encode_from(ctx *c, u64 x, const u32 *s) {
-    for (u64 q = 0; q < c->dirty.n; q++) {
-        u32 j = c->dirty.a[q];
-        if (code_of(c, j, s[j], &c->codes_tmp[j]))
+/* A transition's successor is its source s and the writes in c->dirty, (slot,
+ * id) pairs in the order made (a later write to a slot wins).  Slot j's id
+ * in it: */
+static inline u32 current(const ctx *c, const u32 *s, u32 j) {
+    for (u64 q = c->dirty.n; q > 0; q -= 2)
+        if (c->dirty.a[q - 2] == j)
+            return c->dirty.a[q - 1];
+    return s[j];
+}
+
+/* ... and the whole of it, into T. */
+static void successor(const ctx *c, const u32 *s, u32 *T) {
+    memcpy(T, s, c->W * sizeof(u32));
+    for (u64 q = 0; q < c->dirty.n; q += 2)
+        T[c->dirty.a[q]] = c->dirty.a[q + 1];
+}
+
+/* The successor of state x by the writes in c->dirty, as a record, into c->cand. */
+static int encode_from(ctx *c, u64 x) {
+    const u32 *d = c->dirty.a;
+    u64 n = c->dirty.n;
+    for (u64 q = 0; q < n; q += 2) {
+        u64 r = q + 2;
+        while (r < n && d[r] != d[q])
+            r += 2;
+        if (r < n)
+            continue;  /* (written again later) */
+        if (code_of(c, d[q], d[q + 1], &c->codes_tmp[d[q]]))
             return -1;
     }
     /* (after the codes: a new one may have re-laid the records out) */
     u8 *cand = c->cand;
     memcpy(cand, c->rec + x * c->R, c->R);
     memset(cand + c->R, 0, 8);
-    for (u64 q = 0; q < c->dirty.n; q++) {
-        u32 j = c->dirty.a[q];
-        put_code(c, cand, j, c->codes_tmp[j]);
-    }
+    for (u64 q = 0; q < n; q += 2)
+        put_code(c, cand, d[q], c->codes_tmp[d[q]]);
     return 0;
 }
 
@@ -700,6 +722,13 @@ static void visited_free(ctx *c) {
 }
 
 /* --- per-state edges ------------------------------------------------------------------------------- */
+
+/* (__builtin_popcount is a library call where the compiler may not assume the instruction) */
+static inline int popcount32(u32 m) {
+    m = m - ((m >> 1) & 0x55555555u);
+    m = (m & 0x33333333u) + ((m >> 2) & 0x33333333u);
+    return (int)((((m + (m >> 4)) & 0x0F0F0F0Fu) * 0x01010101u) >> 24);
+}
 
 static inline u32 get_mask(const ctx *c, u64 x, int which) {
     u32 m = 0;
@@ -1225,21 +1254,15 @@ static int judge_new(ctx *c, const u32 *B, trans *tr);
 
 static int transition(ctx *c, i64 x, const u32 *s, u64 sh, u128 sfp, i64 rid, const ppinfo *pp,
                       trans *tr, u32 *B, int judge) {
-    u64 W = c->W;
-    if (c->np > 1)
-        B = c->B;
-    u32 *T = c->np > 1 ? c->T : B;  /* without symmetry the successor is its own representative */
     int rc;
-    u64 th = sh;  /* T's hash, kept up to date with every write (hstate) */
-    c->dirty.n = 0;
+    u64 th = sh;  /* the successor's hash, kept up to date with every write (hstate) */
+    c->dirty.n = 0;  /* the successor: s and these writes, in order (slot, id pairs) */
 #define SET(j, v) do { \
         u32 j_ = (j), v_ = (v); \
-        th += slotmix(j_, v_) - slotmix(j_, T[j_]); \
-        T[j_] = v_; \
-        if (PUSH(c->dirty, j_)) \
+        th += slotmix(j_, v_) - slotmix(j_, current(c, s, j_)); \
+        if (PUSH(c->dirty, j_) || PUSH(c->dirty, v_)) \
             return RC_NOMEM; \
     } while (0)
-    memcpy(T, s, W * sizeof(u32));
     const u32 *w = c->rdata.a + c->r_woff.a[rid];
     for (i64 q = 0; q < c->r_wn.a[rid]; q++)
         SET(w[2 * q], w[2 * q + 1]);
@@ -1279,7 +1302,13 @@ static int transition(ctx *c, i64 x, const u32 *s, u64 sh, u128 sfp, i64 rid, co
 #undef SET
     if (x >= 0 && c->np == 1)
         visited_prefetch(c, th);  /* (fetched while the rest is worked out) */
+    /* The successor whole, only where something reads it whole: P4's
+     * observation, symmetry, the agreement tests, a new state (judge_new). */
+    u32 *T = c->np > 1 ? c->T : B;
+    int made = 0;
     if (c->p4 && touches(c, rid, pp->entry)) {
+        successor(c, s, T);
+        made = 1;
         i64 after, refs, vl;
         rc = observe(c, T, c->obs_pp, &after, NULL);
         if (rc)
@@ -1296,24 +1325,35 @@ static int transition(ctx *c, i64 x, const u32 *s, u64 sh, u128 sfp, i64 rid, co
                 tr->vl[tr->nv++] = vl;
         }
     }
-    u128 tfp = 0;
+    tr->fp = 0;
+    tr->perm = 0;
+    tr->h = th;
     if (c->np > 1) {
+        if (!made)
+            successor(c, s, T);
+        u128 tfp = 0;
         rc = fp_update(c, s, T, sfp, &tfp);
         if (rc)
             return rc;
+        rc = canonical(c, T, tfp, &tr->fp, &tr->perm);
+        if (rc)
+            return rc;
+        B = c->B;
+        made = 1;
+        tr->h = hstate(B, c->W);
     }
-    rc = canonical(c, T, tfp, &tr->fp, &tr->perm);
-    if (rc)
-        return rc;
-    tr->h = c->np > 1 ? hstate(B, W) : th;
     tr->dst = -1;
-    if (x >= 0 && (c->np > 1 ? encode(c, B) : encode_from(c, (u64)x, B)))
+    if (x >= 0 && (c->np > 1 ? encode(c, B) : encode_from(c, (u64)x)))
         return RC_NOMEM;
     if (!judge)
         return 0;
     if (x >= 0)
         tr->dst = visited_find(c, tr->h, c->cand);
-    return tr->dst < 0 ? judge_new(c, B, tr) : 0;
+    if (tr->dst >= 0)
+        return 0;
+    if (!made)
+        successor(c, s, B);
+    return judge_new(c, B, tr);
 }
 
 static int judge_new(ctx *c, const u32 *B, trans *tr) {
@@ -1540,6 +1580,11 @@ static int expand(ctx *c, i64 x) {
             if (layout != c->layout)
                 break;
             memcpy(c->PC + (u64)i * c->pcs, c->cand, c->R + 8);
+            c->pd[i].n = 0;
+            if (RESERVE(c->pd[i], c->dirty.n))
+                return RC_NOMEM;
+            memcpy(c->pd[i].a, c->dirty.a, c->dirty.n * sizeof(u32));
+            c->pd[i].n = c->dirty.n;
         }
     } while (layout != c->layout);  /* (records made before a re-layout are made again) */
     for (int i = (int)c->cur_actor; i < c->n; i++)
@@ -1551,7 +1596,11 @@ static int expand(ctx *c, i64 x) {
         const u8 *cand = c->PC + (u64)i * c->pcs;
         trs[i].dst = visited_find(c, trs[i].h, cand);
         if (trs[i].dst < 0) {
-            rc = judge_new(c, c->PB + (u64)i * c->pbw, &trs[i]);
+            u32 *B = c->PB + (u64)i * c->pbw;
+            memcpy(B, s, c->W * sizeof(u32));
+            for (u64 q = 0; q < c->pd[i].n; q += 2)
+                B[c->pd[i].a[q]] = c->pd[i].a[q + 1];
+            rc = judge_new(c, B, &trs[i]);
             if (rc)
                 return rc;
         }
@@ -1610,7 +1659,7 @@ static int finish(ctx *c) {
     for (u64 x = 0; x < c->ns; x++) {
         if (!(x & 63) && PUSH(c->ck, nt))
             return RC_NOMEM;
-        nt += (u64)__builtin_popcount(get_mask(c, x, 0) & ~get_mask(c, x, 1));
+        nt += (u64)popcount32(get_mask(c, x, 0) & ~get_mask(c, x, 1));
     }
     return 0;
 }
@@ -1701,7 +1750,7 @@ int gm_state(ctx *c, i64 x, i64 *out) {
     out[2] = c->np > 1 ? c->sp[x] : 0;
     out[3] = depth_of(c, (u64)x);
     out[4] = finished_of(c, (u64)x);
-    out[5] = __builtin_popcount(get_mask(c, (u64)x, 0));
+    out[5] = popcount32(get_mask(c, (u64)x, 0));
     out[6] = c->can ? (i64)c->can[x] : -1;
     return 0;
 }
@@ -1727,7 +1776,7 @@ int gm_edges(ctx *c, i64 x, i64 *out) {
         return RC_BAD;
     u64 nt = c->ck.a[x >> 6];
     for (u64 y = (u64)x & ~63ull; y < (u64)x; y++)
-        nt += (u64)__builtin_popcount(get_mask(c, y, 0) & ~get_mask(c, y, 1));
+        nt += (u64)popcount32(get_mask(c, y, 0) & ~get_mask(c, y, 1));
     u32 am = get_mask(c, (u64)x, 0), tm = get_mask(c, (u64)x, 1);
     u64 child = first_child(c, (u64)x);
     int k = 0;
@@ -1799,7 +1848,7 @@ static int sweep(ctx *c, int backwards) {
     for (u64 i = 0; i < ns; i++) {
         u64 x = backwards ? ns - 1 - i : i;
         u32 am = get_mask(c, x, 0), tm = get_mask(c, x, 1);
-        int ntree = __builtin_popcount(tm), nstored = __builtin_popcount(am & ~tm);
+        int ntree = popcount32(tm), nstored = popcount32(am & ~tm);
         if (backwards) {
             tc -= (u64)ntree;
             nc -= (u64)nstored;
@@ -1920,6 +1969,8 @@ void gm_free(ctx *c) {
     visited_free(c);
     for (u64 j = 0; j < c->W; j++)
         free(c->cv[j].a);
+    for (int i = 0; i < MAXA; i++)
+        free(c->pd[i].a);
     void *ps[] = {c->g_done.a, c->g_first.a, c->g_last.a, c->e_off.a, c->e_len.a, c->e_next.a, c->e_boff.a,
                   c->e_bn.a, c->specs.a, c->bits.a, c->r_woff.a, c->r_wn.a, c->r_koff.a, c->r_kn.a, c->r_ev.a,
                   c->r_moff.a, c->r_mn.a, c->r_toff.a, c->r_tn.a, c->rdata.a, c->o_woff.a, c->o_wn.a,
