@@ -19,7 +19,8 @@ machine:
   -DCOLLAPSE (its compressed state store; safety run), and with its defaults
   on seed-as-written;
 * optionally (--ray 1,2) gmemlab's search on a local Ray cluster with that
-  many workers (its defaults, up to --ray-max actors).
+  many workers (its defaults, up to --ray-max actors; the RSS is the
+  driver's).
 
 Every gmemlab search runs in a process of its own (its peak RSS is its own;
 --gmemlab-src runs another checkout's gmemlab, for a before/after
