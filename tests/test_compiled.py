@@ -98,6 +98,7 @@ def test_the_same_search(name: str, design: str, options: Options) -> None:
         return [(c.promise, c.violation.message, c.trace, c.stuck, c.continuation) for c in v.counterexamples]
 
     assert found(cv) == found(pv)
+    assert cv.coverage == pv.coverage and cv.coverage  # (each step's outcomes, counted alike)
 
 
 def test_check_picks_the_engine() -> None:

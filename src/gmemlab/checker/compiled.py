@@ -128,6 +128,7 @@ class NativeExplorer(Explorer):
         self.n = len(e.prog.names)
         self.results: list[Any] = [None]  # result id -> Result (0: disabled)
         self.rid_of: dict[int, int] = {}  # id(Result) -> result id
+        self.rid_actor: list[int] = [-1]  # result id -> the actor whose step it is
         self.mslots: list[list[int]] = [[]]
         self.changes: list[tuple[Any, Any]] = []  # key-set change id -> (added, removed)
         self.change_of: dict[tuple[Any, Any], int] = {}
@@ -212,7 +213,7 @@ class NativeExplorer(Explorer):
             self._check(self.lib.gm_add_vlist(self.ctx, v, len(codes), _u32(codes)))
         return v
 
-    def _rid(self, r: Any) -> int:
+    def _rid(self, r: Any, actor: int) -> int:
         """The core's id of a step result (registering it the first time)."""
         if r is DISABLED:
             return 0
@@ -223,6 +224,7 @@ class NativeExplorer(Explorer):
         e = self.e
         rid = self.rid_of[id(r)] = len(self.results)
         self.results.append(r)
+        self.rid_actor.append(actor)
         ev = self._vlist(pr.event_violations(r.events, e.active)) if r.events else 0
         mslots: list[int] = []
         for x in r.events:
@@ -282,7 +284,7 @@ class NativeExplorer(Explorer):
                 r = e._lookup((i, aid), s)
                 if r is None:
                     r = e._run_step(s, i, a)
-                self._rule(i, aid, s, self._rid(r))
+                self._rule(i, aid, s, self._rid(r, i))
         elif rc == NEED_OBS:
             o = io[0]
             s = self._query()
@@ -412,9 +414,15 @@ class NativeExplorer(Explorer):
             self.close()
 
     def coverage(self) -> tuple[StepCoverage, ...]:
-        # The core takes memoized transitions without returning to Python:
-        # it keeps no tally of their outcomes.
-        return ()
+        """Explorer.coverage, from the core's count of the transitions it took
+        per step result (each result is one actor's step ending one way)."""
+        if self.ctx is not None and not self.tally.counts:
+            counts = (ctypes.c_int64 * len(self.results))()
+            self._check(self.lib.gm_counts(self.ctx, len(self.results), counts))
+            for rid in range(1, len(self.results)):
+                if counts[rid]:
+                    self.tally.add(self.rid_actor[rid], self.results[rid].info, counts[rid])
+        return super().coverage()
 
     # --- one state at a time (the agreement tests) -------------------------------------------------------
 

@@ -288,6 +288,7 @@ typedef struct {
     vu32 specs;
     VEC(u64) bits;
     vi64 r_woff, r_wn, r_koff, r_kn, r_ev, r_moff, r_mn, r_toff, r_tn; /* per result */
+    vi64 r_count;    /* per result: the transitions taken with it (the steps' coverage) */
     vu32 rdata;
     vi64 o_woff, o_wn, o_vl; /* per protocol outcome */
     vi64 v_off, v_n;         /* per violation list */
@@ -965,7 +966,7 @@ int gm_add_result(ctx *c, i64 rid, i64 nw, const u32 *w, i64 nk, const u32 *k, i
     if (wo < 0 || ko < 0 || mo < 0 || to < 0 || set_at(&c->r_woff, rid, wo) || set_at(&c->r_wn, rid, nw) ||
         set_at(&c->r_koff, rid, ko) || set_at(&c->r_kn, rid, nk) || set_at(&c->r_ev, rid, ev) ||
         set_at(&c->r_moff, rid, mo) || set_at(&c->r_mn, rid, nm) || set_at(&c->r_toff, rid, to) ||
-        set_at(&c->r_tn, rid, nt))
+        set_at(&c->r_tn, rid, nt) || set_at(&c->r_count, rid, 0))
         return RC_NOMEM;
     return 0;
 }
@@ -1196,6 +1197,7 @@ static int canonical(ctx *c, const u32 *T, u128 fp, u128 *bfp, int *bg) {
 }
 
 typedef struct {
+    i64 rid;       /* the step's result */
     int nv;
     i64 vl[MAXV];  /* the step's violation lists, in the order explore.py judges them */
     i64 dst;       /* the successor if already visited, else -1 */
@@ -1256,6 +1258,7 @@ static int transition(ctx *c, i64 x, const u32 *s, u64 sh, u128 sfp, i64 rid, co
                       trans *tr, u32 *B, int judge) {
     int rc;
     u64 th = sh;  /* the successor's hash, kept up to date with every write (hstate) */
+    tr->rid = rid;
     c->dirty.n = 0;  /* the successor: s and these writes, in order (slot, id pairs) */
 #define SET(j, v) do { \
         u32 j_ = (j), v_ = (v); \
@@ -1409,6 +1412,7 @@ static i64 add_state(ctx *c, const u8 *cand, u64 h, u32 parent, int via, int per
 
 static int commit(ctx *c, i64 x, int actor, const trans *tr, const u8 *cand) {
     c->transitions++;
+    c->r_count.a[tr->rid]++;
     for (int q = 0; q < tr->nv; q++)
         record(c, tr->vl[q], x, actor);
     i64 j = tr->dst;
@@ -1726,6 +1730,13 @@ void gm_stats(ctx *c, i64 *out) {
     out[8] = c->sweeps;
 }
 
+/* Per result id below n: the transitions taken with it. */
+int gm_counts(ctx *c, i64 n, i64 *out) {
+    for (i64 r = 0; r < n; r++)
+        out[r] = (u64)r < c->r_count.n ? c->r_count.a[r] : 0;
+    return 0;
+}
+
 /* The found log: nfound rows of (violation list, position, state, actor or -1). */
 void gm_found(ctx *c, i64 *out) { memcpy(out, c->flog, (size_t)c->nfound * 4 * sizeof(i64)); }
 
@@ -1974,7 +1985,7 @@ void gm_free(ctx *c) {
     void *ps[] = {c->g_done.a, c->g_first.a, c->g_last.a, c->e_off.a, c->e_len.a, c->e_next.a, c->e_boff.a,
                   c->e_bn.a, c->specs.a, c->bits.a, c->r_woff.a, c->r_wn.a, c->r_koff.a, c->r_kn.a, c->r_ev.a,
                   c->r_moff.a, c->r_mn.a, c->r_toff.a, c->r_tn.a, c->rdata.a, c->o_woff.a, c->o_wn.a,
-                  c->o_vl.a, c->v_off.a, c->v_n.a, c->vdata.a, c->term.a, c->cv, c->nb, c->nf, c->foff, c->fw,
+                  c->o_vl.a, c->v_off.a, c->v_n.a, c->vdata.a, c->term.a, c->r_count.a, c->cv, c->nb, c->nf, c->foff, c->fw,
                   c->vs.a, c->codes.e, c->rec, c->par, c->via, c->sp, c->msk, c->fp.a, c->nt.a, c->ntp.a,
                   c->lvl.a, c->ck.a, c->can, c->init, c->S, c->T, c->I, c->B, c->Q, c->K, c->codes_tmp,
                   c->cand, c->rtmp, c->dirty.a, c->sflags, c->PB, c->PC};

@@ -142,6 +142,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "gm_run": (ctypes.c_int, [_P, _I]),
         "gm_stats": (None, [_P, _I64P]),
         "gm_found": (None, [_P, _I64P]),
+        "gm_counts": (ctypes.c_int, [_P, _I, _I64P]),
         "gm_state": (ctypes.c_int, [_P, _I, _I64P]),
         "gm_edges": (ctypes.c_int, [_P, _I, _I64P]),
         "gm_export": (ctypes.c_int, [_P, _I, _I64P]),
