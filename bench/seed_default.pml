@@ -20,10 +20,19 @@
  * mmap_lock and the file lock across its notifier calls; write_mem and munmap
  * need the mmap_lock; conversions, get_pfn and guest accesses take no lock.
  *
- * -DLARGE adds the two actors of bench/seed_large.toml:
+ * -DACTORS=n (4 to 10) runs the first n actors of the seed family
+ * (bench/family/seed_family_n.toml; 4 is the default scenario), each size
+ * adding one actor to the one before:
  *
- *   kvm2   get_pfn(1); put_pfn(1) if it succeeded
- *   reader mmap the file (read-only); read 8 bytes of page 1; munmap
+ *   kvm2   get_pfn(1); put_pfn(1) if it succeeded                      (5)
+ *   reader mmap the file (read-only); read 8 bytes of page 1; munmap   (6)
+ *   vmm3   mmap the file; munmap                                        (7)
+ *   kvm3   get_pfn(0); put_pfn(0) if it succeeded                      (8)
+ *   guest2 convert page 0 to private (retry on EBUSY); private write
+ *          to page 0                                                    (9)
+ *   kvm4   get_pfn(1); put_pfn(1) if it succeeded                      (10)
+ *
+ * -DLARGE is -DACTORS=6, bench/seed_large.toml.
  *
  * -DAS_WRITTEN gives the sketch as written: has_mapping is never set, and
  * mmap_end reaches only the last notifier.  -DONLY_P=n keeps only promise n's
@@ -43,11 +52,14 @@
 #define VMM 1
 #define VMM2 2
 #define READER 3
+#define VMM3 4
 #ifdef LARGE
-#define NACTORS 6
-#else
-#define NACTORS 4
+#define ACTORS 6
 #endif
+#ifndef ACTORS
+#define ACTORS 4
+#endif
+#define NACTORS ACTORS
 
 #define EBUSY 16
 #define EPERM 1
@@ -55,7 +67,7 @@
 
 bool has_mapping, destroyed;
 byte maps;                 /* VMAs of the file */
-bool mapped_by[4];         /* which VMM thread holds one */
+bool mapped_by[5];         /* which VMM thread holds one */
 byte refs[2];              /* get_pfn references per page */
 bool private[2];           /* attribute of the gfn bound to page i */
 bool pending[2];           /* KVM's mmap_pending, per memslot */
@@ -195,68 +207,57 @@ proctype vmm() {
   fi
 }
 
-proctype vmm2() {
+/* mmap the file; munmap (VMM threads vmm2, vmm3) */
+proctype vmm2(byte me) {
   bool ok; byte err;
-  MMAP(VMM2, ok, err, a2, a1, a0, out);
+  MMAP(me, ok, err, a2, a1, a0, out);
   if
-  :: ok -> MUNMAP(VMM2, FINISH)
+  :: ok -> MUNMAP(me, FINISH)
   :: else -> atomic { FINISH }
   fi
 }
 
+/* guest_access, a private write of page p: get_pfn, access, put_pfn; AFTER
+   in the step that ends it, which goes on at the caller's label OUT */
+#define PRIVATE_WRITE(p, OUT, AFTER) \
+  atomic { \
+    if \
+    :: !private[p] -> AFTER; goto OUT           /* attribute mismatch: memory-fault exit */ \
+    :: private[p] && (destroyed || has_mapping) -> AFTER; goto OUT   /* EIO / EBUSY exit */ \
+    :: else -> \
+       CHECK(2, maps == 0);                      /* get_pfn under a mapping */ \
+       take_pfn(p) \
+    fi \
+  }; \
+  atomic { \
+    if \
+    :: !private[p] -> refs[p]--; AFTER; goto OUT   /* converted meanwhile: fault, reference dropped */ \
+    :: else -> content[p] = (content[p] == 2 -> 4 : 3) \
+    fi \
+  }; \
+  atomic { refs[p]--; AFTER }
+
 proctype guest() {
   CONVERT(1, skip, retry1, done1);
-  /* guest_access (private write of page 1): get_pfn, access, put_pfn */
-  atomic {
-    if
-    :: !private[1] -> goto access_done          /* attribute mismatch: memory-fault exit */
-    :: private[1] && (destroyed || has_mapping) -> goto access_done   /* EIO / EBUSY exit */
-    :: else ->
-       CHECK(2, maps == 0);                      /* get_pfn under a mapping */
-       take_pfn(1)
-    fi
-  };
-  atomic {
-    if
-    :: !private[1] -> refs[1]--; goto access_done   /* converted meanwhile: fault, reference dropped */
-    :: else -> content[1] = (content[1] == 2 -> 4 : 3)
-    fi
-  };
-  atomic { refs[1]-- };
+  PRIVATE_WRITE(1, access_done, skip);
 access_done:
   CONVERT(0, FINISH, retry0, done0)
 }
 
-proctype kvm() {
+/* get_pfn(p); put_pfn(p) if it succeeded */
+proctype kvm(byte p) {
   bool got;
   atomic {
     if
     :: destroyed || has_mapping -> got = 0      /* EIO / EBUSY */
     :: else ->
        CHECK(2, maps == 0);
-       take_pfn(0); got = 1
+       take_pfn(p); got = 1
     fi
   };
   if
-  :: got -> atomic { refs[0]--; FINISH }
-  :: else -> atomic { FINISH }                   /* put_pfn skipped: $p unbound */
-  fi
-}
-
-#ifdef LARGE
-proctype kvm2() {
-  bool got;
-  atomic {
-    if
-    :: destroyed || has_mapping -> got = 0
-    :: else ->
-       CHECK(2, maps == 0);
-       take_pfn(1); got = 1
-    fi
-  };
-  if
-  :: got -> atomic { refs[1]--; FINISH }
-  :: else -> atomic { FINISH }
+  :: got -> atomic { refs[p]--; FINISH }
+  :: else -> atomic { FINISH }                   /* put_pfn skipped: its reference unbound */
   fi
 }
 
@@ -278,14 +279,25 @@ proctype reader() {
      atomic { FINISH }                            /* munmap skipped */
   fi
 }
-#endif
 
+proctype guest2() {
+  CONVERT(0, skip, retry0, done0);
+  PRIVATE_WRITE(0, access_done, FINISH);
+access_done:
+  skip
+}
+
+/* the actors in the order of bench/family/seed_family_10.toml */
 init {
-#ifdef LARGE
-  atomic { run vmm(); run vmm2(); run guest(); run kvm(); run kvm2(); run reader() }
-#else
-  atomic { run vmm(); run vmm2(); run guest(); run kvm() }
-#endif
+  atomic {
+    run vmm(); run vmm2(VMM2); run guest(); run kvm(0);
+    if :: ACTORS >= 5 -> run kvm(1) :: else -> skip fi;
+    if :: ACTORS >= 6 -> run reader() :: else -> skip fi;
+    if :: ACTORS >= 7 -> run vmm2(VMM3) :: else -> skip fi;
+    if :: ACTORS >= 8 -> run kvm(0) :: else -> skip fi;
+    if :: ACTORS >= 9 -> run guest2() :: else -> skip fi;
+    if :: ACTORS >= 10 -> run kvm(1) :: else -> skip fi
+  }
 }
 
 /* P8: every actor finishes (on every weakly fair run). */

@@ -13,9 +13,12 @@ PartialOrder, Symmetries, Fingerprints), adds the entry, and lets it go on.
 So there is still one model and one definition of each promise; the C code
 only replays what they said, keyed on what they read.
 
-Afterwards the parents, depths and edges are copied into the Explorer's
-arrays, and traces, counterexamples and P8's report are made by the same
-Python code as for the Python search.
+The graph stays in the core (csearch.c keeps it compactly: a record of
+packed component codes per state, 32-bit parents, the edges as masks and
+32-bit targets); traces, counterexamples and P8's report are made by the same
+Python code as for the Python search, reading the states they walk through
+from the core one at a time.  (keep_graph copies the whole graph into the
+Explorer's arrays, as the Python search has them, for the tests.)
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from __future__ import annotations
 import ctypes
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from ..model.events import PROTOCOL
 from . import promises as pr
@@ -79,10 +83,41 @@ def _u32(values: Sequence[int]) -> Any:
     return (ctypes.c_uint32 * max(1, len(values)))(*values)
 
 
+STATE_FIELDS = ("parent", "via", "perm", "depth", "done")  # (gm_state's first columns)
+CAN = 6
+
+
+class Column(Sequence[int]):
+    """One figure per state of the graph the core keeps (parent, actor, depth,
+    ...), read from it on demand, while the search's core is open."""
+
+    def __init__(self, x: NativeExplorer, field: int, n: int) -> None:
+        self.x, self.field, self.n = x, field, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | list[int]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return int(self.x._state(i)[self.field])
+
+
 class NativeExplorer(Explorer):
     """The search of Explorer, run by the compiled core."""
 
     engine_name = "c"
+    keep_graph = False  # copy the whole graph into the Explorer's arrays (the tests compare them)
 
     def __init__(self, engine: Engine, options: Options, native: Native,
                  progress: Callable[[Progress], None] | None = None) -> None:
@@ -93,6 +128,7 @@ class NativeExplorer(Explorer):
         self.n = len(e.prog.names)
         self.results: list[Any] = [None]  # result id -> Result (0: disabled)
         self.rid_of: dict[int, int] = {}  # id(Result) -> result id
+        self.rid_actor: list[int] = [-1]  # result id -> the actor whose step it is
         self.mslots: list[list[int]] = [[]]
         self.changes: list[tuple[Any, Any]] = []  # key-set change id -> (added, removed)
         self.change_of: dict[tuple[Any, Any], int] = {}
@@ -107,6 +143,14 @@ class NativeExplorer(Explorer):
                   ("stray_mmap_pending", "P5" in a), ("pkvm_problems", "P7" in a))
         self.state_obs = [o for o, on in wanted if on]
         self.ctx: Any = None
+        self._row = (ctypes.c_int64 * 8)()
+        self._erow = (ctypes.c_int64 * (3 * MAX_ACTORS))()
+        self._max_depth = 0
+        # The store, when the search has run: bytes of one state's record, of
+        # the whole store at its largest, sweeps of P8's fixpoint.
+        self.record_bytes = 0
+        self.store_bytes = 0
+        self.sweeps = 0
 
     # --- the tables the core reads -------------------------------------------------------------------
 
@@ -142,7 +186,8 @@ class NativeExplorer(Explorer):
     def _check(self, rc: int) -> None:
         if rc:
             raise NativeError("the compiled core ran out of memory" if rc == -1
-                              else f"the compiled core failed (code {rc})")
+                              else "more than 4,294,967,294 states: the compiled core numbers them in 32 bits"
+                              if rc == -3 else f"the compiled core failed (code {rc})")
 
     def _oid(self, value: Any) -> int:
         try:
@@ -168,7 +213,7 @@ class NativeExplorer(Explorer):
             self._check(self.lib.gm_add_vlist(self.ctx, v, len(codes), _u32(codes)))
         return v
 
-    def _rid(self, r: Any) -> int:
+    def _rid(self, r: Any, actor: int) -> int:
         """The core's id of a step result (registering it the first time)."""
         if r is DISABLED:
             return 0
@@ -179,6 +224,7 @@ class NativeExplorer(Explorer):
         e = self.e
         rid = self.rid_of[id(r)] = len(self.results)
         self.results.append(r)
+        self.rid_actor.append(actor)
         ev = self._vlist(pr.event_violations(r.events, e.active)) if r.events else 0
         mslots: list[int] = []
         for x in r.events:
@@ -238,7 +284,7 @@ class NativeExplorer(Explorer):
                 r = e._lookup((i, aid), s)
                 if r is None:
                     r = e._run_step(s, i, a)
-                self._rule(i, aid, s, self._rid(r))
+                self._rule(i, aid, s, self._rid(r, i))
         elif rc == NEED_OBS:
             o = io[0]
             s = self._query()
@@ -356,17 +402,27 @@ class NativeExplorer(Explorer):
                     self._report()
                 else:
                     self._answer(rc)
-            stats = (ctypes.c_int64 * 8)()
-            lib.gm_stats(self.ctx, stats)
+            stats = self._stats()
             self._collect(stats)
-            return self._verdict(start, bool(stats[2]))
+            verdict = self._verdict(start, bool(stats[2]))
+            stats = self._stats()
+            self.record_bytes, self.store_bytes, self.sweeps = stats[6], stats[7], stats[8]
+            if self.keep_graph:
+                self._export(stats)
+            return verdict
         finally:
             self.close()
 
     def coverage(self) -> tuple[StepCoverage, ...]:
-        # The core takes memoized transitions without returning to Python:
-        # it keeps no tally of their outcomes.
-        return ()
+        """Explorer.coverage, from the core's count of the transitions it took
+        per step result (each result is one actor's step ending one way)."""
+        if self.ctx is not None and not self.tally.counts:
+            counts = (ctypes.c_int64 * len(self.results))()
+            self._check(self.lib.gm_counts(self.ctx, len(self.results), counts))
+            for rid in range(1, len(self.results)):
+                if counts[rid]:
+                    self.tally.add(self.rid_actor[rid], self.results[rid].info, counts[rid])
+        return super().coverage()
 
     # --- one state at a time (the agreement tests) -------------------------------------------------------
 
@@ -412,35 +468,39 @@ class NativeExplorer(Explorer):
             out.append(Probe(tuple(t), row[maxv + 1], promises, state_promises, row[maxv + 2]))
         return out
 
+    def _stats(self) -> Any:
+        stats = (ctypes.c_int64 * 16)()
+        self.lib.gm_stats(self.ctx, stats)
+        return stats
+
     def _report(self) -> None:
         if self.progress is None or time.perf_counter() - self._last_report <= 0.2:
             return
-        stats = (ctypes.c_int64 * 8)()
-        self.lib.gm_stats(self.ctx, stats)
+        stats = self._stats()
         self._last_report = time.perf_counter()
         self.progress(Progress(stats[0], stats[1], stats[3], stats[4], self._last_report - self._start))
 
-    def _array(self, which: int, code: str, count: int) -> array[int]:
-        out = array(code)
-        if count:
-            size = out.itemsize * count
-            out.frombytes(ctypes.string_at(self.lib.gm_array(self.ctx, which), size))
-        return out
+    # --- the graph, as the core keeps it -------------------------------------------------------------------
+
+    def _state(self, x: int) -> Any:
+        """gm_state's row for state x: parent, via, perm, depth, done, edges out, can."""
+        self._check(self.lib.gm_state(self.ctx, x, self._row))
+        return self._row
+
+    def _edges(self, x: int) -> list[tuple[int, int, int]]:
+        """The edges out of state x in the order taken: (actor, target, permutation)."""
+        k = self.lib.gm_edges(self.ctx, x, self._erow)
+        self._check(min(k, 0))
+        e = self._erow
+        return [(e[3 * q], e[3 * q + 1], e[3 * q + 2]) for q in range(k)]
 
     def _collect(self, stats: Any) -> None:
-        """The graph into the Explorer's arrays, the violations into its findings."""
+        """The graph's columns (read from the core), the violations into the findings."""
         ns = stats[0]
         self.transitions = stats[1]
-        self.parent = self._array(0, "q", ns)
-        self.via = self._array(1, "h", ns)
-        self.perm = self._array(2, "h", ns)
-        self.depth = self._array(3, "q", ns)
-        self.done = self._array(4, "q", ns)
-        ne = self.transitions  # one edge per transition taken
-        self.src = self._array(5, "q", ne)
-        self.dst = self._array(6, "q", ne)
-        self.edge_actor = self._array(7, "h", ne)
-        self.edge_perm = self._array(8, "h", ne)
+        self._max_depth = stats[4]
+        columns: Any = [Column(self, f, ns) for f in range(len(STATE_FIELDS))]
+        self.parent, self.via, self.perm, self.depth, self.done = columns
         nfound = stats[5]
         log = (ctypes.c_int64 * (4 * max(1, nfound)))()
         self.lib.gm_found(self.ctx, log)
@@ -448,10 +508,70 @@ class NativeExplorer(Explorer):
             vl, pos, state, actor = log[4 * k: 4 * k + 4]
             self._violation(self.vlists[vl][pos], state, actor if actor >= 0 else None)
 
+    def _export(self, stats: Any) -> None:
+        """The whole graph into the Explorer's arrays (Explorer's types), from the core."""
+        ns, ne = stats[0], stats[1]
+
+        def column(which: int, code: str, count: int) -> array[int]:
+            buf = (ctypes.c_int64 * max(1, count))()
+            self._check(self.lib.gm_export(self.ctx, which, buf))
+            return array(code, buf[:count])
+
+        self.parent, self.via, self.perm = column(0, "q", ns), column(1, "h", ns), column(2, "h", ns)
+        self.depth, self.done = column(3, "l", ns), column(4, "q", ns)
+        self.src, self.dst = column(5, "q", ne), column(6, "q", ne)
+        self.edge_actor, self.edge_perm = column(7, "h", ne), column(8, "h", ne)
+
+    def max_depth(self) -> int:
+        return self._max_depth
+
     def _can_finish(self) -> tuple[Sequence[int], tuple[int, int, int] | None]:
         if self.ctx is None:
             return super()._can_finish()
         out = (ctypes.c_int64 * 4)()
         self._check(self.lib.gm_liveness(self.ctx, out))
-        can = self._array(10, "I", len(self.parent))
+        can = Column(self, CAN, len(self.parent))
         return can, ((out[1], out[2], out[3]) if out[0] else None)
+
+    def _deadlocked(self, st: int) -> bool:
+        return not self._state(st)[5]
+
+    def _continuation(self, st: int, a: int, can: Sequence[int], n: int) -> list[str]:
+        """Explorer._continuation over the edges the core keeps: from st, a
+        shortest path on which every actor that can still finish does."""
+        def settled(x: int) -> bool:
+            done, cx = self.done[x], can[x]
+            return all(done >> b & 1 or not cx >> b & 1 for b in range(n))
+
+        prev: dict[int, tuple[int, int, int] | None] = {st: None}  # state -> (source, actor, perm)
+        queue = deque([st])
+        goal = st if settled(st) else None
+        while queue and goal is None:
+            x = queue.popleft()
+            for actor, y, p in self._edges(x):
+                if y not in prev:
+                    prev[y] = (x, actor, p)
+                    if settled(y):
+                        goal = y
+                        break
+                    queue.append(y)
+        if goal is None:
+            return []
+        steps: list[tuple[int, int]] = []
+        x = goal
+        while x != st:
+            step = prev[x]
+            assert step is not None
+            x, actor, p = step
+            steps.append((actor, p))
+        steps.reverse()
+        names = self.e.prog.names
+        h = self._frame(st)
+        out = []
+        for actor, p in steps:
+            inverse = {v: b for b, v in enumerate(h)}
+            out.append(names[inverse[actor]])
+            if self.sym is not None:
+                g = self.sym.actor_perm(p)
+                h = tuple(g[h[b]] for b in range(n))
+        return out

@@ -216,7 +216,7 @@ class Explorer:
             order = order[:1]
         return Verdict(scenario=e.scenario.name, design=e.scenario.design, promises=e.active,
                        options=o, counterexamples=order, states=len(self.parent),
-                       transitions=self.transitions, depth=max(self.depth) if self.depth else 0,
+                       transitions=self.transitions, depth=self.max_depth(),
                        seconds=time.perf_counter() - start, complete=complete, model_runs=e.runs,
                        engine=self.engine_name, coverage=self.coverage())
 
@@ -226,6 +226,9 @@ class Explorer:
         orbits = [[names.index(a) for a in sym.actors] for sym in sc.symmetry] if self.sym else []
         return steps([(a.name, [(act.op, act.must_succeed) for act in a.actions]) for a in sc.actors],
                      self.tally.counts, orbits)
+
+    def max_depth(self) -> int:
+        return max(self.depth) if self.depth else 0
 
     def _level(self, frontier: list[tuple[int, tuple[int, ...], int]], depth: int,
                nxt: list[tuple[int, tuple[int, ...], int]]) -> None:
