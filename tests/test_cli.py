@@ -30,6 +30,16 @@ def test_list_designs_scenarios_ops_mutants() -> None:
     assert "unmap-keeps-has-mapping" in runner.invoke(app, ["list", "mutants"]).output
 
 
+def test_list_workloads_names_every_bundled_one() -> None:
+    from gmemlab.compare.workloads import bundled_names
+
+    result = runner.invoke(app, ["list", "workloads"])
+    assert result.exit_code == 0, result.output
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert names == bundled_names() and "dma-pool" in names
+    assert "granule by granule" in result.output.split("dma-pool", 1)[1].splitlines()[0]
+
+
 def test_list_suggests_a_close_name() -> None:
     result = runner.invoke(app, ["list", "design"])
     assert result.exit_code == 2

@@ -62,10 +62,10 @@ def _mutants() -> list[tuple[str, str]]:
 
 
 def _workloads() -> list[tuple[str, str]]:
-    import importlib
+    from .compare.workloads import bundled_names, load
 
-    try:
-        workloads = importlib.import_module("gmemlab.compare.workloads").WORKLOADS
-    except ImportError:
-        return []
-    return [(name, str(w.about)) for name, w in workloads.items()]
+    out = []
+    for name in bundled_names():
+        about = " ".join(load(name).about.split())
+        out.append((name, about))
+    return out
