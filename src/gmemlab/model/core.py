@@ -32,7 +32,7 @@ from collections.abc import Callable
 from ..errors import kernel_error
 from .designs import Design
 from .fileops import FileOps
-from .pages import present
+from .pages import allocate, present
 from .state import Inode, OpenFile, State, Vm
 
 # What an ioctl meant for one kind of fd returns when issued on another
@@ -166,6 +166,23 @@ class Core:
             pfn = index + delta
             self.state.frames.set(pfn, pfn + 1, (inode.ino, -delta))
         return index + delta
+
+    # --- references on file pages (the folio's refcount beyond the page cache) ---
+
+    def reference(self, inode: Inode, index: int) -> int:
+        """Take one reference on page index, allocating it (zeroed) if the file
+        has none there: its pfn (kvm_gmem_get_pfn's folio_get, get_pfn's)."""
+        self.state.counters["pages_zeroed"] += allocate(inode.pages, index, index + 1)
+        pfn = self.assign_pfn(inode, index)
+        inode.refs.set(index, index + 1, inode.refs[index] + 1)
+        return pfn
+
+    def unreference(self, inode: Inode, index: int) -> None:
+        """Drop one reference on page index (folio_put); EINVAL when none is held."""
+        if index >= inode.refs.limit or inode.refs[index] == 0:
+            raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
+        inode.refs.set(index, index + 1, inode.refs[index] - 1)
+        self.refs_dropped(inode, index, index + 1)
 
     def free_pfns(self, inode: Inode, first: int, last: int) -> None:
         """Pages [first, last) left the file: their frames hold nothing any more."""

@@ -200,17 +200,10 @@ class GuestMemfd(Component):
         inode = self.state.inodes[f.inode]
         if index >= inode.size >> SHIFT:
             raise kernel_error(errno.EINVAL, f"page {index} is beyond the file size")
-        self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
-        pfn = self.core.assign_pfn(inode, index)
-        inode.refs.set(index, index + 1, inode.refs[index] + 1)
-        return pfn
+        return self.core.reference(inode, index)
 
     def put_pfn(self, f: OpenFile, index: int) -> int:
-        inode = self.state.inodes[f.inode]
-        if index >= inode.refs.limit or inode.refs[index] == 0:
-            raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
-        inode.refs.set(index, index + 1, inode.refs[index] - 1)
-        self.core.refs_dropped(inode, index, index + 1)
+        self.core.unreference(self.state.inodes[f.inode], index)
         return 0
 
     def release(self, f: OpenFile) -> None:

@@ -62,7 +62,6 @@ from .. import uapi
 from ..errors import UsageError, kernel_error
 from ..interface import FileState
 from ..rangemap import RangeMap
-from . import pages
 from .core import Component
 from .events import GetPfnWhileMapped
 from .fileops import Backing, FileOps, beyond_size
@@ -311,18 +310,12 @@ class RestrictedMemfd(Component):
 
     def take_page(self, inode: Inode, index: int) -> int:
         """One reference on page index, allocating it (zeroed) if needed; its pfn."""
-        self.state.counters["pages_zeroed"] += pages.allocate(inode.pages, index, index + 1)
-        pfn = self.core.assign_pfn(inode, index)
-        inode.refs.set(index, index + 1, inode.refs[index] + 1)
-        return pfn
+        return self.core.reference(inode, index)
 
     def put_pfn(self, f: OpenFile, index: int) -> int:
         inode = self.state.inodes[f.inode]
         assert inode.restricted is not None
-        if index >= inode.refs.limit or inode.refs[index] == 0:
-            raise kernel_error(errno.EINVAL, f"no reference is held on page {index}")
-        inode.refs.set(index, index + 1, inode.refs[index] - 1)
-        self.core.refs_dropped(inode, index, index + 1)
+        self.core.unreference(inode, index)
         return 0
 
     def wait_unreferenced(self, fd: int, timeout: int = 0) -> int:
@@ -398,7 +391,7 @@ class RestrictedMemfd(Component):
         if not isinstance(backing, int):
             assert slot.private_file is not None
             inode = self.state.inodes[self.state.files[slot.private_file].inode]
-            inode.refs.set(backing[1], backing[1] + 1, inode.refs[backing[1]] - 1)
+            self.core.unreference(inode, backing[1])
         return backing
 
     def private_backing_get(self, kvm: Vm, slot: Memslot, gfn: int) -> Backing:

@@ -385,7 +385,7 @@ class Steps(Component):
                 # Converted meanwhile: the mapping was zapped and the retried
                 # fault now sees a shared gfn; the reference is dropped.
                 if inode is not None:
-                    inode.refs.set(index, index + 1, inode.refs[index] - 1)
+                    self.core.unreference(inode, index)
                 return Outcome("ret", self._fault_exit(gfn, True, errno.EFAULT))
             offset = (index << SHIFT) | (args["gpa"] & (P - 1))
             if args["write"]:
@@ -395,7 +395,7 @@ class Steps(Component):
                 data = pages.read(inode.pages, offset, args["length"]).hex()
             return replace(p, phase="put", progress=data)
         if inode is not None:
-            inode.refs.set(index, index + 1, inode.refs[index] - 1)
+            self.core.unreference(inode, index)
         assert isinstance(p.progress, str)
         return Outcome("ret", GuestAccess(exit="none", data_hex=p.progress))
 
