@@ -31,20 +31,12 @@ from ..model.gmem import GuestMemfd
 from ..model.gup import Gup
 from ..model.inplace import InPlace
 from ..model.notifiers import NO_NONZERO_AFTER_LAUNCH, MmapProgress, Notifiers, slot_pages
-from ..model.pkvm import (
-    NOPAGE,
-    OWNED,
-    PROT_RWX,
-    SHARED_BORROWED,
-    SHARED_OWNED,
-    STATE_NAMES,
-    Pkvm,
-)
+from ..model.pkvm import OWNED, SHARED_OWNED, Pkvm
 from ..model.policies import HasMappingAt, MappingPolicy, MmapEndTo, NotifyPolicy
 from ..model.ptes import unreferenced
 from ..model.restricted import RestrictedMemfd, alive
 from ..model.restricted_kvm import RestrictedKvm
-from ..model.state import GuestPte, Inode, Mapping, Memslot, OpenFile, Vm
+from ..model.state import HypPage, Inode, Mapping, Memslot, OpenFile, Vm
 from ..model.steps import Pending, Steps
 from ..outcome import Outcome
 
@@ -555,13 +547,8 @@ class UnpinForgets(ModelKernel):
 
 
 class _UnshareFfaUnlent(Pkvm):
-    def pkvm_host_unshare_ffa(self, pfn: int, nr: int) -> int:
-        self._hypercall()
-        start, end = self._phys(pfn, nr)
-        self._check(start, end, "host", SHARED_OWNED)
-        self._set(start, end, host=OWNED, ffa=False)
-        self._changed()
-        return 0
+    def _check_ffa_lent(self, start: int, end: int) -> None:
+        pass  # forgets: the FF-A proxy must hold the page
 
 
 class UnshareFfaUnlent(ModelKernel):
@@ -572,15 +559,8 @@ class UnshareFfaUnlent(ModelKernel):
 
 
 class _UnshareGuestUncounted(Pkvm):
-    def pkvm_host_unshare_guest(self, gfn: int, vm: int) -> int:
-        self._hypercall()
-        kvm = self._hyp_vm(vm)
-        if self._protected(kvm):
-            raise kernel_error(errno.EINVAL, "not a non-protected VM")
-        index, _leaf = self._guest_leaf(kvm, gfn)
-        self._stage2(kvm).set(index, index + 1, None)
-        self._changed(guest_zap=True)
-        return 0
+    def _end_guest_share(self, pfn: int, page: HypPage) -> None:
+        pass  # forgets: the share count and the host's state
 
 
 class UnshareGuestUncounted(ModelKernel):
@@ -591,14 +571,8 @@ class UnshareGuestUncounted(ModelKernel):
 
 
 class _UnshareHypPinned(Pkvm):
-    def pkvm_host_unshare_hyp(self, pfn: int) -> int:
-        self._hypercall()
-        start, end = self._phys(pfn)
-        self._check(start, end, "host", SHARED_OWNED)
-        self._check(start, end, "hyp", SHARED_BORROWED)
-        self._set(start, end, host=OWNED, hyp=NOPAGE)
-        self._changed(flush=True)
-        return 0
+    def _check_unpinned(self, start: int) -> None:
+        pass  # forgets: hyp_page_count
 
 
 class UnshareHypPinned(ModelKernel):
@@ -609,26 +583,9 @@ class UnshareHypPinned(ModelKernel):
 
 
 class _ShareGuestWhileBorrowed(Pkvm):
-    def pkvm_host_share_guest(self, pfn: int, gfn: int, vm: int, prot: int) -> int:
-        self._hypercall()
-        kvm = self._hyp_vm(vm)
-        if self._protected(kvm):
-            raise kernel_error(errno.EINVAL, "a protected VM takes donations, not shares")
-        if prot & ~PROT_RWX:
-            raise kernel_error(errno.EINVAL, f"prot {prot:#x} is beyond RWX")
-        start, end = self._phys(pfn)
-        self._allowed_memory(start, end)
-        index = self._ipa(gfn)
-        s2 = self._stage2(kvm)
-        if s2[index] is not None:
-            raise kernel_error(errno.EPERM, "the guest already maps that gfn")
-        page = self._page(start >> SHIFT)
-        if page.host not in (OWNED, SHARED_OWNED):  # forgets: SHARED_OWNED only with guests
-            raise kernel_error(errno.EPERM, f"host state is {STATE_NAMES[page.host]}")
-        self._set(start, end, host=SHARED_OWNED, guest_shares=page.guest_shares + 1)
-        s2.set(index, index + 1, GuestPte(SHARED_BORROWED, (start >> SHIFT) - index, prot))
-        self._changed()
-        return 0
+    @staticmethod
+    def _may_share_with_guest(page: HypPage) -> bool:
+        return page.host in (OWNED, SHARED_OWNED)  # forgets: SHARED_OWNED only with guests
 
 
 class ShareGuestWhileBorrowed(ModelKernel):
@@ -639,12 +596,8 @@ class ShareGuestWhileBorrowed(ModelKernel):
 
 
 class _PinUnshared(Pkvm):
-    def hyp_pin_shared_mem(self, pfn: int) -> int:
-        self._hypercall()
-        start, end = self._phys(pfn)
-        self._allowed_memory(start, end)
-        self._set(start, end, pins=self._page(start >> SHIFT).pins + 1)
-        return 0
+    def _check_pinnable(self, start: int, end: int) -> None:
+        self._allowed_memory(start, end)  # forgets: the host must share it with the hypervisor
 
 
 class PinUnshared(ModelKernel):
@@ -654,22 +607,8 @@ class PinUnshared(ModelKernel):
 
 
 class _DonateGuestUnowned(Pkvm):
-    def pkvm_host_donate_guest(self, pfn: int, gfn: int, vm: int) -> int:
-        self._hypercall()
-        kvm = self._hyp_vm(vm)
-        if not self._protected(kvm):
-            raise kernel_error(errno.EINVAL, "only a protected VM takes donations")
-        start, end = self._phys(pfn)
+    def _check_donatable(self, start: int, end: int) -> None:
         self._allowed_memory(start, end)  # forgets: the host must own the page
-        index = self._ipa(gfn)
-        s2 = self._stage2(kvm)
-        if s2[index] is not None:
-            raise kernel_error(errno.EPERM, "the guest already maps that gfn")
-        pfn_index = start >> SHIFT
-        self._set(start, end, host=NOPAGE, guest=(kvm.id, index - pfn_index))
-        s2.set(index, index + 1, GuestPte(OWNED, pfn_index - index, PROT_RWX))
-        self._changed(flush=True)
-        return 0
 
 
 class DonateGuestUnowned(ModelKernel):
@@ -680,18 +619,8 @@ class DonateGuestUnowned(ModelKernel):
 
 
 class _GuestUnshareKeepsHost(Pkvm):
-    def pkvm_guest_unshare_host(self, vm: int, gfn: int) -> int:
-        self._hypercall(guest=True)
-        kvm = self._hyp_vm(vm)
-        index, leaf = self._guest_leaf(kvm, gfn)
-        if leaf.state != SHARED_OWNED:
-            raise kernel_error(errno.EPERM, f"guest state is {STATE_NAMES[leaf.state]}")
-        page = self._page(index + leaf.delta)
-        if page.host != SHARED_BORROWED:
-            raise kernel_error(errno.EPERM, f"host state is {STATE_NAMES[page.host]}")
-        self._stage2(kvm).set(index, index + 1, replace(leaf, state=OWNED))
-        self._changed(flush=True)  # forgets: the host's state goes back to NOPAGE
-        return 0
+    def _end_host_borrow(self, pfn: int, page: HypPage) -> None:
+        pass  # forgets: the host's state goes back to NOPAGE
 
 
 class GuestUnshareKeepsHost(ModelKernel):
@@ -702,13 +631,8 @@ class GuestUnshareKeepsHost(ModelKernel):
 
 
 class _HypDonateHostUnowned(Pkvm):
-    def pkvm_hyp_donate_host(self, pfn: int, nr: int) -> int:
-        self._hypercall()
-        start, end = self._phys(pfn, nr)
-        self._check(start, end, "host", NOPAGE)  # forgets: the hypervisor must own it
-        self._set(start, end, host=OWNED, hyp=NOPAGE)
-        self._changed(flush=True)
-        return 0
+    def _check_hyp_owns(self, start: int, end: int) -> None:
+        pass  # forgets: the hypervisor must own it (the host's NOPAGE is still checked)
 
 
 class HypDonateHostUnowned(ModelKernel):

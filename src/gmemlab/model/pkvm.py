@@ -122,6 +122,51 @@ class Pkvm(Component):
                 raise kernel_error(errno.EPERM, f"{component} state is "
                                    f"{STATE_NAMES[getattr(page, component)]}, not {STATE_NAMES[want]}")
 
+    # Each hypercall's checks and its other side's update, one method each
+    # (as mem_protect.c names them), so that a broken hypervisor is one of
+    # them changed.
+
+    def _check_unpinned(self, start: int) -> None:
+        """hyp_page_count: a page the hypervisor pinned stays shared with it."""
+        if self._page(start >> SHIFT).pins:
+            raise kernel_error(errno.EBUSY, "the hypervisor has the page pinned")
+
+    def _check_pinnable(self, start: int, end: int) -> None:
+        """hyp_pin_shared_mem: only a page the host shares with the hypervisor."""
+        self._check(start, end, "host", SHARED_OWNED)
+        self._check(start, end, "hyp", SHARED_BORROWED)
+
+    def _check_hyp_owns(self, start: int, end: int) -> None:
+        """__pkvm_hyp_donate_host: the hypervisor gives back only its own pages."""
+        self._check(start, end, "hyp", OWNED)
+
+    def _check_donatable(self, start: int, end: int) -> None:
+        """__pkvm_host_donate_guest: the host donates only pages it owns."""
+        self._check(start, end, "host", OWNED)
+
+    def _check_ffa_lent(self, start: int, end: int) -> None:
+        """__pkvm_host_unshare_ffa: only pages the FF-A proxy was lent."""
+        if end > start and any(not p.ffa for _, _, p in
+                               self._pkvm().pages.runs(start >> SHIFT, end >> SHIFT)):
+            raise kernel_error(errno.EPERM, "the FF-A proxy lent no such page")
+
+    @staticmethod
+    def _may_share_with_guest(page: HypPage) -> bool:
+        """Only host -> non-protected guest sharing may be repeated
+        (host_share_guest_count)."""
+        return page.host == OWNED or (page.host == SHARED_OWNED and bool(page.guest_shares))
+
+    def _end_guest_share(self, pfn: int, page: HypPage) -> None:
+        """The host's side of __pkvm_host_unshare_guest: one borrower fewer,
+        the page the host's alone after the last."""
+        shares = page.guest_shares - 1
+        self._pkvm().pages.set(pfn, pfn + 1, replace(page, guest_shares=shares,
+                                                     host=SHARED_OWNED if shares else OWNED))
+
+    def _end_host_borrow(self, pfn: int, page: HypPage) -> None:
+        """The host's side of the guest's MEM_UNSHARE: it borrows the page no more."""
+        self._pkvm().pages.set(pfn, pfn + 1, replace(page, host=NOPAGE))
+
     def _set(self, start: int, end: int, **changes: Any) -> None:
         if end > start:
             self._pkvm().pages.update(start >> SHIFT, end >> SHIFT, lambda p: replace(p, **changes))
@@ -172,8 +217,7 @@ class Pkvm(Component):
         start, end = self._phys(pfn)
         self._check(start, end, "host", SHARED_OWNED)
         self._check(start, end, "hyp", SHARED_BORROWED)
-        if self._page(start >> SHIFT).pins:
-            raise kernel_error(errno.EBUSY, "the hypervisor has the page pinned")
+        self._check_unpinned(start)
         self._set(start, end, host=OWNED, hyp=NOPAGE)
         self._changed(flush=True)
         return 0
@@ -190,7 +234,7 @@ class Pkvm(Component):
     def pkvm_hyp_donate_host(self, pfn: int, nr: int) -> int:
         self._hypercall()
         start, end = self._phys(pfn, nr)
-        self._check(start, end, "hyp", OWNED)
+        self._check_hyp_owns(start, end)
         self._check(start, end, "host", NOPAGE)
         self._set(start, end, host=OWNED, hyp=NOPAGE)
         self._changed(flush=True)
@@ -199,8 +243,7 @@ class Pkvm(Component):
     def hyp_pin_shared_mem(self, pfn: int) -> int:
         self._hypercall()
         start, end = self._phys(pfn)
-        self._check(start, end, "host", SHARED_OWNED)
-        self._check(start, end, "hyp", SHARED_BORROWED)
+        self._check_pinnable(start, end)
         self._set(start, end, pins=self._page(start >> SHIFT).pins + 1)
         return 0
 
@@ -227,9 +270,7 @@ class Pkvm(Component):
         self._hypercall()
         start, end = self._phys(pfn, nr)
         self._check(start, end, "host", SHARED_OWNED)
-        if end > start and any(not p.ffa for _, _, p in
-                               self._pkvm().pages.runs(start >> SHIFT, end >> SHIFT)):
-            raise kernel_error(errno.EPERM, "the FF-A proxy lent no such page")
+        self._check_ffa_lent(start, end)
         self._set(start, end, host=OWNED, ffa=False)
         self._changed()
         return 0
@@ -250,8 +291,7 @@ class Pkvm(Component):
         if s2[index] is not None:
             raise kernel_error(errno.EPERM, "the guest already maps that gfn")
         page = self._page(start >> SHIFT)
-        # Only host -> non-protected guest sharing may be repeated.
-        if not (page.host == OWNED or (page.host == SHARED_OWNED and page.guest_shares)):
+        if not self._may_share_with_guest(page):
             raise kernel_error(errno.EPERM, f"host state is {STATE_NAMES[page.host]}")
         self._set(start, end, host=SHARED_OWNED, guest_shares=page.guest_shares + 1)
         pfn_index = start >> SHIFT
@@ -282,9 +322,7 @@ class Pkvm(Component):
         if not page.guest_shares:
             raise kernel_error(errno.EINVAL, "no share with a guest is counted")
         self._stage2(kvm).set(index, index + 1, None)
-        shares = page.guest_shares - 1
-        self._pkvm().pages.set(pfn, pfn + 1, replace(page, guest_shares=shares,
-                                                     host=SHARED_OWNED if shares else OWNED))
+        self._end_guest_share(pfn, page)
         self._changed(guest_zap=True)
         return 0
 
@@ -296,7 +334,7 @@ class Pkvm(Component):
         if not self._protected(kvm):
             raise kernel_error(errno.EINVAL, "only a protected VM takes donations")
         start, end = self._phys(pfn)
-        self._check(start, end, "host", OWNED)
+        self._check_donatable(start, end)
         index = self._ipa(gfn)
         s2 = self._stage2(kvm)
         if s2[index] is not None:
@@ -335,7 +373,7 @@ class Pkvm(Component):
         if page.host != SHARED_BORROWED:
             raise kernel_error(errno.EPERM, f"host state is {STATE_NAMES[page.host]}")
         self._stage2(kvm).set(index, index + 1, replace(leaf, state=OWNED))
-        self._pkvm().pages.set(pfn, pfn + 1, replace(page, host=NOPAGE))
+        self._end_host_borrow(pfn, page)
         self._changed(flush=True)
         return 0
 
