@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -536,42 +535,5 @@ class NativeExplorer(Explorer):
     def _deadlocked(self, st: int) -> bool:
         return not self._state(st)[5]
 
-    def _continuation(self, st: int, a: int, can: Sequence[int], n: int) -> list[str]:
-        """Explorer._continuation over the edges the core keeps: from st, a
-        shortest path on which every actor that can still finish does."""
-        def settled(x: int) -> bool:
-            done, cx = self.done[x], can[x]
-            return all(done >> b & 1 or not cx >> b & 1 for b in range(n))
-
-        prev: dict[int, tuple[int, int, int] | None] = {st: None}  # state -> (source, actor, perm)
-        queue = deque([st])
-        goal = st if settled(st) else None
-        while queue and goal is None:
-            x = queue.popleft()
-            for actor, y, p in self._edges(x):
-                if y not in prev:
-                    prev[y] = (x, actor, p)
-                    if settled(y):
-                        goal = y
-                        break
-                    queue.append(y)
-        if goal is None:
-            return []
-        steps: list[tuple[int, int]] = []
-        x = goal
-        while x != st:
-            step = prev[x]
-            assert step is not None
-            x, actor, p = step
-            steps.append((actor, p))
-        steps.reverse()
-        names = self.e.prog.names
-        h = self._frame(st)
-        out = []
-        for actor, p in steps:
-            inverse = {v: b for b, v in enumerate(h)}
-            out.append(names[inverse[actor]])
-            if self.sym is not None:
-                g = self.sym.actor_perm(p)
-                h = tuple(g[h[b]] for b in range(n))
-        return out
+    def _out_edges(self) -> Callable[[int], Sequence[tuple[int, int, int]]]:
+        return self._edges  # the core keeps them per state

@@ -431,45 +431,50 @@ class Explorer:
     def _deadlocked(self, st: int) -> bool:
         return not any(s == st for s in self.src)
 
+    def _out_edges(self) -> Callable[[int], Sequence[tuple[int, int, int]]]:
+        """The edges out of a state, in the order taken: (actor, target, permutation)."""
+        out: dict[int, list[tuple[int, int, int]]] = {}
+        for k, src in enumerate(self.src):
+            out.setdefault(src, []).append((self.edge_actor[k], self.dst[k], self.edge_perm[k]))
+        return lambda x: out.get(x, [])
+
     def _continuation(self, st: int, a: int, can: Sequence[int], n: int) -> list[str]:
         """From st, a shortest path on which every actor that can still finish
         does (the report then lets the stuck actor try once more in vain)."""
-        out_edges: dict[int, list[int]] = {}
-        for k, src in enumerate(self.src):
-            out_edges.setdefault(src, []).append(k)
+        edges_of = self._out_edges()
 
         def settled(x: int) -> bool:
             return all(self.done[x] >> b & 1 or not can[x] >> b & 1 for b in range(n))
 
-        prev: dict[int, int] = {st: -1}  # state -> edge that reached it
+        prev: dict[int, tuple[int, int, int] | None] = {st: None}  # state -> (source, actor, perm)
         queue = deque([st])
         goal = st if settled(st) else None
         while queue and goal is None:
             x = queue.popleft()
-            for k in out_edges.get(x, []):
-                y = self.dst[k]
+            for actor, y, p in edges_of(x):
                 if y not in prev:
-                    prev[y] = k
+                    prev[y] = (x, actor, p)
                     if settled(y):
                         goal = y
                         break
                     queue.append(y)
         if goal is None:
             return []
-        edges = []
+        steps: list[tuple[int, int]] = []
         x = goal
         while x != st:
-            k = prev[x]
-            edges.append(k)
-            x = self.src[k]
-        edges.reverse()
+            step = prev[x]
+            assert step is not None
+            x, actor, p = step
+            steps.append((actor, p))
+        steps.reverse()
         names = self.e.prog.names
         h = self._frame(st)
         out = []
-        for k in edges:
+        for actor, p in steps:
             inverse = {v: b for b, v in enumerate(h)}
-            out.append(names[inverse[self.edge_actor[k]]])
+            out.append(names[inverse[actor]])
             if self.sym is not None:
-                g = self.sym.actor_perm(self.edge_perm[k])
+                g = self.sym.actor_perm(p)
                 h = tuple(g[h[b]] for b in range(n))
         return out
