@@ -226,6 +226,17 @@ class DifferentialMachine(RuleBasedStateMachine):
             return choices[0]
         return data.draw(st.sampled_from(choices))
 
+    def _pick_slot_vm(self, data: st.DataObject) -> Handle:
+        """The VM a new memslot goes into: mostly one a vCPU can reach."""
+        vm = self._pick(data, ("vm",))
+        assert vm is not None
+        cpu_vms = [h.vm for h in self.fds if h.kind == "vcpu" and h.vm in self.fds]
+        roll = data.draw(st.integers(0, 3))
+        if cpu_vms and roll:
+            vm = data.draw(st.sampled_from(cpu_vms))
+            assert vm is not None
+        return vm
+
     def _has(self, *kinds: str) -> bool:
         return any(h.kind in kinds for h in self.fds)
 
@@ -266,13 +277,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def vmm_setup(self, data: st.DataObject, base: int, npages: int, flags: int, map_it: int,
                   slot: int) -> None:
         """What a VMM does: a guest_memfd, mapped or not, bound to a memslot at userspace_addr."""
-        vm = self._pick(data, ("vm",))
-        assert vm is not None
-        cpu_vms = [h.vm for h in self.fds if h.kind == "vcpu" and h.vm in self.fds]
-        roll = data.draw(st.integers(0, 3))
-        if cpu_vms and roll:
-            vm = data.draw(st.sampled_from(cpu_vms))  # one a vCPU can reach
-            assert vm is not None
+        vm = self._pick_slot_vm(data)
         gmem = self._new_fd("create_guest_memfd", "gmem", "f", vm, vm=Ref(vm), size=npages * P,
                             flags=flags)
         if gmem is None:
@@ -301,13 +306,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                         anon: bool) -> None:
         """What a VMM does without guest_memfd: ordinary memory (a memfd or anonymous),
         mapped and bound to a memslot at userspace_addr."""
-        vm = self._pick(data, ("vm",))
-        assert vm is not None
-        cpu_vms = [h.vm for h in self.fds if h.kind == "vcpu" and h.vm in self.fds]
-        roll = data.draw(st.integers(0, 3))
-        if cpu_vms and roll:
-            vm = data.draw(st.sampled_from(cpu_vms))  # one a vCPU can reach
-            assert vm is not None
+        vm = self._pick_slot_vm(data)
         fd: Ref | int = -1
         flags = uapi.MAP_PRIVATE | uapi.MAP_ANONYMOUS
         if not anon and len(self.fds) < MAX_FDS:
