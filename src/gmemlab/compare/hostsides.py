@@ -30,6 +30,7 @@ none works is reported with each way's reason.
 from __future__ import annotations
 
 import errno
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from .. import uapi
@@ -87,7 +88,7 @@ def refused(op: str, exc: OSError) -> Refused:
     return Refused(describe(op, exc), limit)
 
 
-class HostSide:
+class HostSide(ABC):
     """One way of serving conversions; subclasses fill in the operations."""
 
     name: ClassVar[str] = ""
@@ -109,25 +110,29 @@ class HostSide:
 
     # --- what every host side answers ---------------------------------------------------
 
+    @abstractmethod
     def share(self, first: int, npages: int) -> None:
-        raise NotImplementedError
+        """The guest shares pages [first, first + npages) with the host."""
 
+    @abstractmethod
     def unshare(self, first: int, npages: int) -> None:
-        raise NotImplementedError
+        """The guest takes pages [first, first + npages) back."""
 
+    @abstractmethod
     def discard(self, first: int, npages: int) -> None:
-        raise NotImplementedError
+        """The guest gives pages [first, first + npages) back (balloon, discard)."""
 
+    @abstractmethod
     def allocate(self, first: int, npages: int) -> None:
-        raise NotImplementedError
+        """Pages [first, first + npages) are backed again."""
 
+    @abstractmethod
     def host_address(self, page: int) -> int | None:
         """Where host userspace reaches guest page `page` now, if anywhere."""
-        raise NotImplementedError
 
+    @abstractmethod
     def private_file(self, page: int) -> tuple[int, int]:
         """(fd, page index) of the file holding the guest's private page."""
-        raise NotImplementedError
 
     def gpa(self, page: int) -> int:
         return GPA_BASE + page * P
