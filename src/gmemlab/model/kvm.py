@@ -11,7 +11,7 @@ operations (fileops.py).  vCPUs and guest accesses are vcpus.py's.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import uapi
 from ..errors import UsageError, kernel_error
@@ -22,7 +22,9 @@ from .gmem import NONE_SHARED, PRIVATE
 from .notifiers import NO_NONZERO_AFTER_LAUNCH
 from .pkvm import Pkvm
 from .restricted_kvm import RestrictedKvm
-from .state import TASK_SIZE, Memslot, Vm
+from .state import TASK_SIZE, Memslot, OpenFile, Vm
+
+PfnOp = Callable[[OpenFile, int], int]  # FileOps.get_pfn, FileOps.put_pfn
 
 P = uapi.PAGE_SIZE
 SHIFT = uapi.PAGE_SHIFT
@@ -266,19 +268,19 @@ class Kvm(Component):
 
     def get_pfn(self, fd: int, index: int) -> int:
         f = self.core.file(fd)
-        get_pfn = self.core.ops[f.kind].get_pfn
-        if get_pfn is None:
-            raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a restricted memfd "
-                               "or a guest_memfd")
-        return get_pfn(f, index)
+        return self._pfn_op(fd, f, self.core.ops[f.kind].get_pfn)(f, index)
 
     def put_pfn(self, fd: int, index: int) -> int:
         f = self.core.file(fd)
-        put_pfn = self.core.ops[f.kind].put_pfn
-        if put_pfn is None:
+        return self._pfn_op(fd, f, self.core.ops[f.kind].put_pfn)(f, index)
+
+    @staticmethod
+    def _pfn_op(fd: int, f: OpenFile, op: PfnOp | None) -> PfnOp:
+        """Only a restricted memfd or a guest_memfd hands KVM its pages."""
+        if op is None:
             raise kernel_error(errno.EINVAL, f"fd {fd} is a {f.kind} fd, not a restricted memfd "
                                "or a guest_memfd")
-        return put_pfn(f, index)
+        return op
 
     # --- memory attributes -------------------------------------------------------------------
 
